@@ -1,0 +1,224 @@
+"""The `facesmith` command line: parse, build a config, call a stage, print.
+
+Every command is thin: options become a config dataclass (or a path), one stage function does the work,
+and the result is printed. A FacesmithError becomes one red line on stderr and exit status 2; facesmith's
+own warnings (a cut prompt, a NaN VAE decode) become yellow lines. Library chatter is silenced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from facesmith.errors import FacesmithError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Generate faces with Stable Diffusion, offline. Run `facesmith COMMAND --help` for details.",
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def main() -> None:
+    app()
+
+
+def _guarded(work: Callable[[], Any]) -> Any:
+    """Run `work`, turning user mistakes into one red line and exit status 2."""
+    _quiet_libraries()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            warnings.showwarning = _show_warning
+            for category in _facesmith_warnings():
+                warnings.simplefilter("always", category)
+            return work()
+    except FacesmithError as error:
+        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _facesmith_warnings() -> list[type[Warning]]:
+    from facesmith.generate import PromptTruncatedWarning, VaeUpcastWarning
+
+    return [PromptTruncatedWarning, VaeUpcastWarning]
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    for name in ("diffusers", "transformers", "accelerate", "peft"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def generate(
+    prompt: Annotated[
+        str | None, typer.Argument(help="What to draw, e.g. 'a photo of a smiling woman'.")
+    ] = None,
+    negative: Annotated[str | None, typer.Option("--negative", help="What to steer away from.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps, 1-1000 [default: 50].")] = None,
+    cfg: Annotated[float | None, typer.Option(help="Classifier-free guidance scale [default: 7.5].")] = None,
+    sampler: Annotated[str | None, typer.Option(help="A1111 sampler name, see `facesmith samplers`.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the first image; image i uses seed+i.")] = None,
+    count: Annotated[int | None, typer.Option("-n", "--count", help="Number of images [default: 1].")] = None,
+    width: Annotated[int | None, typer.Option(help="Multiple of 8 [default: the model's size].")] = None,
+    height: Annotated[int | None, typer.Option(help="Multiple of 8 [default: the model's size].")] = None,
+    model: Annotated[str | None, typer.Option(help="Diffusers folder or .safetensors file.")] = None,
+    lora: Annotated[list[str] | None, typer.Option(help="LoRA FILE[:WEIGHT]; repeat to stack.")] = None,
+    out_dir: Annotated[
+        str | None, typer.Option("-o", "--out", help="Output folder [default: outputs].")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1 ... [default: cuda if present].")
+    ] = None,
+    dtype: Annotated[str | None, typer.Option(help="fp32, fp16 or bf16 [default: fp32 on CPU].")] = None,
+    trace: Annotated[bool | None, typer.Option("--trace", help="Also save a strip of predicted x0.")] = None,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="Allow .ckpt/.pt pickles (they can run code).")
+    ] = False,
+    from_image: Annotated[
+        Path | None, typer.Option("--from", help="Reproduce a PNG made by facesmith or A1111.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="Start from a generate.toml.")] = None,
+) -> None:
+    """Generate face images from a text prompt; each PNG carries its recipe."""
+
+    def work():
+        from facesmith.config import GenerateConfig, load_generate_config
+        from facesmith.generate import run_generate
+        from facesmith.metadata import config_from_png
+
+        if from_image is not None:
+            base = config_from_png(from_image)
+        elif config is not None:
+            base = load_generate_config(config)
+        else:
+            base = GenerateConfig()
+        given = {
+            "prompt": prompt, "negative": negative, "steps": steps, "cfg": cfg, "sampler": sampler,
+            "seed": seed, "count": count, "width": width, "height": height, "model": model,
+            "loras": lora or None, "out_dir": out_dir, "device": device, "dtype": dtype, "trace": trace,
+        }  # fmt: skip
+        settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+        settings.allow_pickle = allow_pickle or base.allow_pickle
+        settings.validate()
+        with _progress() as bar:
+            task = bar.add_task("loading model", total=None)
+
+            def progress(step: int, total: int) -> None:
+                bar.update(task, description="sampling", completed=step, total=total)
+
+            paths = run_generate(settings, progress=progress)
+        for path in paths:
+            out.print(str(path), highlight=False)
+
+    _guarded(work)
+
+
+@app.command()
+def samplers() -> None:
+    """List the sampler names (AUTOMATIC1111's) and the diffusers schedulers behind them."""
+    from rich.table import Table
+
+    from facesmith.samplers import SAMPLERS
+
+    table = Table("name", "diffusers scheduler", "settings", "what it is")
+    for s in SAMPLERS.values():
+        table.add_row(s.name, s.scheduler, ", ".join(f"{k}={v}" for k, v in s.kwargs) or "-", s.note)
+    out.print(table)
+
+
+@app.command()
+def info(image: Annotated[Path, typer.Argument(help="A PNG written by facesmith or A1111.")]) -> None:
+    """Print the generation parameters stored in a PNG."""
+
+    def work():
+        from facesmith.metadata import read_png
+
+        parameters, settings = read_png(image)
+        if parameters is None and settings is None:
+            raise FacesmithError(
+                f"{image} carries no generation metadata (no `parameters` or `facesmith` chunk)"
+            )
+        if parameters is not None:
+            out.rule("parameters (A1111)")
+            out.print(parameters, highlight=False, markup=False)
+        if settings is not None:
+            out.rule("facesmith")
+            out.print_json(json.dumps(settings))
+
+    _guarded(work)
+
+
+@app.command()
+def noise(
+    image: Annotated[Path, typer.Argument(help="The image to push through the forward process.")],
+    steps: Annotated[int, typer.Option(help="Noised slices, evenly spaced in t.")] = 8,
+    model: Annotated[str | None, typer.Option(help="Diffusers folder or .safetensors file.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
+    out_dir: Annotated[str, typer.Option("-o", "--out", help="Output folder.")] = "outputs",
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+    dtype: Annotated[str | None, typer.Option(help="fp32, fp16 or bf16.")] = None,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow pickled checkpoints.")] = False,
+) -> None:
+    """Save the forward (noising) process of IMAGE: encoded, noised in slices, each slice decoded."""
+
+    def work():
+        from PIL import Image, UnidentifiedImageError
+
+        from facesmith.generate import FaceGenerator, image_strip, prepare_out_dir
+
+        if not 1 <= steps <= 1000:
+            raise FacesmithError(f"--steps {steps} is outside [1, 1000]")
+        try:
+            picture = Image.open(image)
+            picture.load()
+        except FileNotFoundError:
+            raise FacesmithError(f"image {image} does not exist") from None
+        except (OSError, UnidentifiedImageError) as error:
+            raise FacesmithError(f"cannot read image {image}: {error}") from None
+        folder = prepare_out_dir(out_dir)
+        with _progress() as bar:
+            bar.add_task("loading model and noising", total=None)
+            generator = FaceGenerator.load(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
+            frames = generator.forward_process(picture, slices=steps, seed=seed)
+        path = folder / f"{image.stem}-noise.png"
+        image_strip(frames).save(path)
+        out.print(str(path), highlight=False)
+
+    _guarded(work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,403 @@
+"""Text to face: the Stable Diffusion pipeline (text encoder -> UNet + scheduler in latents -> VAE).
+
+`FaceGenerator` wraps a diffusers StableDiffusion(XL)Pipeline built from any (tokenizer, text encoder,
+UNet, VAE, scheduler), and owns what facesmith adds around it:
+- the sampler, rebuilt from the model's own scheduler config for every run (`samplers.py`);
+- seeds: one CPU torch.Generator per image, so image i of a batch started at seed s is the image that
+  seed s+i makes alone, on any device (A1111's behaviour);
+- device and dtype: CUDA in bf16/fp16, CPU in fp32; the VAE decode is checked for NaN, the known
+  black-image failure of fp16 VAEs, and redone in fp32 (A1111's `--no-half-vae` fallback);
+- the 77-token limit: facesmith truncates, as diffusers does, and warns naming the words that were cut;
+- `trace`: the predicted clean image x0 at evenly spaced steps; `forward_process`: an image noised by
+  the training schedule q(x_t | x_0) (Ho et al. 2020, eq. 4) and decoded, as the paper's figures show.
+`run_generate` is the stage behind `facesmith generate`: config in, PNGs with metadata out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import secrets
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from facesmith.config import GenerateConfig, save_generate_config
+from facesmith.errors import FacesmithError
+from facesmith.metadata import format_parameters, write_png
+from facesmith.models.loading import LoadedModel, load_model
+from facesmith.samplers import make_scheduler
+
+Progress = Callable[[int, int], None]
+LOAD_TIME_SETTINGS = ("model", "loras", "device", "dtype", "allow_pickle")
+DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}  # fmt: skip
+
+
+class PromptTruncatedWarning(UserWarning):
+    """The prompt is longer than the text encoder reads; the message names the words that were cut."""
+
+
+class VaeUpcastWarning(UserWarning):
+    """The half-precision VAE decode gave NaN and was redone in float32."""
+
+
+@dataclass
+class Generation:
+    images: list[Image.Image]
+    seeds: list[int]
+    config: GenerateConfig  # with the seed, width and height that were used
+    trace: list[list[Image.Image]] = field(default_factory=list)  # per image: x0 predictions, first to last
+
+
+def choose_device(name: str | None = None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise FacesmithError(f"--device {name} is not a device torch knows (try cpu or cuda)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FacesmithError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise FacesmithError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    return device
+
+
+def choose_dtype(device: torch.device, name: str | None = None) -> torch.dtype:
+    if name is not None:
+        if name.lower() not in DTYPES:
+            raise FacesmithError(f"--dtype {name} is unknown: choose fp32, fp16 or bf16")
+        return DTYPES[name.lower()]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16 if device.type == "mps" else torch.float32
+
+
+class FaceGenerator:
+    """A loaded model, ready to turn prompts into face images."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        loras: list[str] | tuple[str, ...] = (),
+        allow_pickle: bool = False,
+    ):
+        from facesmith.models.lora import apply_loras, parse_lora_spec
+
+        self.model = model
+        self.pipe = model.pipe
+        self.device = choose_device(device)
+        self.dtype = choose_dtype(self.device, dtype)
+        self.device_name, self.dtype_name = device, dtype
+        specs = [parse_lora_spec(spec) for spec in loras]
+        for spec in specs:
+            if not spec.path.is_file():
+                raise FacesmithError(f"LoRA file {spec.path} does not exist or is not a file")
+        self.loras = [f"{spec.path.resolve()}:{spec.weight:g}" for spec in specs]
+        apply_loras(self.pipe, specs, allow_pickle=allow_pickle)
+        self.base_scheduler_config = dict(self.pipe.scheduler.config)
+        self.pipe.to(self.device, self.dtype)
+        self.pipe.set_progress_bar_config(disable=True)
+
+    @classmethod
+    def load(
+        cls,
+        source=None,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        loras: list[str] | tuple[str, ...] = (),
+        allow_pickle: bool = False,
+    ) -> FaceGenerator:
+        model = load_model(source, allow_pickle=allow_pickle)
+        return cls(model, device=device, dtype=dtype, loras=loras, allow_pickle=allow_pickle)
+
+    @property
+    def native_size(self) -> tuple[int, int]:
+        side = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        return side, side
+
+    # ------------------------------------------------------------------------------------------------------
+    def generate(self, prompt: str = "", **settings: Any) -> list[Image.Image]:
+        """Images for `prompt`; settings are GenerateConfig fields (negative, steps, cfg, sampler, seed, ...)."""
+        fixed = sorted(set(settings) & set(LOAD_TIME_SETTINGS))
+        if fixed:
+            raise FacesmithError(f"{', '.join(fixed)} are chosen when loading: pass them to facesmith.load()")
+        config = GenerateConfig.from_dict({"prompt": prompt, **settings}, origin="generate()")
+        return self.run(config).images
+
+    def run(self, config: GenerateConfig, progress: Progress | None = None) -> Generation:
+        """Sample `config.count` images; `progress(step, total)` is called after every denoising step."""
+        config.validate()
+        width, height = config.width or self.native_size[0], config.height or self.native_size[1]
+        seed = config.seed if config.seed is not None else secrets.randbelow(2**32)
+        config = dataclasses.replace(
+            config,
+            seed=seed,
+            width=width,
+            height=height,
+            loras=list(self.loras),
+            model=self.model.source,
+            device=self.device_name,
+            dtype=self.dtype_name,
+        )
+        pipe = self.pipe
+        pipe.scheduler = make_scheduler(config.sampler, self.base_scheduler_config)
+        for text in (config.prompt, config.negative):
+            cut = truncated_words(pipe.tokenizer, text)
+            if cut:
+                warnings.warn(
+                    f"the prompt is longer than the {pipe.tokenizer.model_max_length}-token limit; "
+                    f"these words were cut: {cut}",
+                    PromptTruncatedWarning,
+                    stacklevel=2,
+                )
+        generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(config.count)]
+        recorder = _TraceRecorder(pipe.scheduler) if config.trace else None
+
+        def on_step(_pipe, step, _timestep, tensors):
+            if progress is not None:
+                progress(step + 1, config.steps)
+            return tensors
+
+        with torch.inference_mode():
+            latents = pipe(
+                prompt=config.prompt,
+                negative_prompt=config.negative or None,
+                num_inference_steps=config.steps,
+                guidance_scale=config.cfg,
+                width=width,
+                height=height,
+                num_images_per_prompt=config.count,
+                generator=generators,
+                output_type="latent",
+                callback_on_step_end=on_step,
+            ).images
+            images = to_pil(decode_latents(pipe.vae, latents))
+            trace = []
+            if recorder is not None:
+                pipe.scheduler.step = recorder.step  # restore the scheduler's own method
+                frames = [decode_latents(pipe.vae, x0) for x0 in recorder.pick(config.trace_frames)]
+                trace = [[to_pil(frame)[i] for frame in frames] for i in range(config.count)]
+        return Generation(images, [seed + i for i in range(config.count)], config, trace)
+
+    # ------------------------------------------------------------------------------------------------------
+    def forward_process(self, image: Image.Image, slices: int = 8, seed: int = 0) -> list[Image.Image]:
+        """The image encoded, noised to `slices` evenly spaced timesteps of the training schedule, and
+        each slice decoded; the first frame is the clean reconstruction (t = 0)."""
+        from diffusers import DDPMScheduler
+
+        if slices < 1 or slices > 1000:
+            raise FacesmithError(f"--steps {slices} is outside [1, 1000]")
+        width, height = (max(8, side - side % 8) for side in image.size)
+        pixels = np.asarray(image.convert("RGB").resize((width, height), Image.LANCZOS), dtype=np.float32)
+        x = torch.from_numpy(pixels / 127.5 - 1).permute(2, 0, 1)[None].to(self.device, self.pipe.vae.dtype)
+        schedule = DDPMScheduler.from_config(self.base_scheduler_config)
+        total = schedule.config.num_train_timesteps
+        with torch.inference_mode():
+            latents = encode_image(self.pipe.vae, x)
+            noise = torch.randn(latents.shape, generator=torch.Generator("cpu").manual_seed(seed)).to(latents)
+            frames = [decode_latents(self.pipe.vae, latents)]
+            for k in range(1, slices + 1):
+                t = torch.tensor([round(k * (total - 1) / slices)])
+                frames.append(decode_latents(self.pipe.vae, schedule.add_noise(latents, noise, t)))
+        return [to_pil(frame)[0] for frame in frames]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stage: config -> files
+
+
+def run_generate(
+    config: GenerateConfig, generator: FaceGenerator | None = None, progress: Progress | None = None
+) -> list[Path]:
+    """`facesmith generate`: make the images, write PNGs with metadata (and trace strips) to out_dir."""
+    config.validate()
+    out_dir = prepare_out_dir(config.out_dir)
+    if generator is None:
+        generator = FaceGenerator.load(
+            config.model,
+            device=config.device,
+            dtype=config.dtype,
+            loras=config.loras,
+            allow_pickle=config.allow_pickle,
+        )
+    result = generator.run(config, progress)
+    used = result.config
+    first = next_image_number(out_dir)
+    written = []
+    for i, (image, seed) in enumerate(zip(result.images, result.seeds, strict=True)):
+        one = dataclasses.replace(used, seed=seed, count=1, trace=False, out_dir=str(out_dir))
+        parameters = format_parameters(
+            one,
+            seed=seed,
+            width=used.width,
+            height=used.height,
+            model_name=generator.model.name,
+            model_hash=generator.model.model_hash(),
+        )
+        settings = {
+            "config": one.to_dict(),
+            "model_name": generator.model.name,
+            "model_hash": generator.model.model_hash(),
+        }
+        path = write_png(image, out_dir / f"{first + i:05d}-{seed}.png", parameters, settings)
+        written.append(path)
+        if result.trace:
+            strip = image_strip(result.trace[i])
+            strip.save(out_dir / f"{first + i:05d}-{seed}-trace.png")
+            written.append(out_dir / f"{first + i:05d}-{seed}-trace.png")
+    save_generate_config(dataclasses.replace(used, out_dir=str(out_dir)), out_dir / "generate.toml")
+    return written
+
+
+def prepare_out_dir(path: str | Path) -> Path:
+    """Create `path` and prove it writable before any compute is spent."""
+    out_dir = Path(path).expanduser()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".facesmith-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise FacesmithError(
+            f"output directory {out_dir} is not writable ({err.strerror or err}): pick another -o"
+        ) from err
+    return out_dir
+
+
+def next_image_number(out_dir: Path) -> int:
+    numbers = [int(p.name[:5]) for p in out_dir.glob("*.png") if p.name[:5].isdigit()]
+    return max(numbers, default=0) + 1
+
+
+def image_strip(frames: list[Image.Image]) -> Image.Image:
+    width, height = frames[0].size
+    strip = Image.new("RGB", (width * len(frames), height))
+    for i, frame in enumerate(frames):
+        strip.paste(frame, (i * width, 0))
+    return strip
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pieces
+
+
+def truncated_words(tokenizer, text: str) -> str:
+    """The part of `text` past the tokenizer's limit (special tokens included), or '' if it all fits."""
+    if not text:
+        return ""
+    limit = tokenizer.model_max_length - tokenizer.num_special_tokens_to_add()
+    ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids
+    if len(ids) <= limit:
+        return ""
+    return tokenizer.decode(ids[limit:]).strip()
+
+
+def encode_image(vae, x: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] -> scaled latents (distribution mode for KL VAEs; TAE-style VAEs return latents)."""
+    out = vae.encode(x)
+    dist = getattr(out, "latent_dist", None)
+    latents = dist.mode() if dist is not None else getattr(out, "latents", None)
+    if latents is None:
+        latents = out[0]
+    config = vae.config
+    if getattr(config, "latents_mean", None) is not None:
+        mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1).to(latents)
+        std = torch.tensor(config.latents_std).view(1, -1, 1, 1).to(latents)
+        return (latents - mean) * config.scaling_factor / std
+    shift = getattr(config, "shift_factor", None) or 0.0
+    return (latents - shift) * getattr(config, "scaling_factor", 1.0)
+
+
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents -> float32 images in [0, 1], redoing the decode in fp32 if half precision gave NaN."""
+    config = vae.config
+    if getattr(config, "latents_mean", None) is not None:
+        mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1).to(latents)
+        std = torch.tensor(config.latents_std).view(1, -1, 1, 1).to(latents)
+        latents = latents * std / config.scaling_factor + mean
+    else:
+        latents = latents / getattr(config, "scaling_factor", 1.0) + (
+            getattr(config, "shift_factor", None) or 0.0
+        )
+    if vae.dtype == torch.float16 and getattr(config, "force_upcast", False):
+        vae.to(torch.float32)  # SDXL's VAE is known to overflow in fp16 (diffusers' force_upcast)
+    pixels = _decode(vae, latents)
+    if not torch.isfinite(pixels).all() and vae.dtype != torch.float32:
+        warnings.warn(
+            f"the VAE decode in {vae.dtype} gave NaN (the black-image failure); decoding in float32 from now on",
+            VaeUpcastWarning,
+            stacklevel=2,
+        )
+        vae.to(torch.float32)
+        pixels = _decode(vae, latents)
+    return (pixels.float() / 2 + 0.5).clamp(0, 1)
+
+
+def _decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    out = vae.decode(latents.to(vae.dtype))
+    return getattr(out, "sample", None) if getattr(out, "sample", None) is not None else out[0]
+
+
+def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    array = (pixels.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    return [Image.fromarray(a) for a in array]
+
+
+def predicted_clean_latents(
+    scheduler, model_output: torch.Tensor, timestep, sample: torch.Tensor
+) -> torch.Tensor:
+    """x0 predicted at this step, for any of facesmith's schedulers (DDIM paper eq. 12 / v-param).
+
+    Euler-type schedulers keep the sample scaled by sqrt(1 + sigma^2); `scale_model_input` gives back the
+    variance-preserving x_t the UNet saw. The noise level comes from sigma where the scheduler keeps one
+    (alpha_bar = 1 / (1 + sigma^2)), else from alphas_cumprod at the integer timestep.
+    """
+    x_t = scheduler.scale_model_input(sample, timestep)
+    sigmas, index = getattr(scheduler, "sigmas", None), getattr(scheduler, "step_index", None)
+    if sigmas is not None and index is not None:
+        sigma = float(sigmas[index])
+        alpha_bar = 1.0 / (1.0 + sigma * sigma)
+    else:
+        alpha_bar = float(scheduler.alphas_cumprod[int(timestep)])
+    a, s = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
+    kind = scheduler.config.prediction_type
+    if kind == "v_prediction":
+        return a * x_t - s * model_output
+    if kind == "sample":
+        return model_output
+    return (x_t - s * model_output) / a
+
+
+class _TraceRecorder:
+    """Wraps `scheduler.step` on this one scheduler instance to keep every step's x0 prediction."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.step = scheduler.step
+        self.x0: list[torch.Tensor] = []
+        scheduler.step = self._step
+
+    def _step(self, model_output, timestep, sample, *args, **kwargs):
+        self.x0.append(
+            predicted_clean_latents(self.scheduler, model_output, timestep, sample).detach().clone()
+        )
+        return self.step(model_output, timestep, sample, *args, **kwargs)
+
+    def pick(self, frames: int) -> list[torch.Tensor]:
+        indices = sorted({round(i * (len(self.x0) - 1) / (frames - 1)) for i in range(frames)})
+        return [self.x0[i] for i in indices]

@@ -1,0 +1,1 @@
+"""Model sources: loading diffusers folders, single-file checkpoints and LoRAs, all offline."""

@@ -1,0 +1,108 @@
+"""Where a model comes from: resolving `--model SRC` to a diffusers pipeline, offline.
+
+A source is one of
+- None: the default model shipped in `facesmith/weights/default_model/` (`load_default_model`);
+- a diffusers folder (with `model_index.json`) of a StableDiffusion or StableDiffusionXL pipeline;
+- a single original-layout checkpoint (`single_file.py`): `.safetensors`, or a pickle with allow_pickle.
+Returns a `LoadedModel`: the pipeline plus the name and files that PNG metadata records. LoRAs, devices
+and sampling are the business of `lora.py` and `generate.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from facesmith.errors import FacesmithError
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "default_model"
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+
+
+@dataclass
+class LoadedModel:
+    pipe: Any
+    name: str  # as A1111 writes "Model: ..."
+    source: str | None  # absolute path, or None for the default model
+    weight_files: list[Path] = field(default_factory=list)  # hashed for "Model hash"
+    _hash: str | None = None
+
+    def model_hash(self) -> str | None:
+        """A1111's AutoV2 hash: the first 10 hex digits of the weights' sha256 (UNet files for folders)."""
+        if self._hash is None and self.weight_files:
+            digest = hashlib.sha256()
+            for path in self.weight_files:
+                with open(path, "rb") as handle:
+                    for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                        digest.update(block)
+            self._hash = digest.hexdigest()[:10]
+        return self._hash
+
+
+def load_model(source: str | os.PathLike | None, *, allow_pickle: bool = False) -> LoadedModel:
+    """Resolve `source` and build its pipeline; FacesmithError for anything missing or unknown."""
+    if source is None or str(source) == "":
+        return load_default_model()
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise FacesmithError(f"model {source} does not exist: pass a diffusers folder or a .safetensors file")
+    if not os.access(path, os.R_OK):
+        raise FacesmithError(f"model {source} is not readable: check its permissions")
+    path = path.resolve()
+    if path.is_dir():
+        return LoadedModel(load_diffusers_folder(path), path.name, str(path), _unet_files(path))
+    from facesmith.models.single_file import load_single_file
+
+    return LoadedModel(load_single_file(path, allow_pickle=allow_pickle), path.stem, str(path), [path])
+
+
+def load_default_model() -> LoadedModel:
+    """The model embedded in the package. Not shipped yet: until it is, say so and point to --model."""
+    if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+        raise FacesmithError(
+            f"the default model is not installed (expected in {DEFAULT_MODEL_DIR}): pass --model with a "
+            "diffusers folder or a .safetensors checkpoint"
+        )
+    return LoadedModel(
+        load_diffusers_folder(DEFAULT_MODEL_DIR), "facesmith-default", None, _unet_files(DEFAULT_MODEL_DIR)
+    )
+
+
+def load_diffusers_folder(path: Path):
+    """A StableDiffusion(XL)Pipeline from a local diffusers folder, never touching the network."""
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise FacesmithError(
+            f"{path} is a folder without model_index.json: unknown model format (expected a diffusers folder)"
+        )
+    try:
+        class_name = json.loads(index_file.read_text())["_class_name"]
+    except (json.JSONDecodeError, KeyError, OSError) as err:
+        raise FacesmithError(f"{index_file} is not a valid diffusers model index: {err}") from err
+    if class_name not in SUPPORTED_PIPELINES:
+        raise FacesmithError(
+            f"{path} holds a {class_name}; facesmith loads {' and '.join(SUPPORTED_PIPELINES)} folders"
+        )
+    import diffusers
+
+    cls = getattr(diffusers, class_name)
+    extra = (
+        {"safety_checker": None, "requires_safety_checker": False}
+        if class_name == "StableDiffusionPipeline"
+        else {}
+    )
+    try:
+        return cls.from_pretrained(str(path), local_files_only=True, **extra)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FacesmithError(f"cannot load the diffusers folder {path}: {first_line}") from err
+
+
+def _unet_files(folder: Path) -> list[Path]:
+    unet = folder / "unet"
+    files = sorted(unet.glob("*.safetensors")) or sorted(unet.glob("*.bin"))
+    return files

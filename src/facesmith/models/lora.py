@@ -1,0 +1,169 @@
+"""LoRA files: Kohya (`lora_unet_*`/`lora_te*_*` with `alpha`) and diffusers/peft (`lora_A`/`lora_B`).
+
+Several LoRAs stack, each with its own weight, through diffusers' peft integration
+(`load_lora_weights` + `set_adapters`), which converts Kohya files the way diffusers documents (SD1.x
+Kohya files use diffusers module names, SDXL ones the original SGM names). Before loading, every LoRA
+module is matched against the base model by name and shape, so a LoRA made for another model is refused
+with a count of what doesn't fit instead of failing deep inside peft.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from facesmith.errors import FacesmithError
+
+KOHYA_COMPONENTS = {
+    "lora_unet_": "unet",
+    "lora_te_": "text_encoder",
+    "lora_te1_": "text_encoder",
+    "lora_te2_": "text_encoder_2",
+}
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    path: Path
+    weight: float = 1.0
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.weight:g}"
+
+
+def parse_lora_spec(spec: str) -> LoraSpec:
+    """'FILE[:WEIGHT]' -> LoraSpec; the weight defaults to 1."""
+    path, sep, weight = spec.rpartition(":")
+    if sep and path:
+        try:
+            return LoraSpec(Path(path), float(weight))
+        except ValueError:
+            pass  # a colon inside the path (e.g. C:\\...), not a weight
+    if not spec.strip():
+        raise FacesmithError("--lora needs a FILE[:WEIGHT], got an empty value")
+    return LoraSpec(Path(spec))
+
+
+def read_lora(path: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    from facesmith.models.single_file import read_checkpoint
+
+    if not path.is_file():
+        raise FacesmithError(f"LoRA file {path} does not exist or is not a file")
+    return read_checkpoint(path, allow_pickle=allow_pickle)
+
+
+def lora_format(state: dict[str, torch.Tensor], name: str = "LoRA") -> str:
+    """'kohya' or 'peft' (diffusers' own format is peft's, prefixed by component)."""
+    if state and all(key.startswith(tuple(KOHYA_COMPONENTS)) for key in state):
+        return "kohya"
+    if any(".lora_A." in key or ".lora_A.weight" in key for key in state):
+        return "peft"
+    examples = ", ".join(list(state)[:3]) or "no tensors"
+    raise FacesmithError(f"{name} is not a LoRA in Kohya or diffusers/peft format (keys: {examples})")
+
+
+def lora_modules(
+    state: dict[str, torch.Tensor], name: str = "LoRA"
+) -> dict[tuple[str, str], tuple[int, int]]:
+    """{(component, module name as written in the file): (in_features, out_features)} of a LoRA."""
+    modules = {}
+    if lora_format(state, name) == "kohya":
+        for key, tensor in state.items():
+            if key.endswith(".lora_down.weight"):
+                module = key[: -len(".lora_down.weight")]
+                prefix = max((p for p in KOHYA_COMPONENTS if module.startswith(p)), key=len)
+                up = state.get(module + ".lora_up.weight")
+                out_features = up.shape[0] if up is not None else -1
+                modules[(KOHYA_COMPONENTS[prefix], module[len(prefix) :])] = (tensor.shape[1], out_features)
+    else:
+        for key, tensor in state.items():
+            if ".lora_A." in key:
+                module = key.split(".lora_A.")[0]
+                component, _, module = module.partition(".")
+                if component not in ("unet", "text_encoder", "text_encoder_2"):
+                    component, module = "unet", key.split(".lora_A.")[0]
+                up = state.get(key.replace(".lora_A.", ".lora_B."))
+                modules[(component, module)] = (tensor.shape[1], up.shape[0] if up is not None else -1)
+    return modules
+
+
+def check_lora_fits(pipe, state: dict[str, torch.Tensor], name: str = "LoRA") -> None:
+    """Raise FacesmithError counting the LoRA modules that have no same-shaped layer in `pipe`."""
+    kohya = lora_format(state, name) == "kohya"
+    targets = {
+        component: _layer_shapes(pipe, component, kohya)
+        for component in ("unet", "text_encoder", "text_encoder_2")
+    }
+    modules = lora_modules(state, name)
+    misfits = [
+        f"{component}:{module}"
+        for (component, module), shape in modules.items()
+        if targets[component].get(module) != shape
+    ]
+    if misfits:
+        raise FacesmithError(
+            f"LoRA {name} doesn't fit this model: {len(misfits)} of {len(modules)} LoRA modules have no "
+            f"matching layer (e.g. {misfits[0]}); was it trained for another base model?"
+        )
+
+
+def apply_loras(pipe, specs: list[LoraSpec], *, allow_pickle: bool = False) -> None:
+    """Load each LoRA as its own peft adapter and set their weights; a weight of 0 leaves the base model."""
+    names, weights = [], []
+    for index, spec in enumerate(specs):
+        state = read_lora(spec.path, allow_pickle=allow_pickle)
+        check_lora_fits(pipe, state, spec.path.name)
+        adapter = f"lora{index}"
+        try:
+            pipe.load_lora_weights(dict(state), adapter_name=adapter)
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise FacesmithError(f"cannot load LoRA {spec.path}: {err}") from err
+        names.append(adapter)
+        weights.append(spec.weight)
+    if names:
+        pipe.set_adapters(names, adapter_weights=weights)
+
+
+def _layer_shapes(pipe, component: str, kohya: bool) -> dict[str, tuple[int, int]]:
+    """Name -> (in, out) of every Linear/Conv2d layer, under each name a LoRA file may use for it."""
+    model = getattr(pipe, component, None)
+    if model is None:
+        return {}
+    sgm_names = {}
+    if kohya and component == "unet":
+        from facesmith.models.sd_layout import UNET_PREFIX, unet_to_original
+
+        # SDXL Kohya files name UNet layers as the original checkpoint does.
+        weights = {
+            k.replace(".base_layer.", "."): v
+            for k, v in model.state_dict().items()
+            if k.endswith(".weight") and ".lora_" not in k
+        }
+        original = unet_to_original(weights, model.config)
+        sgm_names = {
+            d[: -len(".weight")]: o[len(UNET_PREFIX) : -len(".weight")]
+            for d, o in zip(weights, original, strict=True)
+        }
+    shapes = {}
+    for name, layer in model.named_modules():
+        if ".lora_" in name or name.endswith(".base_layer"):
+            continue
+        layer = getattr(layer, "base_layer", layer)  # a layer that already carries a LoRA adapter
+        if isinstance(layer, torch.nn.Linear):
+            shape = (layer.in_features, layer.out_features)
+        elif isinstance(layer, torch.nn.Conv2d):
+            shape = (layer.in_channels, layer.out_channels)
+        else:
+            continue
+        aliases = {name, name.removeprefix("text_model.")}
+        if component.startswith("text_encoder") and not name.startswith("text_model."):
+            aliases.add(
+                "text_model." + name
+            )  # checkpoints keep the `text_model.` level transformers 5 dropped
+        if name in sgm_names:
+            aliases.add(sgm_names[name])
+        for alias in aliases:
+            shapes[alias.replace(".", "_") if kohya else alias] = shape
+    return shapes

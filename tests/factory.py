@@ -1,0 +1,127 @@
+"""The one factory for test models: tiny random-weight Stable Diffusion pipelines, built in code.
+
+Shapes follow the real families' shipped configs (`facesmith/models/configs`) with sizes shrunk, so the
+same conventions hold (SD1: 8 heads, SDXL: 64-dim heads, CLIP: 64-dim heads, GroupNorm 32). Images are
+64x64 px (8x8 latents), so a 2-step generation takes well under a second on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from facesmith.models.single_file import clip_tokenizer, shipped_config
+
+SIZE = 64  # pixels; latents are SIZE / 8
+
+
+def _clip_config(family: str, component: str, hidden: int = 32):
+    from transformers import CLIPTextConfig
+
+    config = shipped_config(family, component)
+    config.update(
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=1,
+        projection_dim=32,
+    )
+    return CLIPTextConfig(**config)
+
+
+def _vae(family: str):
+    from diffusers import AutoencoderKL
+
+    config = shipped_config(family, "vae")
+    # Four levels keep the real 8x down-sampling; 32 channels keep it cheap.
+    config.update(block_out_channels=[32, 32, 32, 32], layers_per_block=1, sample_size=SIZE)
+    return AutoencoderKL.from_config(config)
+
+
+def tiny_sd15(seed: int = 0):
+    """A random-weight StableDiffusionPipeline in the SD1.5 layout."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from facesmith.samplers import make_scheduler
+
+    torch.manual_seed(seed)
+    unet_config = shipped_config("sd1", "unet")
+    unet_config.update(
+        block_out_channels=[32, 64],
+        layers_per_block=1,
+        sample_size=SIZE // 8,
+        cross_attention_dim=32,
+        down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+        up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+    )
+    pipe = StableDiffusionPipeline(
+        vae=_vae("sd1"),
+        text_encoder=CLIPTextModel(_clip_config("sd1", "text_encoder")),
+        tokenizer=clip_tokenizer(),
+        unet=UNet2DConditionModel.from_config(unet_config),
+        scheduler=make_scheduler("DDIM", shipped_config("sd1", "scheduler")),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    return _randomize_norms(pipe)
+
+
+def tiny_sdxl(seed: int = 0):
+    """A random-weight StableDiffusionXLPipeline in the SDXL base layout (two text encoders)."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from facesmith.samplers import make_scheduler
+
+    torch.manual_seed(seed)
+    unet_config = shipped_config("sdxl", "unet")
+    unet_config.update(
+        block_out_channels=[64, 128],
+        attention_head_dim=[1, 2],
+        layers_per_block=1,
+        transformer_layers_per_block=[1, 2],
+        sample_size=SIZE // 8,
+        cross_attention_dim=64,  # 32 + 32 from the two text encoders
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=32 + 6 * 8,
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae("sdxl"),
+        text_encoder=CLIPTextModel(_clip_config("sdxl", "text_encoder")),
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config("sdxl", "text_encoder_2")),
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(pad_token="!"),
+        unet=UNet2DConditionModel.from_config(unet_config),
+        scheduler=make_scheduler("Euler", shipped_config("sdxl", "scheduler")),
+    )
+    return _randomize_norms(pipe)
+
+
+def save_folder(pipe, path: Path) -> Path:
+    """Save `pipe` as a diffusers folder (model_index.json + one folder per component)."""
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def _randomize_norms(pipe):
+    # Fresh LayerNorm/GroupNorm layers are the identity and zero-initialised output layers hide key
+    # mix-ups; random values make any wrongly mapped tensor change the image.
+    generator = torch.Generator().manual_seed(1234)
+    for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        model = getattr(pipe, component, None)
+        if model is None:
+            continue
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith(
+                    ("norm.weight", "norm1.weight", "norm2.weight", "norm3.weight", "_norm.weight")
+                ):
+                    param.copy_(1 + 0.1 * torch.randn(param.shape, generator=generator))
+                elif name.endswith("bias"):
+                    param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+    return pipe
