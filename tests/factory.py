@@ -125,3 +125,50 @@ def _randomize_norms(pipe):
                 elif name.endswith("bias"):
                     param.copy_(0.05 * torch.randn(param.shape, generator=generator))
     return pipe
+
+
+def kohya_lora(pipe, rank: int = 4, seed: int = 0, scale: float = 0.5) -> dict[str, torch.Tensor]:
+    """A random LoRA in Kohya's format for an SD1-layout pipeline (diffusers module names, `_` joined).
+
+    Like Kohya's default it targets the attention projections of the UNet's transformer blocks and
+    of every text encoder layer, with `alpha` = rank / 2.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    targets = [
+        ("lora_unet_", pipe.unet, ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")),
+        ("lora_te_text_model_", pipe.text_encoder, ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj")),
+    ]  # fmt: skip
+    for prefix, model, suffixes in targets:
+        for name, layer in model.named_modules():
+            if not name.endswith(suffixes):
+                continue
+            name = name.removeprefix("text_model.")
+            key = prefix + name.replace(".", "_")
+            state[key + ".lora_down.weight"] = scale * torch.randn(
+                rank, layer.in_features, generator=generator
+            )
+            state[key + ".lora_up.weight"] = scale * torch.randn(
+                layer.out_features, rank, generator=generator
+            )
+            state[key + ".alpha"] = torch.tensor(rank / 2)
+    return state
+
+
+def peft_lora(pipe, path: Path, rank: int = 4, seed: int = 0) -> Path:
+    """A random UNet LoRA saved by diffusers in its peft format (`unet.*.lora_A.weight`)."""
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    unet = pipe.unet
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_" in name:
+                param.copy_(0.5 * torch.randn(param.shape, generator=generator))
+    layers = get_peft_model_state_dict(unet)
+    unet.delete_adapters("default")
+    path.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(path, unet_lora_layers=layers, safe_serialization=True)
+    return path / "pytorch_lora_weights.safetensors"

@@ -34,9 +34,9 @@ def main() -> None:
     app()
 
 
-def _guarded(work: Callable[[], Any]) -> Any:
+def _guarded(work: Callable[[], Any], models: bool = True) -> Any:
     """Run `work`, turning user mistakes into one red line and exit status 2."""
-    _quiet_libraries()
+    _quiet_libraries(models)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -59,11 +59,19 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(models: bool = True) -> None:
+    """Keep library logs and their own progress bars off the terminal; facesmith shows its own."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for name in ("diffusers", "transformers", "accelerate", "peft"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    if models:
+        import diffusers.utils.logging
+        import transformers.utils.logging
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
 
 
 def _progress():
@@ -75,6 +83,7 @@ def _progress():
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err,
+        transient=True,
     )
 
 
@@ -178,7 +187,7 @@ def info(image: Annotated[Path, typer.Argument(help="A PNG written by facesmith 
             out.rule("facesmith")
             out.print_json(json.dumps(settings))
 
-    _guarded(work)
+    _guarded(work, models=False)
 
 
 @app.command()

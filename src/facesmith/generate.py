@@ -3,8 +3,8 @@
 `FaceGenerator` wraps a diffusers StableDiffusion(XL)Pipeline built from any (tokenizer, text encoder,
 UNet, VAE, scheduler), and owns what facesmith adds around it:
 - the sampler, rebuilt from the model's own scheduler config for every run (`samplers.py`);
-- seeds: one CPU torch.Generator per image, so image i of a batch started at seed s is the image that
-  seed s+i makes alone, on any device (A1111's behaviour);
+- seeds: image i of a batch started at seed s is made alone, from a CPU torch.Generator seeded s+i, so
+  it is exactly the image that seed s+i makes by itself, and the same on any device;
 - device and dtype: CUDA in bf16/fp16, CPU in fp32; the VAE decode is checked for NaN, the known
   black-image failure of fp16 VAEs, and redone in fp32 (A1111's `--no-half-vae` fallback);
 - the 77-token limit: facesmith truncates, as diffusers does, and warns naming the words that were cut;
@@ -165,33 +165,36 @@ class FaceGenerator:
                     PromptTruncatedWarning,
                     stacklevel=2,
                 )
-        generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(config.count)]
-        recorder = _TraceRecorder(pipe.scheduler) if config.trace else None
+        images, trace = [], []
+        for i in range(config.count):
+            done = i * config.steps
 
-        def on_step(_pipe, step, _timestep, tensors):
-            if progress is not None:
-                progress(step + 1, config.steps)
-            return tensors
+            def on_step(_pipe, step, _timestep, tensors, done=done):
+                if progress is not None:
+                    progress(done + step + 1, config.count * config.steps)
+                return tensors
 
-        with torch.inference_mode():
-            latents = pipe(
-                prompt=config.prompt,
-                negative_prompt=config.negative or None,
-                num_inference_steps=config.steps,
-                guidance_scale=config.cfg,
-                width=width,
-                height=height,
-                num_images_per_prompt=config.count,
-                generator=generators,
-                output_type="latent",
-                callback_on_step_end=on_step,
-            ).images
-            images = to_pil(decode_latents(pipe.vae, latents))
-            trace = []
-            if recorder is not None:
-                pipe.scheduler.step = recorder.step  # restore the scheduler's own method
-                frames = [decode_latents(pipe.vae, x0) for x0 in recorder.pick(config.trace_frames)]
-                trace = [[to_pil(frame)[i] for frame in frames] for i in range(config.count)]
+            recorder = _TraceRecorder(pipe.scheduler) if config.trace else None
+            with torch.inference_mode():
+                latents = pipe(
+                    prompt=config.prompt,
+                    negative_prompt=config.negative or None,
+                    num_inference_steps=config.steps,
+                    guidance_scale=config.cfg,
+                    width=width,
+                    height=height,
+                    # One image per call: batched UNet calls round differently in the last bits, and
+                    # image i of a batch must equal the image that seed s+i makes alone.
+                    generator=torch.Generator("cpu").manual_seed(seed + i),
+                    output_type="latent",
+                    callback_on_step_end=on_step,
+                ).images
+                images += to_pil(decode_latents(pipe.vae, latents))
+                if recorder is not None:
+                    recorder.detach()
+                    trace.append(
+                        [to_pil(decode_latents(pipe.vae, x0))[0] for x0 in recorder.pick(config.trace_frames)]
+                    )
         return Generation(images, [seed + i for i in range(config.count)], config, trace)
 
     # ------------------------------------------------------------------------------------------------------
@@ -334,8 +337,6 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
         latents = latents / getattr(config, "scaling_factor", 1.0) + (
             getattr(config, "shift_factor", None) or 0.0
         )
-    if vae.dtype == torch.float16 and getattr(config, "force_upcast", False):
-        vae.to(torch.float32)  # SDXL's VAE is known to overflow in fp16 (diffusers' force_upcast)
     pixels = _decode(vae, latents)
     if not torch.isfinite(pixels).all() and vae.dtype != torch.float32:
         warnings.warn(
@@ -397,6 +398,9 @@ class _TraceRecorder:
             predicted_clean_latents(self.scheduler, model_output, timestep, sample).detach().clone()
         )
         return self.step(model_output, timestep, sample, *args, **kwargs)
+
+    def detach(self) -> None:
+        del self.scheduler.step  # the instance attribute goes; the class's own step is back
 
     def pick(self, frames: int) -> list[torch.Tensor]:
         indices = sorted({round(i * (len(self.x0) - 1) / (frames - 1)) for i in range(frames)})

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny models saved once per session, as diffusers folders and single files."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import factory  # noqa: E402
+
+# Few steps keep every test fast; 64 px is the tiny models' native size.
+FAST = {"steps": 2, "width": factory.SIZE, "height": factory.SIZE}
+
+
+@pytest.fixture(scope="session")
+def sd15_folder(tmp_path_factory) -> Path:
+    return factory.save_folder(factory.tiny_sd15(), tmp_path_factory.mktemp("models") / "tiny-sd15")
+
+
+@pytest.fixture(scope="session")
+def sdxl_folder(tmp_path_factory) -> Path:
+    return factory.save_folder(factory.tiny_sdxl(), tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def sd15_file(tmp_path_factory) -> Path:
+    from facesmith.models.sd_layout import save_original
+
+    path = tmp_path_factory.mktemp("models") / "tiny-sd15.safetensors"
+    save_original(factory.tiny_sd15(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sd15(sd15_folder):
+    """A FaceGenerator on the tiny SD1.5 folder. Tests must not load LoRAs into it."""
+    import facesmith
+
+    return facesmith.load(sd15_folder)

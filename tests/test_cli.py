@@ -1,0 +1,204 @@
+"""The `facesmith` command: generate, info, --from, --trace, noise, samplers, and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from facesmith.cli import app
+
+runner = CliRunner()
+FAST = ["--steps", "2"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, fragment: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert (
+        "Traceback" not in result.output
+        and result.exception is None
+        or isinstance(result.exception, SystemExit)
+    )
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert fragment in lines[0], lines[0]
+
+
+def test_generate_info_and_from_reproduce_the_image(sd15_folder, tmp_path):
+    result = invoke("generate", "a smiling face", "--negative", "blurry", "--model", sd15_folder, "-n", 2,
+                    "--seed", 5, "-o", tmp_path / "a", *FAST)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    pngs = sorted((tmp_path / "a").glob("*.png"))
+    assert [p.name for p in pngs] == ["00001-5.png", "00002-6.png"]
+    assert (tmp_path / "a" / "generate.toml").is_file()
+
+    info = invoke("info", pngs[1])
+    assert info.exit_code == 0
+    assert (
+        "Negative prompt: blurry" in info.stdout and "Seed: 6" in info.stdout and "Size: 64x64" in info.stdout
+    )
+    assert '"sampler": "DDIM"' in info.stdout
+
+    again = invoke("generate", "--from", pngs[1], "-o", tmp_path / "b")
+    assert again.exit_code == 0, again.output
+    (copy,) = (tmp_path / "b").glob("*.png")
+    assert copy.name == "00001-6.png"
+    assert np.array_equal(np.asarray(Image.open(copy)), np.asarray(Image.open(pngs[1])))
+
+    changed = invoke("generate", "--from", pngs[1], "--seed", 9, "-o", tmp_path / "b")
+    assert changed.exit_code == 0 and (tmp_path / "b" / "00002-9.png").is_file()
+
+
+def test_trace_saves_a_strip_of_predictions(sd15_folder, tmp_path):
+    result = invoke(
+        "generate", "a face", "--model", sd15_folder, "--trace", "--seed", 1, "-o", tmp_path, "--steps", 4
+    )
+    assert result.exit_code == 0, result.output
+    strip = Image.open(tmp_path / "00001-1-trace.png")
+    assert strip.size == (4 * 64, 64)  # 4 steps -> 4 distinct predictions (8 frames asked)
+
+
+def test_noise_saves_the_forward_process(sd15_folder, tmp_path):
+    Image.new("RGB", (64, 64), (200, 120, 90)).save(tmp_path / "face.png")
+    result = invoke(
+        "noise", tmp_path / "face.png", "--steps", 3, "--model", sd15_folder, "-o", tmp_path / "out"
+    )
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "out" / "face-noise.png").size == (4 * 64, 64)
+
+
+def test_samplers_lists_the_a1111_names():
+    result = invoke("samplers")
+    assert result.exit_code == 0
+    for name in ("DDIM", "PNDM", "Euler a", "DPM++ 2M Karras", "UniPC", "LCM"):
+        assert name in result.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bad input: one line, exit 2, no traceback
+
+
+def test_missing_model_path(tmp_path):
+    one_line_error(
+        invoke("generate", "a face", "--model", tmp_path / "nope", "-o", tmp_path), "does not exist"
+    )
+
+
+def test_unknown_format(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"\0" * 16)
+    one_line_error(
+        invoke("generate", "a face", "--model", tmp_path / "model.onnx", "-o", tmp_path),
+        "unknown model format",
+    )
+    (tmp_path / "folder").mkdir()
+    one_line_error(
+        invoke("generate", "a face", "--model", tmp_path / "folder", "-o", tmp_path),
+        "without model_index.json",
+    )
+
+
+def test_corrupt_safetensors(tmp_path):
+    (tmp_path / "broken.safetensors").write_bytes(b"garbage")
+    one_line_error(
+        invoke("generate", "a face", "--model", tmp_path / "broken.safetensors", "-o", tmp_path),
+        "not a readable",
+    )
+
+
+def test_unrecognised_architecture_says_what_was_found(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(
+        {"encoder.layer.0.weight": torch.zeros(2), "encoder.layer.1.weight": torch.zeros(2)},
+        tmp_path / "x.safetensors",
+    )
+    result = invoke("generate", "a face", "--model", tmp_path / "x.safetensors", "-o", tmp_path)
+    one_line_error(result, "not a Stable Diffusion checkpoint")
+    assert "encoder.layer.* (2)" in result.stderr
+
+
+def test_pickles_are_refused_unless_allowed(tmp_path):
+    torch.save({"state_dict": {"a": torch.zeros(1)}}, tmp_path / "model.ckpt")
+    result = invoke("generate", "a face", "--model", tmp_path / "model.ckpt", "-o", tmp_path)
+    one_line_error(result, "runs arbitrary code")
+    assert "--allow-pickle" in result.stderr
+    allowed = invoke(
+        "generate", "a face", "--model", tmp_path / "model.ckpt", "--allow-pickle", "-o", tmp_path
+    )
+    one_line_error(allowed, "not a Stable Diffusion checkpoint")  # unpickled, then judged by its keys
+
+
+def test_lora_that_does_not_fit_counts_the_misfits(sd15_folder, tmp_path):
+    from safetensors.torch import save_file
+
+    import factory
+
+    save_file(factory.kohya_lora(factory.tiny_sdxl()), tmp_path / "xl.safetensors")
+    result = invoke(
+        "generate",
+        "a face",
+        "--model",
+        sd15_folder,
+        "--lora",
+        f"{tmp_path / 'xl.safetensors'}:0.8",
+        "-o",
+        tmp_path,
+    )
+    one_line_error(result, "doesn't fit this model")
+    assert " of " in result.stderr and "LoRA modules have no matching layer" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--width", "100"], "--width 100 is not a positive multiple of 8"),
+        (["--height", "20"], "--height 20"),
+        (["--steps", "0"], "--steps 0 is outside [1, 1000]"),
+        (["--steps", "1001"], "--steps 1001 is outside [1, 1000]"),
+        (["--sampler", "Heun"], 'unknown sampler "Heun"'),
+    ],
+)
+def test_bad_settings(args, fragment, tmp_path):
+    one_line_error(invoke("generate", "a face", *args, "-o", tmp_path), fragment)
+
+
+def test_empty_prompt_without_negative(tmp_path):
+    one_line_error(invoke("generate", "", "-o", tmp_path), "prompt is empty")
+    one_line_error(invoke("generate", "-o", tmp_path), "prompt is empty")
+
+
+def test_output_directory_not_writable(sd15_folder, tmp_path):
+    (tmp_path / "file").write_text("x")
+    one_line_error(
+        invoke("generate", "a face", "--model", sd15_folder, "-o", tmp_path / "file" / "sub"), "not writable"
+    )
+
+
+def test_default_model_missing_points_to_model_option(tmp_path):
+    one_line_error(invoke("generate", "a face", "-o", tmp_path), "--model")
+
+
+def test_info_on_a_missing_image(tmp_path):
+    one_line_error(invoke("info", tmp_path / "missing.png"), "does not exist")
+
+
+def test_installed_command_prints_one_line_and_exits_2(tmp_path):
+    process = subprocess.run(
+        [sys.executable, "-m", "facesmith.cli", "generate", "a face", "--model", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+    )
+    assert process.returncode == 2
+    assert "Traceback" not in process.stderr
+    assert [line for line in process.stderr.splitlines() if line.strip()] == [
+        f"error: model {tmp_path / 'none'} does not exist: pass a diffusers folder or a .safetensors file"
+    ]

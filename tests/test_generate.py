@@ -1,0 +1,128 @@
+"""FaceGenerator: seeds, sizes, the 77-token warning, trace, forward process, NaN-guarded decode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import facesmith
+from conftest import FAST
+from facesmith.errors import FacesmithError
+from facesmith.generate import (
+    PromptTruncatedWarning,
+    VaeUpcastWarning,
+    decode_latents,
+    truncated_words,
+)
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_same_seed_same_image_and_other_seed_other_image(sd15):
+    a = sd15.generate("a face", seed=7, **FAST)[0]
+    b = sd15.generate("a face", seed=7, **FAST)[0]
+    c = sd15.generate("a face", seed=8, **FAST)[0]
+    assert a.size == (64, 64)
+    assert np.array_equal(pixels(a), pixels(b))
+    assert np.abs(pixels(a) - pixels(c)).mean() > 1
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "Euler a"])
+def test_image_i_of_a_batch_equals_single_image_with_seed_plus_i(sd15, sampler):
+    batch = sd15.generate("a face", seed=100, count=3, sampler=sampler, **FAST)
+    for i, image in enumerate(batch):
+        single = sd15.generate("a face", seed=100 + i, sampler=sampler, **FAST)[0]
+        assert np.array_equal(pixels(image), pixels(single))
+
+
+def test_run_records_the_seeds_and_size_used(sd15):
+    from facesmith.config import GenerateConfig
+
+    result = sd15.run(GenerateConfig(prompt="a face", count=2, steps=2))
+    assert result.seeds == [result.config.seed, result.config.seed + 1]
+    assert (result.config.width, result.config.height) == sd15.native_size == (64, 64)
+
+
+def test_prompt_over_77_tokens_warns_with_the_cut_words(sd15):
+    long_prompt = "a face " * 40 + "with purple eyebrows"
+    with pytest.warns(PromptTruncatedWarning, match="purple eyebrows"):
+        sd15.generate(long_prompt, seed=1, **FAST)
+    assert truncated_words(sd15.pipe.tokenizer, "a short prompt") == ""
+
+
+def test_empty_prompt_needs_a_negative(sd15):
+    with pytest.raises(FacesmithError, match="empty"):
+        sd15.generate("", **FAST)
+    assert len(sd15.generate("", negative="blurry", seed=1, **FAST)) == 1
+
+
+def test_load_time_settings_are_refused_by_generate(sd15):
+    with pytest.raises(FacesmithError, match="facesmith.load"):
+        sd15.generate("a face", model="elsewhere", **FAST)
+    with pytest.raises(FacesmithError, match="unknown setting"):
+        sd15.generate("a face", stepz=3)
+
+
+def test_trace_ends_at_the_final_image(sd15):
+    from facesmith.config import GenerateConfig
+
+    result = sd15.run(GenerateConfig(prompt="a face", seed=3, steps=6, trace=True, trace_frames=4))
+    frames = result.trace[0]
+    assert len(frames) == 4 and all(frame.size == (64, 64) for frame in frames)
+    final = pixels(result.images[0])
+    # DDIM's last step lands (almost) on its own x0 prediction; the first prediction is far from it.
+    assert np.abs(pixels(frames[-1]) - final).mean() < 3
+    assert np.abs(pixels(frames[0]) - final).mean() > np.abs(pixels(frames[-1]) - final).mean()
+
+
+def test_forward_process_goes_from_image_to_noise(sd15):
+    from PIL import Image
+
+    gradient = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))
+    image = Image.fromarray(np.stack([gradient, gradient.T, 255 - gradient], axis=-1))
+    frames = sd15.forward_process(image, slices=4, seed=0)
+    assert len(frames) == 5 and all(f.size == (64, 64) for f in frames)
+    distance = [np.abs(pixels(f) - pixels(frames[0])).mean() for f in frames]
+    assert distance[0] == 0 and distance[-1] > distance[1] > 0
+
+
+def test_nan_in_a_half_precision_decode_is_redone_in_float32():
+    import factory
+
+    vae = factory.tiny_sd15().vae
+    with torch.no_grad():
+        vae.decoder.conv_in.weight.mul_(2e4)  # activations overflow fp16 (max 65504); fine in fp32
+    latents = 3 * torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    reference = decode_latents(vae, latents)
+    vae.to(torch.float16)
+    with pytest.warns(VaeUpcastWarning):
+        guarded = decode_latents(vae, latents.half())
+    assert torch.isfinite(guarded).all()
+    assert vae.dtype == torch.float32
+    assert torch.allclose(guarded, reference, atol=2e-2)
+
+
+def test_device_and_dtype_choice():
+    from facesmith.generate import choose_device, choose_dtype
+
+    assert choose_dtype(torch.device("cpu")) == torch.float32
+    assert choose_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
+    with pytest.raises(FacesmithError, match="dtype"):
+        choose_dtype(torch.device("cpu"), "fp8")
+    with pytest.raises(FacesmithError, match="device"):
+        choose_device("toaster")
+    if not torch.cuda.is_available():
+        with pytest.raises(FacesmithError, match="CUDA is not available"):
+            choose_device("cuda")
+
+
+def test_import_is_light():
+    import subprocess
+    import sys
+
+    code = "import sys, facesmith; assert 'torch' not in sys.modules and 'diffusers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert callable(facesmith.load)

@@ -1,0 +1,70 @@
+"""PNG metadata: A1111's `parameters` chunk and facesmith's JSON chunk, written and read back."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from facesmith.config import GenerateConfig
+from facesmith.errors import FacesmithError
+from facesmith.metadata import (
+    config_from_parameters,
+    config_from_png,
+    format_parameters,
+    parse_parameters,
+    read_png,
+    write_png,
+)
+
+
+def test_parameters_follow_a1111_layout():
+    config = GenerateConfig(prompt="a face", negative="blurry", steps=20, cfg=7.0, sampler="Euler a")
+    text = format_parameters(
+        config, seed=42, width=512, height=768, model_name="sd15", model_hash="0123456789"
+    )
+    assert text.splitlines() == [
+        "a face",
+        "Negative prompt: blurry",
+        "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x768, Model hash: 0123456789, "
+        "Model: sd15, Version: facesmith",
+    ]
+
+
+def test_png_chunks_round_trip(tmp_path):
+    config = GenerateConfig(prompt="a face", seed=3, width=64, height=64)
+    path = write_png(
+        Image.new("RGB", (8, 8)), tmp_path / "x.png", "a face\nSteps: 50", {"config": config.to_dict()}
+    )
+    parameters, settings = read_png(path)
+    assert parameters == "a face\nSteps: 50"
+    assert config_from_png(path) == config
+    assert settings["config"]["seed"] == 3
+
+
+def test_a1111_only_pngs_are_read_from_parameters(tmp_path):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(
+        "parameters",
+        "portrait, smiling\nof a woman\nNegative prompt: ugly, blurry\n"
+        'Steps: 28, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 1234, Size: 512x640, Lora hashes: "a: 1, b: 2"',
+    )
+    Image.new("RGB", (8, 8)).save(tmp_path / "a1111.png", pnginfo=info)
+    config = config_from_png(tmp_path / "a1111.png")
+    assert config.prompt == "portrait, smiling\nof a woman" and config.negative == "ugly, blurry"
+    assert (config.steps, config.sampler, config.cfg, config.seed) == (28, "DPM++ 2M Karras", 6.5, 1234)
+    assert (config.width, config.height) == (512, 640)
+    assert parse_parameters("just a prompt") == ("just a prompt", "", {})
+    assert config_from_parameters("x\nSteps: 3").steps == 3
+
+
+def test_images_without_metadata_and_non_images_are_user_errors(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    with pytest.raises(FacesmithError, match="no generation metadata"):
+        config_from_png(tmp_path / "plain.png")
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(FacesmithError, match="cannot read image"):
+        read_png(tmp_path / "text.png")
+    with pytest.raises(FacesmithError, match="does not exist"):
+        read_png(tmp_path / "missing.png")
