@@ -1,0 +1,47 @@
+"""Resolving model sources: default model, diffusers folders, missing and unknown paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from facesmith.errors import FacesmithError
+from facesmith.models import loading
+
+
+def test_default_model_not_installed_points_to_model_option(monkeypatch, tmp_path):
+    monkeypatch.setattr(loading, "DEFAULT_MODEL_DIR", tmp_path / "default_model")
+    with pytest.raises(FacesmithError, match="default model is not installed.*--model"):
+        loading.load_model(None)
+
+
+def test_missing_path_and_folder_without_index(tmp_path):
+    with pytest.raises(FacesmithError, match="does not exist"):
+        loading.load_model(tmp_path / "missing")
+    with pytest.raises(FacesmithError, match="without model_index.json"):
+        loading.load_model(tmp_path)
+
+
+def test_unsupported_pipeline_class_is_named(tmp_path):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(FacesmithError, match="holds a FluxPipeline"):
+        loading.load_model(tmp_path)
+
+
+def test_folder_with_missing_component_files(tmp_path, sd15_folder):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(sd15_folder, broken)
+    shutil.rmtree(broken / "unet")
+    with pytest.raises(FacesmithError, match="cannot load the diffusers folder"):
+        loading.load_model(broken)
+
+
+def test_model_hash_is_a1111_autov2(sd15_file):
+    import hashlib
+
+    model = loading.load_model(sd15_file)
+    assert model.model_hash() == hashlib.sha256(sd15_file.read_bytes()).hexdigest()[:10]
+    assert model.name == "tiny-sd15" and model.source == str(sd15_file)

@@ -1,0 +1,69 @@
+"""LoRAs: Kohya and peft formats, weights, stacking, and LoRAs that don't fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from safetensors.torch import save_file
+
+import facesmith
+import factory
+from conftest import FAST
+from facesmith.errors import FacesmithError
+from facesmith.models.lora import LoraSpec, lora_format, parse_lora_spec
+
+
+@pytest.fixture(scope="module")
+def kohya_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lora") / "kohya.safetensors"
+    save_file(factory.kohya_lora(factory.tiny_sd15(), seed=1), path)
+    return path
+
+
+def image(folder, loras=(), seed=4):
+    generator = facesmith.load(folder, loras=list(loras))
+    return np.asarray(generator.generate("a face", seed=seed, **FAST)[0], dtype=np.int16)
+
+
+def test_kohya_lora_at_weight_0_is_the_base_model_and_at_1_changes_it(sd15_folder, kohya_file):
+    base = image(sd15_folder)
+    assert np.array_equal(image(sd15_folder, [f"{kohya_file}:0"]), base)
+    assert np.abs(image(sd15_folder, [f"{kohya_file}:1"]) - base).mean() > 1
+
+
+def test_loras_stack_with_their_own_weights(sd15_folder, kohya_file, tmp_path):
+    peft_file = factory.peft_lora(factory.tiny_sd15(), tmp_path / "peft", seed=2)
+    only_kohya = image(sd15_folder, [f"{kohya_file}:1"])
+    stacked_off = image(sd15_folder, [f"{kohya_file}:1", f"{peft_file}:0"])
+    stacked_on = image(sd15_folder, [f"{kohya_file}:1", f"{peft_file}:1"])
+    assert np.array_equal(stacked_off, only_kohya)
+    assert np.abs(stacked_on - only_kohya).mean() > 1
+
+
+def test_formats_are_recognised(kohya_file, tmp_path):
+    from safetensors.torch import load_file
+
+    assert lora_format(load_file(kohya_file)) == "kohya"
+    peft_file = factory.peft_lora(factory.tiny_sd15(), tmp_path / "peft")
+    assert lora_format(load_file(peft_file)) == "peft"
+    with pytest.raises(FacesmithError, match="not a LoRA"):
+        lora_format({"model.diffusion_model.x": None})
+
+
+def test_lora_for_another_model_counts_misfits(sd15_folder, tmp_path):
+    save_file(factory.kohya_lora(factory.tiny_sdxl()), tmp_path / "xl.safetensors")
+    with pytest.raises(FacesmithError, match=r"doesn't fit this model: \d+ of \d+ LoRA modules"):
+        facesmith.load(sd15_folder, loras=[str(tmp_path / "xl.safetensors")])
+
+
+def test_missing_lora_file(sd15_folder, tmp_path):
+    with pytest.raises(FacesmithError, match="does not exist"):
+        facesmith.load(sd15_folder, loras=[str(tmp_path / "none.safetensors:0.5")])
+
+
+def test_spec_parsing():
+    assert parse_lora_spec("a/b.safetensors:0.7") == LoraSpec(
+        __import__("pathlib").Path("a/b.safetensors"), 0.7
+    )
+    assert parse_lora_spec("a/b.safetensors").weight == 1.0
+    assert parse_lora_spec("C:/x/b.safetensors").path.name == "b.safetensors"
