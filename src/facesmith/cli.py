@@ -182,7 +182,7 @@ def info(image: Annotated[Path, typer.Argument(help="A PNG written by facesmith 
             )
         if parameters is not None:
             out.rule("parameters (A1111)")
-            out.print(parameters, highlight=False, markup=False)
+            out.print(parameters, highlight=False, markup=False, soft_wrap=True)
         if settings is not None:
             out.rule("facesmith")
             out.print_json(json.dumps(settings))
