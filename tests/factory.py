@@ -128,22 +128,49 @@ def _randomize_norms(pipe):
 
 
 def kohya_lora(pipe, rank: int = 4, seed: int = 0, scale: float = 0.5) -> dict[str, torch.Tensor]:
-    """A random LoRA in Kohya's format for an SD1-layout pipeline (diffusers module names, `_` joined).
+    """A random LoRA in Kohya's format: `lora_unet_*` / `lora_te*_*` with `alpha` = rank / 2.
 
-    Like Kohya's default it targets the attention projections of the UNet's transformer blocks and
-    of every text encoder layer, with `alpha` = rank / 2.
+    Like Kohya's default it targets the attention projections of the UNet's transformer blocks and of
+    every text encoder layer. SD1 files name UNet layers as diffusers does; SDXL files (two text
+    encoders, `lora_te1_`/`lora_te2_`) use the original SGM names, e.g. `lora_unet_input_blocks_4_1_...`.
     """
+    from facesmith.models.sd_layout import UNET_PREFIX, unet_to_original
+
+    sdxl = getattr(pipe, "text_encoder_2", None) is not None
+    unet_names = {}
+    if sdxl:
+        weights = {k: v for k, v in pipe.unet.state_dict().items() if k.endswith(".weight")}
+        original = unet_to_original(weights, pipe.unet.config)
+        unet_names = {
+            d[: -len(".weight")]: o[len(UNET_PREFIX) : -len(".weight")]
+            for d, o in zip(weights, original, strict=True)
+        }
     generator = torch.Generator().manual_seed(seed)
     state = {}
-    targets = [
-        ("lora_unet_", pipe.unet, ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")),
-        ("lora_te_text_model_", pipe.text_encoder, ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj")),
-    ]  # fmt: skip
+    attention = (
+        "attn1.to_q",
+        "attn1.to_k",
+        "attn1.to_v",
+        "attn1.to_out.0",
+        "attn2.to_q",
+        "attn2.to_k",
+        "attn2.to_v",
+        "attn2.to_out.0",
+    )
+    text = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj")
+    targets = [("lora_unet_", pipe.unet, attention)]
+    if sdxl:
+        targets += [
+            ("lora_te1_text_model_", pipe.text_encoder, text),
+            ("lora_te2_text_model_", pipe.text_encoder_2, text),
+        ]
+    else:
+        targets += [("lora_te_text_model_", pipe.text_encoder, text)]
     for prefix, model, suffixes in targets:
         for name, layer in model.named_modules():
             if not name.endswith(suffixes):
                 continue
-            name = name.removeprefix("text_model.")
+            name = unet_names.get(name, name).removeprefix("text_model.")
             key = prefix + name.replace(".", "_")
             state[key + ".lora_down.weight"] = scale * torch.randn(
                 rank, layer.in_features, generator=generator

@@ -76,6 +76,14 @@ def test_noise_saves_the_forward_process(sd15_folder, tmp_path):
     assert Image.open(tmp_path / "out" / "face-noise.png").size == (4 * 64, 64)
 
 
+def test_long_prompt_prints_a_warning_line_naming_the_cut_words(sd15_folder, tmp_path):
+    prompt = "a face " * 40 + "with purple eyebrows"
+    result = invoke("generate", prompt, "--model", sd15_folder, "-o", tmp_path, *FAST)
+    assert result.exit_code == 0, result.output
+    warning_lines = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning_lines) == 1 and "purple eyebrows" in warning_lines[0]
+
+
 def test_samplers_lists_the_a1111_names():
     result = invoke("samplers")
     assert result.exit_code == 0

@@ -66,16 +66,44 @@ def test_load_time_settings_are_refused_by_generate(sd15):
         sd15.generate("a face", stepz=3)
 
 
-def test_trace_ends_at_the_final_image(sd15):
+@pytest.mark.parametrize("sampler", ["DDIM", "Euler", "Euler a", "DPM++ 2M Karras", "UniPC"])
+def test_trace_ends_at_the_final_image(sd15, sampler):
     from facesmith.config import GenerateConfig
 
-    result = sd15.run(GenerateConfig(prompt="a face", seed=3, steps=6, trace=True, trace_frames=4))
+    config = GenerateConfig(prompt="a face", seed=3, steps=6, sampler=sampler, trace=True, trace_frames=4)
+    result = sd15.run(config)
     frames = result.trace[0]
     assert len(frames) == 4 and all(frame.size == (64, 64) for frame in frames)
     final = pixels(result.images[0])
-    # DDIM's last step lands (almost) on its own x0 prediction; the first prediction is far from it.
+    # The last step lands (almost) on its own x0 prediction; the first prediction is far from it.
     assert np.abs(pixels(frames[-1]) - final).mean() < 3
     assert np.abs(pixels(frames[0]) - final).mean() > np.abs(pixels(frames[-1]) - final).mean()
+    assert "step" not in vars(sd15.pipe.scheduler)  # the recording wrapper is gone
+    plain = sd15.generate("a face", seed=3, steps=6, sampler=sampler)[0]
+    assert np.array_equal(pixels(plain), final)  # tracing does not change the image
+
+
+def test_sdxl_generates_and_traces(sdxl_folder):
+    from facesmith.config import GenerateConfig
+
+    generator = facesmith.load(sdxl_folder)
+    result = generator.run(
+        GenerateConfig(prompt="a face", seed=2, steps=3, sampler="Euler a", trace=True, trace_frames=3)
+    )
+    assert result.images[0].size == (64, 64) and len(result.trace[0]) == 3
+    again = generator.generate("a face", seed=2, steps=3, sampler="Euler a")[0]
+    assert np.array_equal(pixels(again), pixels(result.images[0]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [None, "fp16"])
+def test_cuda_half_precision_matches_cpu_seeds(sd15_folder, dtype):
+    cpu = facesmith.load(sd15_folder, device="cpu").generate("a face", seed=5, **FAST)[0]
+    gpu = facesmith.load(sd15_folder, device="cuda", dtype=dtype)
+    assert gpu.dtype in (torch.float16, torch.bfloat16)
+    image = gpu.generate("a face", seed=5, **FAST)[0]
+    # CPU noise makes the seed portable; half precision moves pixels a little, not the picture.
+    assert np.abs(pixels(image) - pixels(cpu)).mean() < 8
 
 
 def test_forward_process_goes_from_image_to_noise(sd15):

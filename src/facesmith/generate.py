@@ -16,6 +16,7 @@ UNet, VAE, scheduler), and owns what facesmith adds around it:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import secrets
 import warnings
@@ -391,13 +392,16 @@ class _TraceRecorder:
         self.scheduler = scheduler
         self.step = scheduler.step
         self.x0: list[torch.Tensor] = []
-        scheduler.step = self._step
 
-    def _step(self, model_output, timestep, sample, *args, **kwargs):
-        self.x0.append(
-            predicted_clean_latents(self.scheduler, model_output, timestep, sample).detach().clone()
-        )
-        return self.step(model_output, timestep, sample, *args, **kwargs)
+        # functools.wraps keeps step's signature visible: diffusers passes the seeded `generator` to
+        # stochastic samplers (Euler a, LCM) only when the signature shows that parameter.
+        @functools.wraps(self.step)
+        def recording_step(model_output, timestep, sample, *args, **kwargs):
+            x0 = predicted_clean_latents(scheduler, model_output, timestep, sample)
+            self.x0.append(x0.detach().clone())
+            return self.step(model_output, timestep, sample, *args, **kwargs)
+
+        scheduler.step = recording_step
 
     def detach(self) -> None:
         del self.scheduler.step  # the instance attribute goes; the class's own step is back

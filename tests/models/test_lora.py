@@ -31,6 +31,19 @@ def test_kohya_lora_at_weight_0_is_the_base_model_and_at_1_changes_it(sd15_folde
     assert np.abs(image(sd15_folder, [f"{kohya_file}:1"]) - base).mean() > 1
 
 
+def test_sdxl_kohya_lora_with_original_unet_names(sdxl_folder, tmp_path):
+    lora = factory.kohya_lora(factory.tiny_sdxl(), seed=3)
+    assert any(key.startswith("lora_unet_input_blocks_") for key in lora)
+    assert any(key.startswith("lora_te2_") for key in lora)
+    save_file(lora, tmp_path / "xl.safetensors")
+    generator = facesmith.load(sdxl_folder, loras=[str(tmp_path / "xl.safetensors")])
+    wrapped = [name for name, layer in generator.pipe.unet.named_modules() if hasattr(layer, "lora_A")]
+    assert len(wrapped) == sum(key.startswith("lora_unet_") and key.endswith(".alpha") for key in lora)
+    base = image(sdxl_folder)
+    assert np.array_equal(image(sdxl_folder, [f"{tmp_path / 'xl.safetensors'}:0"]), base)
+    assert np.abs(image(sdxl_folder, [f"{tmp_path / 'xl.safetensors'}:1"]) - base).mean() > 1
+
+
 def test_loras_stack_with_their_own_weights(sd15_folder, kohya_file, tmp_path):
     peft_file = factory.peft_lora(factory.tiny_sd15(), tmp_path / "peft", seed=2)
     only_kohya = image(sd15_folder, [f"{kohya_file}:1"])
