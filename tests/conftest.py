@@ -15,6 +15,14 @@ import factory  # noqa: E402
 FAST = {"steps": 2, "width": factory.SIZE, "height": factory.SIZE}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Model-hash cache in a temporary folder, never the user's ~/.cache."""
+    import os
+
+    os.environ["FACESMITH_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def sd15_folder(tmp_path_factory) -> Path:
     return factory.save_folder(factory.tiny_sd15(), tmp_path_factory.mktemp("models") / "tiny-sd15")

@@ -50,7 +50,8 @@ def _guarded(work: Callable[[], Any], models: bool = True) -> Any:
 
 
 def _facesmith_warnings() -> list[type[Warning]]:
-    from facesmith.generate import PromptTruncatedWarning, VaeUpcastWarning
+    from facesmith.generate import PromptTruncatedWarning
+    from facesmith.latents import VaeUpcastWarning
 
     return [PromptTruncatedWarning, VaeUpcastWarning]
 

@@ -5,8 +5,7 @@ UNet, VAE, scheduler), and owns what facesmith adds around it:
 - the sampler, rebuilt from the model's own scheduler config for every run (`samplers.py`);
 - seeds: image i of a batch started at seed s is made alone, from a CPU torch.Generator seeded s+i, so
   it is exactly the image that seed s+i makes by itself, and the same on any device;
-- device and dtype: CUDA in bf16/fp16, CPU in fp32; the VAE decode is checked for NaN, the known
-  black-image failure of fp16 VAEs, and redone in fp32 (A1111's `--no-half-vae` fallback);
+- device and dtype: CUDA in bf16/fp16, CPU in fp32 (the NaN-guarded VAE decode is `latents.py`'s);
 - the 77-token limit: facesmith truncates, as diffusers does, and warns naming the words that were cut;
 - `trace`: the predicted clean image x0 at evenly spaced steps; `forward_process`: an image noised by
   the training schedule q(x_t | x_0) (Ho et al. 2020, eq. 4) and decoded, as the paper's figures show.
@@ -31,6 +30,7 @@ from PIL import Image
 
 from facesmith.config import GenerateConfig, save_generate_config
 from facesmith.errors import FacesmithError
+from facesmith.latents import decode_latents, encode_image, to_pil
 from facesmith.metadata import format_parameters, write_png
 from facesmith.models.loading import LoadedModel, load_model
 from facesmith.samplers import make_scheduler
@@ -46,10 +46,6 @@ DTYPES = {
 
 class PromptTruncatedWarning(UserWarning):
     """The prompt is longer than the text encoder reads; the message names the words that were cut."""
-
-
-class VaeUpcastWarning(UserWarning):
-    """The half-precision VAE decode gave NaN and was redone in float32."""
 
 
 @dataclass
@@ -309,55 +305,6 @@ def truncated_words(tokenizer, text: str) -> str:
     if len(ids) <= limit:
         return ""
     return tokenizer.decode(ids[limit:]).strip()
-
-
-def encode_image(vae, x: torch.Tensor) -> torch.Tensor:
-    """Pixels in [-1, 1] -> scaled latents (distribution mode for KL VAEs; TAE-style VAEs return latents)."""
-    out = vae.encode(x)
-    dist = getattr(out, "latent_dist", None)
-    latents = dist.mode() if dist is not None else getattr(out, "latents", None)
-    if latents is None:
-        latents = out[0]
-    config = vae.config
-    if getattr(config, "latents_mean", None) is not None:
-        mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1).to(latents)
-        std = torch.tensor(config.latents_std).view(1, -1, 1, 1).to(latents)
-        return (latents - mean) * config.scaling_factor / std
-    shift = getattr(config, "shift_factor", None) or 0.0
-    return (latents - shift) * getattr(config, "scaling_factor", 1.0)
-
-
-def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Scaled latents -> float32 images in [0, 1], redoing the decode in fp32 if half precision gave NaN."""
-    config = vae.config
-    if getattr(config, "latents_mean", None) is not None:
-        mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1).to(latents)
-        std = torch.tensor(config.latents_std).view(1, -1, 1, 1).to(latents)
-        latents = latents * std / config.scaling_factor + mean
-    else:
-        latents = latents / getattr(config, "scaling_factor", 1.0) + (
-            getattr(config, "shift_factor", None) or 0.0
-        )
-    pixels = _decode(vae, latents)
-    if not torch.isfinite(pixels).all() and vae.dtype != torch.float32:
-        warnings.warn(
-            f"the VAE decode in {vae.dtype} gave NaN (the black-image failure); decoding in float32 from now on",
-            VaeUpcastWarning,
-            stacklevel=2,
-        )
-        vae.to(torch.float32)
-        pixels = _decode(vae, latents)
-    return (pixels.float() / 2 + 0.5).clamp(0, 1)
-
-
-def _decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    out = vae.decode(latents.to(vae.dtype))
-    return getattr(out, "sample", None) if getattr(out, "sample", None) is not None else out[0]
-
-
-def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
-    array = (pixels.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    return [Image.fromarray(a) for a in array]
 
 
 def predicted_clean_latents(

@@ -45,3 +45,15 @@ def test_model_hash_is_a1111_autov2(sd15_file):
     model = loading.load_model(sd15_file)
     assert model.model_hash() == hashlib.sha256(sd15_file.read_bytes()).hexdigest()[:10]
     assert model.name == "tiny-sd15" and model.source == str(sd15_file)
+
+
+def test_hashes_are_cached_by_path_size_and_mtime(tmp_path):
+    import os
+
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"one")
+    first = loading.cached_sha256([path])
+    assert loading.cached_sha256([path]) == first
+    path.write_bytes(b"two")
+    os.utime(path, ns=(1, 1))  # a new size or mtime is a new file
+    assert loading.cached_sha256([path]) != first

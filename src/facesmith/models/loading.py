@@ -34,13 +34,40 @@ class LoadedModel:
     def model_hash(self) -> str | None:
         """A1111's AutoV2 hash: the first 10 hex digits of the weights' sha256 (UNet files for folders)."""
         if self._hash is None and self.weight_files:
-            digest = hashlib.sha256()
-            for path in self.weight_files:
-                with open(path, "rb") as handle:
-                    for block in iter(lambda h=handle: h.read(1 << 20), b""):
-                        digest.update(block)
-            self._hash = digest.hexdigest()[:10]
+            self._hash = cached_sha256(self.weight_files)[:10]
         return self._hash
+
+
+def cached_sha256(files: list[Path]) -> str:
+    """sha256 over `files`, remembered by path, size and mtime (hashing an SDXL file takes seconds).
+
+    The cache is `$FACESMITH_CACHE_DIR` or `~/.cache/facesmith`, `model-hashes.json`; an unwritable
+    cache only costs the time.
+    """
+    cache_dir = Path(
+        os.environ.get("FACESMITH_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "facesmith"
+    )
+    cache_file = cache_dir.expanduser() / "model-hashes.json"
+    key = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    digest = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as handle:
+            for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                digest.update(block)
+    cache[key] = digest.hexdigest()
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        cache_file.write_text(json.dumps(cache, indent=1))
+    except OSError:
+        pass
+    return cache[key]
 
 
 def load_model(source: str | os.PathLike | None, *, allow_pickle: bool = False) -> LoadedModel:
