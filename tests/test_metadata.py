@@ -41,6 +41,13 @@ def test_png_chunks_round_trip(tmp_path):
     assert settings["config"]["seed"] == 3
 
 
+def test_a_png_cannot_switch_on_unpickling_or_pick_the_device(tmp_path):
+    config = GenerateConfig(prompt="a face", allow_pickle=True, device="cuda:3", dtype="fp16")
+    path = write_png(Image.new("RGB", (8, 8)), tmp_path / "x.png", "a face", {"config": config.to_dict()})
+    again = config_from_png(path)
+    assert (again.allow_pickle, again.device, again.dtype) == (False, None, "fp16")
+
+
 def test_a1111_only_pngs_are_read_from_parameters(tmp_path):
     from PIL.PngImagePlugin import PngInfo
 

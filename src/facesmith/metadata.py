@@ -14,6 +14,7 @@ read through `parse_parameters`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -87,7 +88,10 @@ def config_from_png(path: str | Path) -> GenerateConfig:
     """The GenerateConfig that reproduces the image at `path` (facesmith JSON, else A1111 parameters)."""
     parameters, settings = read_png(path)
     if settings is not None:
-        return GenerateConfig.from_dict(settings["config"], origin=f"{path} metadata")
+        config = GenerateConfig.from_dict(settings["config"], origin=f"{path} metadata")
+        # An image is a recipe, not a permission: a PNG from elsewhere must not switch on unpickling,
+        # and the device belongs to the machine, not the recipe.
+        return dataclasses.replace(config, allow_pickle=False, device=None)
     if parameters is not None:
         return config_from_parameters(parameters)
     raise FacesmithError(f"{path} carries no generation metadata (no `parameters` or `facesmith` chunk)")

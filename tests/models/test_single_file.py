@@ -77,6 +77,13 @@ def test_sd2_layout_loads_with_openclip_penultimate_layer(tmp_path):
     assert loaded.text_encoder.config.hidden_act == "gelu"
     assert loaded.tokenizer.pad_token == "!"
     assert loaded.scheduler.config.prediction_type == "v_prediction"
+    # Without the marker, A1111's probe decides: at t=999 a v model outputs about minus its input.
+    del state["v_pred"]
+    bias = "model.diffusion_model.out.2.bias"
+    state[bias] = torch.full_like(state[bias], -10.0)
+    assert pipeline_from_original(state).scheduler.config.prediction_type == "v_prediction"
+    state[bias] = torch.full_like(state[bias], 10.0)
+    assert pipeline_from_original(state).scheduler.config.prediction_type == "epsilon"
 
 
 def test_unrecognised_checkpoints_say_what_they_hold(tmp_path):
