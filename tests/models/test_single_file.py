@@ -54,6 +54,19 @@ def test_configs_are_read_back_from_tensor_shapes(make, family):
     assert infer_vae_config(state, family)["block_out_channels"] == list(pipe.vae.config.block_out_channels)
 
 
+def test_early_sd1_files_without_the_text_model_level_load_the_same():
+    pipe = factory.tiny_sd15()
+    state = pipeline_to_original(pipe)
+    old = {
+        k.replace("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer."): v
+        for k, v in state.items()
+    }
+    old["cond_stage_model.transformer.embeddings.position_ids"] = torch.arange(77)[None]
+    loaded = pipeline_from_original(old)
+    expected = pipe.text_encoder.state_dict()
+    assert all(torch.equal(loaded.text_encoder.state_dict()[k], expected[k]) for k in expected)
+
+
 def test_v_pred_marker_sets_v_prediction(tmp_path):
     pipe = factory.tiny_sd15()
     save_original(pipe, tmp_path / "v.safetensors", v_prediction=True)
@@ -71,6 +84,7 @@ def test_sd2_layout_loads_with_openclip_penultimate_layer(tmp_path):
     state = sd_layout.unet_to_original(pipe.unet.state_dict(), pipe.unet.config)
     state |= sd_layout.vae_to_original(pipe.vae.state_dict(), pipe.vae.config)
     state |= sd_layout.open_clip_to_original(pipe.text_encoder.state_dict(), "sd2")
+    state["cond_stage_model.model.text_projection"] = torch.randn(32, 32)  # real SD2 files carry one, unused
     state["v_pred"] = torch.tensor([])
     loaded = pipeline_from_original(state)
     assert loaded.text_encoder.config.num_hidden_layers == pipe.text_encoder.config.num_hidden_layers - 1

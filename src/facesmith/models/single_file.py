@@ -215,6 +215,7 @@ def pipeline_from_original(state: dict[str, torch.Tensor], name: str = "checkpoi
     from facesmith.samplers import make_scheduler
 
     family = detect_family(state, name)
+    state = _with_text_model_level(state)
     unet_config = infer_unet_config(state, family)
     unet = _build(
         UNet2DConditionModel.from_config, unet_config, sd_layout.unet_from_original(state, unet_config), name
@@ -300,9 +301,15 @@ def _build(factory, config, weights: dict[str, torch.Tensor], name: str):
     return _fill(model, weights, name)
 
 
+# Tensors some checkpoints carry that the diffusers/transformers models have no place for.
+_IGNORABLE = ("position_ids", "logit_scale")
+
+
 def _fill(model, weights: dict[str, torch.Tensor], name: str):
     expected = model.state_dict()
-    weights = {k: v for k, v in weights.items() if not k.endswith("position_ids")}
+    weights = {k: v for k, v in weights.items() if not k.endswith(_IGNORABLE)}
+    if "text_projection.weight" not in expected:  # SD2's OpenCLIP projection; a CLIPTextModel has none
+        weights.pop("text_projection.weight", None)
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     wrong = sorted(
@@ -316,6 +323,19 @@ def _fill(model, weights: dict[str, torch.Tensor], name: str):
         )
     model.load_state_dict(weights, strict=True, assign=True)
     return model.eval()
+
+
+def _with_text_model_level(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Early SD1 checkpoints were saved by a transformers without CLIPTextModel's `text_model.` level."""
+    prefix = sd_layout.CLIP_PREFIX["sd1"]
+    if not any(k.startswith(prefix + "embeddings.") for k in state):
+        return state
+    return {
+        prefix + "text_model." + k[len(prefix) :]
+        if k.startswith(prefix) and not k.startswith(prefix + "text_model.")
+        else k: v
+        for k, v in state.items()
+    }
 
 
 def _count_indices(keys, prefix: str) -> int:
