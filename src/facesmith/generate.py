@@ -14,6 +14,7 @@ UNet, VAE, scheduler), and owns what facesmith adds around it:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -153,11 +154,11 @@ class FaceGenerator:
         )
         pipe = self.pipe
         pipe.scheduler = make_scheduler(config.sampler, self.base_scheduler_config)
-        for text in (config.prompt, config.negative):
+        for label, text in (("prompt", config.prompt), ("negative prompt", config.negative)):
             cut = truncated_words(pipe.tokenizer, text)
             if cut:
                 warnings.warn(
-                    f"the prompt is longer than the {pipe.tokenizer.model_max_length}-token limit; "
+                    f"the {label} is longer than the {pipe.tokenizer.model_max_length}-token limit; "
                     f"these words were cut: {cut}",
                     PromptTruncatedWarning,
                     stacklevel=2,
@@ -167,12 +168,12 @@ class FaceGenerator:
             done = i * config.steps
 
             def on_step(_pipe, step, _timestep, tensors, done=done):
-                if progress is not None:
-                    progress(done + step + 1, config.count * config.steps)
+                if progress is not None:  # PNDM takes one extra step, so cap at the total
+                    progress(min(done + step + 1, done + config.steps), config.count * config.steps)
                 return tensors
 
             recorder = _TraceRecorder(pipe.scheduler) if config.trace else None
-            with torch.inference_mode():
+            with torch.inference_mode(), _detached_after(recorder):
                 latents = pipe(
                     prompt=config.prompt,
                     negative_prompt=config.negative or None,
@@ -188,7 +189,6 @@ class FaceGenerator:
                 ).images
                 images += to_pil(decode_latents(pipe.vae, latents))
                 if recorder is not None:
-                    recorder.detach()
                     trace.append(
                         [to_pil(decode_latents(pipe.vae, x0))[0] for x0 in recorder.pick(config.trace_frames)]
                     )
@@ -330,6 +330,15 @@ def predicted_clean_latents(
     if kind == "sample":
         return model_output
     return (x_t - s * model_output) / a
+
+
+@contextlib.contextmanager
+def _detached_after(recorder: _TraceRecorder | None):
+    try:
+        yield
+    finally:
+        if recorder is not None:
+            recorder.detach()
 
 
 class _TraceRecorder:
