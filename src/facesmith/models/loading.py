@@ -88,14 +88,23 @@ def load_model(source: str | os.PathLike | None, *, allow_pickle: bool = False) 
 
 
 def load_default_model() -> LoadedModel:
-    """The model embedded in the package. Not shipped yet: until it is, say so and point to --model."""
-    if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+    """The model embedded in the package (`default_model.py` builds it; shards are sha256-checked)."""
+    from facesmith.models.default_model import (
+        build_default_pipeline,
+        default_model_files,
+        is_default_model,
+    )
+
+    if not is_default_model(DEFAULT_MODEL_DIR):
         raise FacesmithError(
             f"the default model is not installed (expected in {DEFAULT_MODEL_DIR}): pass --model with a "
             "diffusers folder or a .safetensors checkpoint"
         )
     return LoadedModel(
-        load_diffusers_folder(DEFAULT_MODEL_DIR), "facesmith-default", None, _unet_files(DEFAULT_MODEL_DIR)
+        build_default_pipeline(DEFAULT_MODEL_DIR),
+        "facesmith-default",
+        None,
+        default_model_files(DEFAULT_MODEL_DIR),
     )
 
 
