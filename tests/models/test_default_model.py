@@ -1,0 +1,43 @@
+"""The embedded default model: loads offline from the package and makes 128-px images on a CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facesmith.models.default_model import DEFAULT_MODEL_DIR, default_model_files
+
+
+@pytest.fixture(scope="module")
+def default_generator():
+    from facesmith.generate import FaceGenerator
+
+    return FaceGenerator.load(None)
+
+
+def test_shards_are_small_enough_for_the_repository():
+    files = default_model_files()
+    assert files, f"no UNet shards in {DEFAULT_MODEL_DIR}"
+    assert all(f.stat().st_size < 16 * 2**20 for f in files)
+    assert sum(f.stat().st_size for f in files) <= 80e6
+
+
+def test_generates_distinct_faces_for_distinct_seeds(default_generator):
+    images = default_generator.generate("a photo of a smiling woman", steps=4, seed=7, count=2)
+    assert [im.size for im in images] == [(128, 128), (128, 128)]
+    a, b = (np.asarray(im, dtype=np.float32) for im in images)
+    assert a.std() > 10, "a flat image is not a face"
+    assert np.abs(a - b).mean() > 5, "different seeds gave the same image"
+
+
+def test_prompt_changes_the_image(default_generator):
+    man = default_generator.generate("a photo of an old man with a beard", steps=4, seed=1)[0]
+    woman = default_generator.generate("a photo of a young woman with blond hair", steps=4, seed=1)[0]
+    diff = np.abs(np.asarray(man, dtype=np.float32) - np.asarray(woman, dtype=np.float32)).mean()
+    assert diff > 5, "the text encoder does not reach the UNet"
+
+
+def test_prompt_is_encoded_with_its_attention_mask(default_generator):
+    # Training encoded captions with the mask; without it padding tokens change every state.
+    assert default_generator.pipe.text_encoder.config.use_attention_mask
+    assert default_generator.pipe.tokenizer.model_max_length == 77
