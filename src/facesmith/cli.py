@@ -157,6 +157,54 @@ def generate(
 
 
 @app.command()
+def prepare(
+    sources: Annotated[list[Path] | None, typer.Argument(help="Folders of face photos.")] = None,
+    out_dir: Annotated[str | None, typer.Option("-o", "--out", help="Dataset folder to write.")] = None,
+    size: Annotated[int | None, typer.Option(help="Side of the square crops [default: 512].")] = None,
+    aligned: Annotated[
+        bool | None, typer.Option("--aligned", help="Faces are already aligned: centre-crop, no detection.")
+    ] = None,
+    format: Annotated[
+        str | None, typer.Option(help="auto, celeba, utkface, kohya, imagefolder or folder.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes [default: one per core].")] = None,
+    config: Annotated[Path | None, typer.Option(help="Start from a prepare.toml.")] = None,
+) -> None:
+    """Turn face photos into an aligned, captioned dataset folder (metadata.jsonl, report.md)."""
+
+    def work():
+        import time
+
+        from rich.progress import TextColumn, TimeRemainingColumn
+
+        from facesmith.data.config import PrepareConfig, load_prepare_config
+        from facesmith.data.prepare import run_prepare
+
+        base = load_prepare_config(config) if config is not None else PrepareConfig()
+        given = {
+            "sources": [str(s) for s in sources] if sources else None, "out_dir": out_dir, "size": size,
+            "aligned": aligned, "format": format, "workers": workers,
+        }  # fmt: skip
+        settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+        with _progress() as bar:
+            bar.columns = (*bar.columns, TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+            task = bar.add_task("preparing", total=None, rate="")
+            start: list = []
+
+            def progress(n: int, total: int) -> None:
+                start.append((n, time.perf_counter())) if not start else None
+                (n0, t0), now = start[0], time.perf_counter()
+                rate = f"{(n - n0) / (now - t0):.1f} img/s" if now > t0 and n > n0 else ""
+                bar.update(task, completed=n, total=total, rate=rate)
+
+            folder = run_prepare(settings, progress=progress)
+        summary = json.loads((folder / "report.json").read_text())
+        out.print(f"{folder}: kept {summary['kept']} of {summary['total']}; see {folder / 'report.md'}")
+
+    _guarded(work, models=False)
+
+
+@app.command()
 def samplers() -> None:
     """List the sampler names (AUTOMATIC1111's) and the diffusers schedulers behind them."""
     from rich.table import Table
@@ -226,6 +274,40 @@ def noise(
         path = folder / f"{image.stem}-noise.png"
         image_strip(frames).save(path)
         out.print(str(path), highlight=False)
+
+    _guarded(work)
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str | None, typer.Option(help="Diffusers folder or .safetensors [default: built-in].")
+    ] = None,
+    lora: Annotated[list[str] | None, typer.Option(help="LoRA FILE[:WEIGHT] to offer; repeat.")] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 0.0.0.0 opens it to the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 7860,
+    api_auth: Annotated[str | None, typer.Option(help="user:pass[,user2:pass2]: HTTP Basic auth.")] = None,
+    max_batch: Annotated[int, typer.Option(help="Most images per request.")] = 8,
+    max_steps: Annotated[int, typer.Option(help="Most denoising steps per image.")] = 150,
+    max_size: Annotated[int, typer.Option(help="Most pixels per side.")] = 1024,
+    max_queue: Annotated[int, typer.Option(help="Most jobs waiting; more get HTTP 503.")] = 64,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
+    dtype: Annotated[str | None, typer.Option(help="fp32, fp16 or bf16.")] = None,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow pickled checkpoints.")] = False,
+) -> None:
+    """Serve a web page and an AUTOMATIC1111-compatible API (/sdapi/v1) for one model."""
+
+    def work():
+        from facesmith.serve import ServeConfig, run_serve
+
+        config = ServeConfig(
+            model=model, loras=lora or [], device=device, dtype=dtype, allow_pickle=allow_pickle,
+            host=host, port=port, api_auth=api_auth, max_batch=max_batch, max_steps=max_steps,
+            max_size=max_size, max_queue=max_queue,
+        )  # fmt: skip
+        run_serve(config, announce=lambda line: err.print(line, highlight=False, soft_wrap=True))
 
     _guarded(work)
 

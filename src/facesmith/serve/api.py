@@ -1,0 +1,328 @@
+"""The AUTOMATIC1111-compatible HTTP API: `/sdapi/v1/*` requests and responses in A1111's shapes.
+
+Owns: the request model of `POST /sdapi/v1/txt2img` (A1111's field names and meanings; unknown fields are
+ignored, as A1111 does), turning it into a `GenerateConfig` within the server's limits, the response
+(`images` as base64 PNGs with metadata, `parameters`, `info` as a JSON string), and the read-only
+endpoints A1111 clients call first: samplers, sd-models, loras, options, progress, plus interrupt.
+Validation errors are HTTP 422 in FastAPI's shape, `{"detail": [{"loc": ["body", FIELD], "msg": ...}]}`,
+whether pydantic or a limit found them. Running jobs is `jobs.py`'s; auth and the app are `app.py`'s.
+
+Reference: AUTOMATIC1111 stable-diffusion-webui `modules/api/models.py` and `modules/api/api.py` (v1.x):
+`StableDiffusionTxt2ImgProcessingAPI`, `TextToImageResponse`, `ProgressResponse`, `Processed.js()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import math
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
+
+from facesmith.config import GenerateConfig
+from facesmith.errors import FacesmithError
+from facesmith.samplers import SAMPLERS, check_sampler
+from facesmith.serve.jobs import Job, JobCancelled, JobQueue, Picture, QueueFull
+
+if TYPE_CHECKING:
+    from facesmith.serve.app import ServeConfig
+
+LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?>")  # A1111's extra-network syntax, <lora:name:weight>
+DISCONNECT_POLL_S = 0.25
+
+
+class Txt2ImgRequest(BaseModel):
+    """A1111's txt2img fields that facesmith uses; every other A1111 field is accepted and ignored.
+
+    Defaults are facesmith's (`GenerateConfig`): 50 DDIM steps, CFG 7.5, the model's native size.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = GenerateConfig.steps
+    cfg_scale: float = GenerateConfig.cfg
+    sampler_name: str | None = Field(None, description="A1111 sampler name, see /sdapi/v1/samplers")
+    sampler_index: str | None = Field(None, description="older name of sampler_name")
+    scheduler: str | None = Field(
+        None, description='A1111 1.9+: "Karras" turns DPM++ 2M into its Karras form'
+    )
+    seed: int = Field(-1, description="-1 draws a random seed; image i uses seed + i")
+    batch_size: int = 1
+    n_iter: int = 1
+    width: int | None = Field(None, description="multiple of 8; default the model's native size")
+    height: int | None = Field(None, description="multiple of 8; default the model's native size")
+    send_images: bool = True
+    save_images: bool = Field(False, description="ignored: the server never writes request data to disk")
+
+
+class Txt2ImgResponse(BaseModel):
+    images: list[str] = Field(description="base64 PNGs, each with A1111's `parameters` chunk")
+    parameters: dict[str, Any]
+    info: str = Field(description="JSON string: seeds, prompts, infotexts, model, size, ...")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Request -> GenerateConfig
+
+
+def invalid(field: str, message: str, value: Any = None) -> RequestValidationError:
+    """A 422 naming `field`, in the same shape FastAPI gives pydantic's errors."""
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("body", field), "msg": message, "input": value}]
+    )
+
+
+def request_config(
+    body: Txt2ImgRequest, serve: ServeConfig, loras: dict, native_size: tuple[int, int]
+) -> tuple[GenerateConfig, dict]:
+    """(GenerateConfig, {LoRA name: weight}) for a txt2img request, or a 422 naming the first bad field."""
+    if not 1 <= body.steps <= serve.max_steps:
+        raise invalid("steps", f"steps must lie in [1, {serve.max_steps}] on this server", body.steps)
+    for name in ("width", "height"):
+        value = getattr(body, name)
+        if value is not None and (value <= 0 or value % 8):
+            raise invalid(name, f"{name} must be a positive multiple of 8", value)
+        if value is not None and value > serve.max_size:
+            raise invalid(name, f"{name} must be at most {serve.max_size} px on this server", value)
+    for name in ("batch_size", "n_iter"):
+        if getattr(body, name) < 1:
+            raise invalid(name, f"{name} must be at least 1", getattr(body, name))
+    if body.batch_size * body.n_iter > serve.max_batch:
+        raise invalid(
+            "batch_size",
+            f"batch_size x n_iter = {body.batch_size * body.n_iter} images; this server makes at most "
+            f"{serve.max_batch} per request",
+            body.batch_size,
+        )
+    if not math.isfinite(body.cfg_scale) or body.cfg_scale < 0:
+        raise invalid("cfg_scale", "cfg_scale must be a finite number >= 0", body.cfg_scale)
+    if body.seed != -1 and not 0 <= body.seed < 2**63:
+        raise invalid("seed", "seed must be -1 (random) or in [0, 2^63)", body.seed)
+    sampler_field = "sampler_name" if body.sampler_name else "sampler_index"
+    sampler = sampler_name(body.sampler_name or body.sampler_index, body.scheduler, sampler_field)
+    prompt, weights = lora_tags(body.prompt, loras)
+    if not prompt.strip() and not body.negative_prompt.strip():
+        raise invalid("prompt", "the prompt is empty and there is no negative prompt", body.prompt)
+    config = GenerateConfig(
+        prompt=prompt,
+        negative=body.negative_prompt,
+        steps=body.steps,
+        cfg=body.cfg_scale,
+        sampler=sampler,
+        seed=None if body.seed == -1 else body.seed,
+        count=body.batch_size * body.n_iter,
+        width=body.width or native_size[0],
+        height=body.height or native_size[1],
+    )
+    try:
+        config.validate()
+    except FacesmithError as err:
+        raise invalid("prompt", str(err)) from None
+    return config, weights
+
+
+def sampler_name(name: str | None, scheduler: str | None, field: str = "sampler_name") -> str:
+    """facesmith's sampler for A1111's (sampler_name, scheduler); None means facesmith's default."""
+    if not name:
+        return GenerateConfig.sampler
+    if scheduler and scheduler.strip().lower() == "karras" and not name.lower().endswith("karras"):
+        name = f"{name} Karras"
+    try:
+        return check_sampler(name).name
+    except FacesmithError as err:
+        raise invalid(field, str(err), name) from None
+
+
+def lora_tags(prompt: str, loras: dict) -> tuple[str, dict[str, float]]:
+    """Strip A1111's `<lora:NAME:WEIGHT>` tags from the prompt; NAME must be a LoRA the server loaded.
+
+    The name is only looked up among the LoRAs given at start-up (`--lora`), never used as a path.
+    """
+    weights = {}
+    for match in LORA_TAG.finditer(prompt):
+        name, weight = match.group(1).strip(), match.group(2)
+        if name not in loras:
+            known = ", ".join(loras) or "none"
+            raise invalid("prompt", f"<lora:{name}> is not loaded on this server (loaded: {known})", prompt)
+        try:
+            weights[name] = float(weight) if weight not in (None, "") else 1.0
+        except ValueError:
+            raise invalid("prompt", f"<lora:{name}:{weight}>: the weight is not a number", prompt) from None
+    return re.sub(r"\s*,?\s*" + LORA_TAG.pattern, "", prompt).strip(" ,"), weights
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Results -> A1111 shapes
+
+
+def info_json(body: Txt2ImgRequest, job: Job, pictures: list[Picture], model: dict) -> str:
+    """A1111's `info` string (Processed.js()), plus facesmith's job timings under `facesmith_job`."""
+    config = job.config
+    seeds = [p.seed for p in pictures]
+    return json.dumps(
+        {
+            "prompt": config.prompt,
+            "all_prompts": [config.prompt] * len(pictures),
+            "negative_prompt": config.negative,
+            "all_negative_prompts": [config.negative] * len(pictures),
+            "seed": seeds[0] if seeds else None,
+            "all_seeds": seeds,
+            "subseed": -1,
+            "all_subseeds": [-1] * len(pictures),
+            "subseed_strength": 0,
+            "width": config.width,
+            "height": config.height,
+            "sampler_name": config.sampler,
+            "cfg_scale": config.cfg,
+            "steps": config.steps,
+            "batch_size": body.batch_size,
+            "restore_faces": False,
+            "face_restoration_model": None,
+            "sd_model_name": model["model_name"],
+            "sd_model_hash": model["hash"],
+            "sd_vae_name": None,
+            "sd_vae_hash": None,
+            "seed_resize_from_w": -1,
+            "seed_resize_from_h": -1,
+            "denoising_strength": 0,
+            "extra_generation_params": {},
+            "index_of_first_image": 0,
+            "infotexts": [p.parameters for p in pictures],
+            "styles": [],
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.queued_at)),
+            "clip_skip": 1,
+            "is_using_inpainting_conditioning": False,
+            "version": "facesmith",
+            "facesmith_job": job.timings(),
+        }
+    )
+
+
+def progress_report(queue: JobQueue) -> dict:
+    """A1111's ProgressResponse for the running job (zeros when idle), plus the queue counts."""
+    state = queue.snapshot()
+    job: Job | None = state["running"]
+    fraction = job.step / job.total if job and job.total else 0.0
+    elapsed = time.time() - job.started_at if job and job.started_at else 0.0
+    eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
+    steps = job.config.steps if job else 0
+    return {
+        "progress": round(fraction, 4),
+        "eta_relative": round(eta, 3),
+        "state": {
+            "skipped": False,
+            "interrupted": bool(job and job.cancel.is_set()),
+            "stopping_generation": False,
+            "job": f"job {job.id}" if job else "",
+            "job_count": state["waiting"] + (1 if job else 0),
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.queued_at)) if job else "0",
+            "job_no": (job.step // steps if steps else 0) if job else 0,
+            "sampling_step": (job.step % steps if steps else 0) if job else 0,
+            "sampling_steps": steps,
+        },
+        "current_image": None,
+        "textinfo": f"job {job.id}: step {job.step} of {job.total}" if job else None,
+        "queue": {k: state[k] for k in ("waiting", "done", "cancelled", "failed")},
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Routes
+
+
+async def wait_for_job(job: Job, queue: JobQueue, request: Request) -> list[Picture] | None:
+    """The job's pictures, or None after cancelling it because the client disconnected."""
+    future = asyncio.wrap_future(job.future)
+    while True:
+        done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return future.result()
+        if await request.is_disconnected():
+            queue.cancel(job)
+            with contextlib.suppress(JobCancelled):
+                await future  # a running job stops at its next step; wait so the queue state is exact
+            return None
+
+
+def api_router(queue: JobQueue, serve: ServeConfig, model: dict) -> APIRouter:
+    """The /sdapi/v1 routes over one queue; `model` is the sd-models entry of the loaded model."""
+    router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111-compatible API"])
+
+    @router.post("/txt2img", response_model=Txt2ImgResponse)
+    async def txt2img(body: Txt2ImgRequest, request: Request):
+        """Generate `batch_size * n_iter` images; each is made alone from seed + i."""
+        config, weights = request_config(body, serve, queue.loras, queue.generator.native_size)
+        try:
+            job = queue.submit(config, weights)
+        except QueueFull as err:
+            raise HTTPException(503, str(err), headers={"Retry-After": "5"}) from None
+        try:
+            pictures = await wait_for_job(job, queue, request)
+        except JobCancelled as err:  # interrupted through /sdapi/v1/interrupt: A1111 returns what it has
+            pictures = []
+            message = str(err)
+        except FacesmithError as err:
+            raise invalid("prompt", str(err)) from None
+        else:
+            message = None
+        if pictures is None:
+            return Response(status_code=499)  # the client is gone; nobody reads this
+        body_echo = body.model_dump()
+        info = info_json(body, job, pictures, model)
+        if message:
+            info = json.dumps({**json.loads(info), "interrupted": message})
+        images = [base64.b64encode(p.png).decode("ascii") for p in pictures] if body.send_images else []
+        return Txt2ImgResponse(images=images, parameters=body_echo, info=info)
+
+    @router.get("/samplers")
+    def samplers() -> list[dict]:
+        return [
+            {"name": s.name, "aliases": [s.scheduler], "options": dict(s.kwargs)} for s in SAMPLERS.values()
+        ]
+
+    @router.get("/sd-models")
+    def sd_models() -> list[dict]:
+        return [model]
+
+    @router.get("/loras")
+    def loras() -> list[dict]:
+        return [
+            {"name": name, "alias": name, "path": name, "metadata": {}, "weight": weight}
+            for name, (_, weight, _) in queue.loras.items()
+        ]
+
+    @router.get("/options")
+    def options() -> dict:
+        return {
+            "sd_model_checkpoint": model["title"],
+            "sd_checkpoint_hash": model["sha256"],
+            "samples_format": "png",
+            "CLIP_stop_at_last_layers": 1,
+            "sd_vae": "Automatic",
+            "facesmith_limits": {
+                "max_batch": serve.max_batch,
+                "max_steps": serve.max_steps,
+                "max_size": serve.max_size,
+                "max_queue": serve.max_queue,
+            },
+        }
+
+    @router.get("/progress")
+    def progress() -> dict:
+        return progress_report(queue)
+
+    @router.post("/interrupt")
+    def interrupt() -> dict:
+        queue.interrupt()
+        return {}
+
+    return router

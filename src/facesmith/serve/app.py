@@ -1,0 +1,194 @@
+"""`facesmith serve`: one FastAPI app with the A1111-compatible API, its docs, and the Gradio page.
+
+Owns: `ServeConfig` (defaults are the documented behaviour: 127.0.0.1:7860, no auth, limits below),
+`build_app` (routes, offline API docs, the page mounted at `/`, HTTP Basic auth over all of it), and
+`run_serve`, the stage behind the command (load the model, build, run uvicorn). The API itself is
+`api.py`'s, the page `page.py`'s, the queue `jobs.py`'s.
+
+`--api-auth user:pass[,user2:pass2]` follows A1111's flag; unlike A1111 it guards the page as well,
+because the page can generate too and an open page would make the API's password pointless.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from facesmith.errors import FacesmithError
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before anything can import gradio
+
+
+@dataclass
+class ServeConfig:
+    """Everything `facesmith serve` decides; the model settings are those of `facesmith generate`."""
+
+    model: str | None = None  # None: the default model shipped in the package
+    loras: list[str] = field(default_factory=list)  # FILE[:WEIGHT]; requests pick among these by name
+    device: str | None = None
+    dtype: str | None = None
+    allow_pickle: bool = False
+    host: str = "127.0.0.1"  # local only unless told otherwise
+    port: int = 7860  # A1111's port, so clients find it where they expect
+    api_auth: str | None = None  # "user:pass[,user2:pass2]", HTTP Basic on every route
+    max_batch: int = 8  # images per request (batch_size x n_iter)
+    max_steps: int = 150  # A1111's UI limit
+    max_size: int = 1024  # pixels per side
+    max_queue: int = 64  # jobs waiting; more get HTTP 503
+
+    def validate(self) -> ServeConfig:
+        for name in ("max_batch", "max_steps", "max_size", "max_queue"):
+            if getattr(self, name) < 1:
+                raise FacesmithError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
+        if self.max_size % 8:
+            raise FacesmithError(f"--max-size {self.max_size} must be a multiple of 8")
+        if not 0 <= self.port <= 65535:
+            raise FacesmithError(f"--port {self.port} is not a TCP port (0-65535)")
+        credentials(self.api_auth)
+        return self
+
+
+def credentials(api_auth: str | None) -> list[tuple[str, str]]:
+    """A1111's --api-auth value, "user:pass" pairs separated by commas."""
+    if not api_auth:
+        return []
+    pairs = []
+    for item in api_auth.split(","):
+        user, sep, password = item.strip().partition(":")
+        if not sep or not user or not password:
+            raise FacesmithError("--api-auth must be user:pass (several separated by commas)")
+        pairs.append((user, password))
+    return pairs
+
+
+class BasicAuth:
+    """ASGI middleware: every HTTP request and websocket needs one of the user:pass pairs (RFC 7617)."""
+
+    def __init__(self, app, pairs: list[tuple[str, str]]):
+        self.app = app
+        self.pairs = [(u.encode(), p.encode()) for u, p in pairs]
+
+    def allowed(self, header: bytes | None) -> bool:
+        if not header or header[:6].lower() != b"basic ":
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:].strip(), validate=True).partition(b":")
+        except (binascii.Error, ValueError):
+            return False
+        # compare every pair in full so the time taken says nothing about which part was wrong
+        matches = [
+            secrets.compare_digest(user, u) & secrets.compare_digest(password, p) for u, p in self.pairs
+        ]
+        return any(matches)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        if self.allowed(dict(scope["headers"]).get(b"authorization")):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1008})
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"www-authenticate", b'Basic realm="facesmith"'),
+                                (b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b'{"detail":"Not authenticated"}'})
+
+
+def model_entry(generator) -> dict:
+    """The loaded model as A1111's /sdapi/v1/sd-models lists it (no server paths)."""
+    from facesmith.models.loading import cached_sha256
+
+    model = generator.model
+    short = model.model_hash()
+    sha256 = cached_sha256(model.weight_files) if model.weight_files else None
+    return {
+        "title": f"{model.name} [{short}]" if short else model.name,
+        "model_name": model.name,
+        "hash": short,
+        "sha256": sha256,
+        "filename": model.name,
+        "config": None,
+    }
+
+
+def build_app(generator, config: ServeConfig, *, page: bool = True):
+    """The ASGI app: /sdapi/v1 (api.py), /docs and /openapi.json, and the page at / (page.py)."""
+    from fastapi import FastAPI
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    from facesmith.serve.api import api_router
+    from facesmith.serve.jobs import JobQueue
+
+    config.validate()
+    queue = JobQueue(generator, max_waiting=config.max_queue)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        queue.close()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="facesmith",
+        description="AUTOMATIC1111-compatible API for facesmith's face models (`/sdapi/v1`).",
+        version="1",
+        docs_url=None,  # FastAPI's own /docs loads Swagger UI from a CDN; this one is served locally
+        redoc_url=None,
+    )
+    app.state.queue = queue
+    app.include_router(api_router(queue, config, model_entry(generator)))
+
+    import swagger_ui_bundle
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title="facesmith API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
+
+    if page:
+        import gradio as gr
+
+        from facesmith.serve.page import build_page
+
+        blocks = build_page(
+            queue, max_steps=config.max_steps, max_size=config.max_size, max_batch=config.max_batch
+        )
+        app = gr.mount_gradio_app(app, blocks, path="/", ssr_mode=False, footer_links=["api"])
+    pairs = credentials(config.api_auth)
+    return BasicAuth(app, pairs) if pairs else app
+
+
+def run_serve(config: ServeConfig, announce: Callable[[str], None] = print) -> None:
+    """`facesmith serve`: load the model once, then serve until interrupted."""
+    import uvicorn
+
+    from facesmith.generate import FaceGenerator
+
+    config.validate()
+    generator = FaceGenerator.load(
+        config.model,
+        device=config.device,
+        dtype=config.dtype,
+        loras=config.loras,
+        allow_pickle=config.allow_pickle,
+    )
+    app = build_app(generator, config)
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    announce(
+        f"facesmith: {generator.model.name} on {generator.device} at http://{host}:{config.port}/ "
+        f"(API /sdapi/v1, docs /docs)"
+    )
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=5)

@@ -1,0 +1,237 @@
+"""The generation queue: jobs run one at a time on the server's one model and device, first come first served.
+
+Owns: `JobQueue`, a worker thread that takes `Job`s in arrival order and runs `FaceGenerator.run` for each;
+the step progress that `/sdapi/v1/progress` and the page's progress bar read; cancellation (a job whose
+client went away is dropped before it starts, or stopped at its next denoising step, so the queue moves
+on); per-job LoRA weights; and turning the images into PNG bytes that carry facesmith's metadata
+(`metadata.py`'s two chunks, exactly as `facesmith generate` writes them). HTTP and the page are
+`api.py`'s and `page.py`'s business; both submit here, so the page and the API share one queue.
+
+One worker per queue, because a diffusers pipeline is not re-entrant: the scheduler and LoRA weights are
+per-pipeline state, and two jobs on one device only compete for the same compute.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import itertools
+import json
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from facesmith.config import GenerateConfig
+from facesmith.errors import FacesmithError
+from facesmith.metadata import JSON_KEY, PARAMETERS_KEY, format_parameters
+
+
+class JobCancelled(Exception):
+    """The job's client went away or asked to interrupt; the worker moved on."""
+
+
+class QueueFull(FacesmithError):
+    """More jobs are waiting than the server's --max-queue allows."""
+
+
+@dataclass
+class Picture:
+    """One generated image as it leaves the server: PNG bytes with both metadata chunks."""
+
+    png: bytes
+    seed: int
+    parameters: str  # A1111's `parameters` text, also inside the PNG
+    settings: dict  # facesmith's JSON chunk, also inside the PNG
+
+
+@dataclass
+class Job:
+    id: int
+    config: GenerateConfig
+    lora_weights: dict[str, float] = field(default_factory=dict)  # LoRA name -> weight for this job
+    queued_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    step: int = 0
+    total: int = 0
+    cancel: threading.Event = field(default_factory=threading.Event)
+    future: Future = field(default_factory=Future)
+
+    def timings(self) -> dict:
+        return {"id": self.id, "queued_at": self.queued_at, "started_at": self.started_at,
+                "finished_at": self.finished_at}  # fmt: skip
+
+
+class JobQueue:
+    """FIFO of generation jobs on one FaceGenerator, run by one worker thread."""
+
+    def __init__(self, generator, *, max_waiting: int = 64):
+        self.generator = generator
+        self.max_waiting = max_waiting
+        self.loras = lora_names(generator)  # name -> adapter, fixed at start-up
+        self.done = self.cancelled = self.failed = 0
+        self._ids = itertools.count(1)
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._running: Job | None = None
+        self._wake = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._work, name="facesmith-jobs", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------------------------------------------
+    def submit(self, config: GenerateConfig, lora_weights: dict[str, float] | None = None) -> Job:
+        """Queue a validated config; raise QueueFull when --max-queue jobs are already waiting."""
+        with self._wake:
+            if len(self._waiting) >= self.max_waiting:
+                raise QueueFull(
+                    f"{len(self._waiting)} jobs are already waiting (--max-queue {self.max_waiting}): "
+                    "retry later"
+                )
+            job = Job(next(self._ids), config, dict(lora_weights or {}))
+            job.total = config.count * config.steps
+            self._waiting.append(job)
+            self._wake.notify()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """Drop `job` if it waits, stop it at its next step if it runs; a finished job is left alone."""
+        job.cancel.set()
+        with self._wake:
+            if job in self._waiting:
+                self._waiting.remove(job)
+                self.cancelled += 1
+                job.future.set_exception(JobCancelled(f"job {job.id} was cancelled before it started"))
+
+    def interrupt(self) -> None:
+        """A1111's /sdapi/v1/interrupt: stop the running job."""
+        running = self._running
+        if running is not None:
+            self.cancel(running)
+
+    def snapshot(self) -> dict:
+        """The running job and queue length, for progress reports."""
+        with self._wake:
+            running = self._running
+            return {
+                "running": running,
+                "waiting": len(self._waiting),
+                "done": self.done,
+                "cancelled": self.cancelled,
+                "failed": self.failed,
+            }
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            for job in self._waiting:
+                job.future.set_exception(JobCancelled("the server is shutting down"))
+            self._waiting.clear()
+            self._wake.notify_all()
+        if self._running is not None:
+            self._running.cancel.set()
+        self._worker.join(timeout=30)
+
+    # ------------------------------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._wake:
+                while not self._waiting and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                job = self._waiting.popleft()
+                self._running = job
+            job.started_at = time.time()
+            pictures, error, outcome = None, None, "done"
+            try:
+                pictures = self._run(job)
+            except JobCancelled as err:
+                error, outcome = err, "cancelled"
+            except Exception as err:  # a failed job must never stop the worker
+                error, outcome = err, "failed"
+            job.finished_at = time.time()
+            with self._wake:
+                self._running = None
+                setattr(self, outcome, getattr(self, outcome) + 1)
+            if error is None:
+                job.future.set_result(pictures)
+            else:
+                job.future.set_exception(error)
+
+    def _run(self, job: Job) -> list[Picture]:
+        def progress(step: int, total: int) -> None:
+            job.step, job.total = step, total
+            if job.cancel.is_set():
+                raise JobCancelled(f"job {job.id} was interrupted at step {step} of {total}")
+
+        if job.cancel.is_set():
+            raise JobCancelled(f"job {job.id} was cancelled before it started")
+        generator = self.generator
+        with lora_weights_applied(generator, self.loras, job.lora_weights):
+            result = generator.run(job.config, progress=progress)
+        return pictures_from(generator, result)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# LoRAs: loaded once at start-up as peft adapters; each job only chooses their weights.
+
+
+def lora_names(generator) -> dict[str, tuple[str, float, str]]:
+    """{LoRA name (file stem): (adapter name, start-up weight, spec)} in load order.
+
+    `models.lora.apply_loras` names the adapter of the i-th LoRA `lora{i}`; a request names a LoRA by its
+    file stem, looked up here, never as a path.
+    """
+    names = {}
+    for index, spec in enumerate(generator.loras):
+        path, _, weight = spec.rpartition(":")
+        stem = path.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        names[stem] = (f"lora{index}", float(weight), path)
+    return names
+
+
+class lora_weights_applied:  # noqa: N801 - used as a context manager, reads as a phrase
+    """Set this job's LoRA weights (absent = the start-up weight) and record them in the metadata."""
+
+    def __init__(self, generator, loras: dict[str, tuple[str, float, str]], weights: dict[str, float]):
+        self.generator, self.loras, self.weights = generator, loras, weights
+
+    def __enter__(self):
+        if not self.loras:
+            return self
+        chosen = {name: self.weights.get(name, default) for name, (_, default, _) in self.loras.items()}
+        self.saved = list(self.generator.loras)
+        self.generator.pipe.set_adapters(
+            [adapter for adapter, _, _ in self.loras.values()], adapter_weights=list(chosen.values())
+        )
+        self.generator.loras = [f"{path}:{chosen[name]:g}" for name, (_, _, path) in self.loras.items()]
+        return self
+
+    def __exit__(self, *exc):
+        if self.loras:
+            self.generator.loras = self.saved
+        return False
+
+
+def pictures_from(generator, result) -> list[Picture]:
+    """PNG bytes with A1111's `parameters` chunk and facesmith's JSON chunk, as `run_generate` writes."""
+    from PIL.PngImagePlugin import PngInfo
+
+    used = result.config
+    name, model_hash = generator.model.name, generator.model.model_hash()
+    pictures = []
+    for image, seed in zip(result.images, result.seeds, strict=True):
+        one = dataclasses.replace(used, seed=seed, count=1, trace=False)
+        parameters = format_parameters(
+            one, seed=seed, width=used.width, height=used.height, model_name=name, model_hash=model_hash
+        )
+        settings = {"config": one.to_dict(), "model_name": name, "model_hash": model_hash}
+        info = PngInfo()
+        info.add_text(PARAMETERS_KEY, parameters)
+        info.add_text(JSON_KEY, json.dumps(settings, sort_keys=True))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", pnginfo=info)
+        pictures.append(Picture(buffer.getvalue(), seed, parameters, settings))
+    return pictures

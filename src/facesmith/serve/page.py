@@ -1,0 +1,205 @@
+"""The web page: a Gradio Blocks app for making faces, mounted on the same FastAPI app as the API.
+
+Owns: the controls (prompt, negative prompt, steps, CFG, sampler, seed with random/reuse, count, size,
+LoRA and weight), the face-attribute controls that write the prompt (through `data.captions`, the same
+wording the default model was trained on), the gallery with each image's parameters and its PNG for
+download (metadata inside), reproducing an uploaded PNG's recipe (`metadata.config_from_png`), and the
+progress bar. Jobs go through the server's one `JobQueue`, so the page and the API wait in the same line.
+
+Gradio must never phone home: analytics are switched off before it is imported and in the Blocks, the
+theme uses local fonts only, and server-side rendering (a Node process) is off.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by gradio at import time as well as by Blocks
+
+from facesmith.config import GenerateConfig
+from facesmith.errors import FacesmithError
+from facesmith.samplers import sampler_names
+from facesmith.serve.jobs import JobQueue
+
+NO_LORA = "none"
+KEEP_IMAGES = 256  # the page's PNGs on disk; older ones are removed so a long-running server stays flat
+HAIR = {"any": {}, "black": {"Black_Hair": 1}, "blond": {"Blond_Hair": 1}, "brown": {"Brown_Hair": 1},
+        "gray": {"Gray_Hair": 1}, "bald": {"Bald": 1}}  # fmt: skip
+AGES = {"any": None, "child": 8, "teenager": 16, "young adult": 27, "middle-aged": 48, "senior": 70}
+GENDERS = {"any": {}, "woman": {"Male": 0}, "man": {"Male": 1}}
+ETHNICITIES = ["any", "white", "Black", "East Asian", "South Asian"]
+FEATURES = {  # checkbox label -> CelebA attributes it sets
+    "smiling": {"Smiling": 1},
+    "glasses": {"Eyeglasses": 1},
+    "beard": {"No_Beard": 0},
+    "mustache": {"Mustache": 1},
+    "wavy hair": {"Wavy_Hair": 1},
+    "bangs": {"Bangs": 1},
+    "hat": {"Wearing_Hat": 1},
+    "makeup": {"Heavy_Makeup": 1},
+    "earrings": {"Wearing_Earrings": 1},
+}
+
+
+def attributes_from_controls(
+    gender: str, age: str, hair: str, ethnicity: str, features: list[str]
+) -> dict[str, int | str]:
+    """The attribute dict (`data.captions` keys) that the page's face controls describe."""
+    attrs: dict[str, int | str] = {**GENDERS[gender], **HAIR[hair]}
+    if AGES[age] is not None:
+        attrs["age"] = AGES[age]
+    if ethnicity != "any":
+        attrs["ethnicity"] = ethnicity
+    for feature in features:
+        attrs.update(FEATURES[feature])
+    return attrs
+
+
+def prompt_from_controls(gender: str, age: str, hair: str, ethnicity: str, features: list[str]) -> str:
+    """A caption in the training wording; seeded so the same controls always write the same prompt."""
+    from facesmith.data.captions import caption_from_attributes
+
+    attrs = attributes_from_controls(gender, age, hair, ethnicity, features)
+    return caption_from_attributes(attrs, random.Random(0))
+
+
+class PictureFolder:
+    """Where the page's PNGs live until the browser fetched them; names come from job ids, never requests."""
+
+    def __init__(self, keep: int = KEEP_IMAGES):
+        self.path = Path(tempfile.mkdtemp(prefix="facesmith-serve-"))
+        self.keep = keep
+
+    def save(self, job_id: int, index: int, seed: int, png: bytes) -> str:
+        path = self.path / f"{job_id:06d}-{index:02d}-{seed}.png"
+        path.write_bytes(png)
+        for old in sorted(self.path.glob("*.png"))[: -self.keep]:
+            old.unlink(missing_ok=True)
+        return str(path)
+
+
+def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int):
+    """The gr.Blocks page over `queue`; mount it with `gradio.mount_gradio_app`."""
+    import gradio as gr
+
+    folder = PictureFolder()
+    native = queue.generator.native_size[0]
+    loras = [NO_LORA, *queue.loras]
+
+    def write_prompt(gender, age, hair, ethnicity, features):
+        return prompt_from_controls(gender, age, hair, ethnicity, features)
+
+    def generate(prompt, negative, steps, cfg, sampler, seed, count, width, height, lora, lora_weight,
+                 progress=gr.Progress()):  # noqa: B008 - gradio's documented form  # fmt: skip
+        seed = int(seed) if seed is not None and int(seed) >= 0 else None
+        config = GenerateConfig(prompt=prompt, negative=negative, steps=int(steps), cfg=float(cfg),
+                                sampler=sampler, seed=seed, count=int(count), width=int(width),
+                                height=int(height))  # fmt: skip
+        try:
+            config.validate()
+            if config.steps > max_steps or max(config.width, config.height) > max_size:
+                raise FacesmithError(f"this server allows at most {max_steps} steps and {max_size} px")
+            job = queue.submit(config, {lora: float(lora_weight)} if lora in queue.loras else {})
+        except FacesmithError as err:
+            raise gr.Error(str(err)) from None
+        progress(0, desc="waiting in the queue")
+        while not job.future.done():
+            if job.started_at is not None and job.total:
+                progress(job.step / job.total, desc=f"step {job.step} of {job.total}")
+            time.sleep(0.1)
+        try:
+            pictures = job.future.result()
+        except Exception as err:
+            raise gr.Error(str(err)) from None
+        paths = [folder.save(job.id, i, p.seed, p.png) for i, p in enumerate(pictures)]
+        gallery = [(path, f"seed {p.seed}") for path, p in zip(paths, pictures, strict=True)]
+        parameters = [p.parameters for p in pictures]
+        return gallery, parameters[0], paths, pictures[0].seed, parameters
+
+    def show_parameters(parameters: list[str], event: gr.SelectData):
+        return parameters[event.index] if parameters and event.index < len(parameters) else ""
+
+    def reproduce(path):
+        from facesmith.metadata import config_from_png
+
+        if not path:
+            return [gr.update()] * 8
+        try:
+            config = config_from_png(path)
+        except FacesmithError as err:
+            raise gr.Error(str(err)) from None
+        if config.sampler not in sampler_names():
+            gr.Warning(f"sampler {config.sampler} is not known here; keeping the current one")
+        size = [min(max_size, v) if v else native for v in (config.width, config.height)]
+        return (
+            config.prompt,
+            config.negative,
+            min(config.steps, max_steps),
+            config.cfg,
+            config.sampler if config.sampler in sampler_names() else gr.update(),
+            config.seed if config.seed is not None else -1,
+            size[0],
+            size[1],
+        )
+
+    with gr.Blocks(analytics_enabled=False, title="facesmith") as page:
+        gr.Markdown("# facesmith\nFaces from text, on this machine. API: `/sdapi/v1` ([docs](/docs)).")
+        last_seed = gr.State(-1)
+        all_parameters = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=3):
+                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
+                                    placeholder="a photo of a smiling woman with glasses")  # fmt: skip
+                negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative")
+                with gr.Accordion("Face attributes (write the prompt)", open=True):
+                    with gr.Row():
+                        gender = gr.Radio(list(GENDERS), value="any", label="Gender")
+                        age = gr.Dropdown(list(AGES), value="any", label="Age")
+                        hair = gr.Dropdown(list(HAIR), value="any", label="Hair")
+                        ethnicity = gr.Dropdown(ETHNICITIES, value="any", label="Ethnicity")
+                    features = gr.CheckboxGroup(list(FEATURES), label="Features")
+                    write = gr.Button("Write prompt from attributes", elem_id="write-prompt")
+                with gr.Row():
+                    steps = gr.Slider(1, max_steps, value=min(GenerateConfig.steps, max_steps), step=1,
+                                      label="Steps")  # fmt: skip
+                    cfg = gr.Slider(0, 20, value=GenerateConfig.cfg, step=0.5, label="CFG scale")
+                with gr.Row():
+                    sampler = gr.Dropdown(sampler_names(), value=GenerateConfig.sampler, label="Sampler")
+                    count = gr.Slider(1, max_batch, value=1, step=1, label="Count")
+                with gr.Row():
+                    seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, elem_id="seed")
+                    random_seed = gr.Button("random seed", size="sm")
+                    reuse_seed = gr.Button("reuse last seed", size="sm")
+                with gr.Row():
+                    width = gr.Slider(64, max_size, value=min(native, max_size), step=8, label="Width")
+                    height = gr.Slider(64, max_size, value=min(native, max_size), step=8, label="Height")
+                with gr.Row():
+                    lora = gr.Dropdown(loras, value=NO_LORA, label="LoRA", interactive=len(loras) > 1,
+                                       info=None if len(loras) > 1 else "start the server with --lora FILE")  # fmt: skip
+                    lora_weight = gr.Slider(-1, 2, value=1.0, step=0.05, label="LoRA weight")
+                generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
+                upload = gr.File(label="Reproduce from a PNG (reads its metadata)", file_types=[".png"],
+                                 type="filepath", elem_id="reproduce")  # fmt: skip
+            with gr.Column(scale=4):
+                gallery = gr.Gallery(label="Images", columns=2, format="png", type="filepath",
+                                     elem_id="gallery", buttons=["download", "fullscreen"])  # fmt: skip
+                parameters = gr.Textbox(label="Parameters", lines=4, elem_id="parameters")
+                files = gr.File(label="PNGs with metadata", file_count="multiple", elem_id="downloads")
+
+        controls = [gender, age, hair, ethnicity, features]
+        write.click(write_prompt, controls, prompt)
+        random_seed.click(lambda: -1, None, seed)
+        reuse_seed.click(lambda s: s, last_seed, seed)
+        generate_button.click(
+            generate,
+            [prompt, negative, steps, cfg, sampler, seed, count, width, height, lora, lora_weight],
+            [gallery, parameters, files, last_seed, all_parameters],
+            concurrency_limit=None,  # the JobQueue orders the work; gradio only waits on it
+        )
+        gallery.select(show_parameters, all_parameters, parameters)
+        upload.upload(reproduce, upload, [prompt, negative, steps, cfg, sampler, seed, width, height])
+    return page
