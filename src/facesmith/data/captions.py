@@ -3,7 +3,8 @@
 Owns: turning one face's structured attributes (the 40 CelebA attributes,
 UTKFace's age in years, gender and ethnicity) into an English caption, with
 synonyms and a random clause order so that no attribute set maps to one fixed
-string. Kohya-style caption dropout and tag shuffling are in ``caption_ops``
+string, and user templates (``caption_from_template``). Kohya-style caption dropout
+and tag shuffling are in ``caption_ops``
 (they act on the finished caption, not on attributes).
 
 Why our own code: the paper's method is exactly "add attribute data to the
@@ -332,3 +333,74 @@ def utkface_attributes(age: int, gender: int, race: int) -> dict:
         "ethnicity": ETHNICITIES[int(race)],
         "Young": int(age < 35),
     }
+
+
+# ---------------------------------------------------------------------------
+# User templates ("sks person, {caption}"), filled from the same attributes.
+
+TEMPLATE_FIELDS = ("caption", "subject", "gender", "age", "ethnicity", "tags")
+
+_TAG_WORDS = {
+    "5_o_Clock_Shadow": "stubble",
+    "Bags_Under_Eyes": "bags under eyes",
+    "Mouth_Slightly_Open": "mouth slightly open",
+    "No_Beard": None,  # the absence of a beard is not a tag people write
+    "Young": "young",
+    "Male": None,  # carried by {gender}
+    "Attractive": None,  # a judgement, not a visible feature
+}
+
+
+def attribute_tags(attrs: Mapping) -> list[str]:
+    """Booru-style tags for the positive CelebA attributes, e.g. ["wavy hair", "smiling"], in CelebA order."""
+    tags = []
+    for key in CELEBA_ATTRIBUTES:
+        if _on(attrs, key):
+            word = _TAG_WORDS.get(key, key.lower().replace("_", " "))
+            if word:
+                tags.append(word)
+    return tags
+
+
+def caption_from_template(template: str, attrs: Mapping, rng: random.Random | None = None) -> str:
+    """Fill a user template: ``{caption}`` (the natural sentence), ``{subject}`` ("smiling young woman"),
+    ``{gender}`` (man/woman/person), ``{age}`` (age group, or "young"/"older"), ``{ethnicity}``, ``{tags}``
+    (comma-separated attribute tags). Unknown values become empty, and the doubled spaces and commas
+    this leaves are tidied."""
+    rng = rng or random.Random()
+    years = attrs.get("age")
+    if years is not None:
+        age = age_group(int(years))
+    elif "Young" in attrs:
+        age = "young" if _on(attrs, "Young") else "older"
+    else:
+        age = ""
+    gender = {True: "man", False: "woman"}.get(_on(attrs, "Male"), "person") if "Male" in attrs else "person"
+    ethnicity = attrs.get("ethnicity", "")
+    values = {
+        "caption": caption_from_attributes(attrs, rng) if "{caption}" in template else "",
+        "subject": _subject(attrs, rng) if "{subject}" in template else "",
+        "gender": gender,
+        "age": age,
+        "ethnicity": "" if ethnicity == "other" else ethnicity,
+        "tags": ", ".join(attribute_tags(attrs)),
+    }
+    text = template.format_map(values)
+    text = " ".join(text.split())
+    while ", ," in text or " ," in text:
+        text = text.replace(", ,", ",").replace(" ,", ",")
+    return text.strip(" ,")
+
+
+def check_template(template: str) -> str | None:
+    """Why ``template`` can't be used (an unknown {field} or bad braces), or None."""
+    import string
+
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as error:
+        return f"template {template!r} has bad braces ({error})"
+    unknown = [n for n in names if n not in TEMPLATE_FIELDS]
+    if unknown:
+        return f"template {template!r} uses unknown field(s) {', '.join(unknown)}; known: {', '.join(TEMPLATE_FIELDS)}"
+    return None

@@ -1,0 +1,282 @@
+"""The `facesmith prepare` stage: face photos in, an aligned, captioned dataset directory out.
+
+Owns: the run (sources -> per-image work in a process pool -> in-order decisions -> files), resuming,
+captions per image, the train/val split and the manifest. Reading sources is ``sources``, detection
+``faces``, cropping ``align``, quality measures ``quality``, the report ``report``.
+
+Output (the dataset contract, README "Preparing a dataset"): ``DIR/images/NNNNNN.png``, ``DIR/metadata.jsonl``
+(one JSON object per kept image: file_name, text, attributes, source, source_file, split, width, height, and
+face box, landmarks, detector score and quality scores), ``DIR/prepare.toml``, ``DIR/report.md``,
+``DIR/report.json`` and ``DIR/contact_sheet.png``.
+
+Determinism: items are numbered in source order (sources in the order given, files sorted); each image's
+work depends only on its file and the config; duplicates are decided in that order in the main process;
+captions use a random generator seeded by (seed, index); the split hashes the identity. So a rerun, a run
+with another worker count, and a resumed run all give the same dataset. Resuming: every decision is
+appended to ``DIR/progress.jsonl`` as it is made; a rerun with the same settings skips what is there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from facesmith.data.config import PrepareConfig, load_prepare_config, save_prepare_config
+from facesmith.data.sources import Source, SourceItem, read_source
+from facesmith.errors import FacesmithError
+
+PROGRESS_FILE = "progress.jsonl"
+
+
+@dataclass
+class Task:
+    index: int
+    item: SourceItem
+    out_path: Path
+    config: PrepareConfig
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-image work: runs in worker processes; returns a JSON-able record, writes the image if kept so far.
+
+
+def process_image(task: Task) -> dict:
+    """Decode, find and align the face, measure quality, write the crop. Never raises for bad input."""
+    from facesmith.data.align import align_face, center_crop, face_quad, outside_fraction, quad_side
+    from facesmith.data.faces import detect_faces, main_face
+    from facesmith.data.quality import BadImage, open_photo, phash, sharpness
+
+    item, config = task.item, task.config
+    record: dict = {"index": task.index}
+    if item.problem:
+        return {**record, "rejected": item.problem}
+    try:
+        data = item.path.read_bytes()
+        record["sha256"] = hashlib.sha256(data).hexdigest()
+        image = open_photo(item.path, max_pixels=config.max_pixels)
+    except BadImage as error:
+        return {**record, "rejected": str(error)}
+    except OSError as error:
+        return {**record, "rejected": f"unreadable ({error.strerror or error})"}
+
+    record["original_size"] = list(image.size)
+    if config.aligned:
+        side = min(image.size)
+        record["upscale"] = round(config.size / side, 3)
+        if config.size / side > config.max_upscale:
+            return {**record, "rejected": "too small"}
+        crop = center_crop(image, config.size)
+    else:
+        face = main_face(detect_faces(image), image.size)
+        if face is None:
+            return {**record, "rejected": "no face"}
+        record["box"] = [round(v, 1) for v in face.box]
+        record["landmarks"] = [[round(x, 1), round(y, 1)] for x, y in face.landmarks]
+        record["score"] = round(face.score, 4)
+        if face.score < config.min_score:
+            return {**record, "rejected": "face score below min_score"}
+        quad = face_quad(face.landmarks, config.margin)
+        record["upscale"] = round(config.size / quad_side(quad), 3)
+        record["outside"] = round(outside_fraction(quad, *image.size), 3)
+        if record["upscale"] > config.max_upscale:
+            return {**record, "rejected": "too small"}
+        if record["outside"] > config.max_outside:
+            return {**record, "rejected": "crop mostly outside the photo"}
+        crop = align_face(image, face.landmarks, config.size, config.margin)
+
+    record["sharpness"] = round(sharpness(crop), 2)
+    if record["sharpness"] < config.min_sharpness:
+        return {**record, "rejected": "blurry"}
+    record["phash"] = f"{phash(crop):016x}"
+    task.out_path.parent.mkdir(parents=True, exist_ok=True)
+    options = {"quality": 95} if config.image_format in ("jpg", "webp") else {}
+    crop.save(task.out_path, **options)
+    return record
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core; MTCNN's small ops get slower with more threads
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The stage.
+
+
+def run_prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None = None) -> Path:
+    """Build the dataset directory ``config.out_dir`` (see the module docstring); return its path."""
+    config.validate()
+    start = time.perf_counter()
+    out = Path(config.out_dir)
+    _claim_out_dir(out, config)
+    sources = [read_source(path, config.format) for path in config.sources]
+    items = [item for source in sources for item in source.items]
+    total = len(items)
+
+    done = _read_progress(out / PROGRESS_FILE)
+    suffix = "jpg" if config.image_format == "jpg" else config.image_format
+    tasks = [
+        Task(i, item, out / "images" / f"{i:06d}.{suffix}", config)
+        for i, item in enumerate(items)
+        if i not in done
+    ]
+    seen_sha: set[str] = set()
+    kept_hashes: list[int] = []
+    for record in sorted(done.values(), key=lambda r: r["index"]):
+        if "rejected" not in record:
+            seen_sha.add(record["sha256"])
+            kept_hashes.append(int(record["phash"], 16))
+    hashes = np.array(kept_hashes, dtype=np.uint64)
+
+    with open(out / PROGRESS_FILE, "a", encoding="utf-8") as log:
+        count = len(done)
+        if progress:
+            progress(count, total)
+        for task, record in zip(tasks, _run_tasks(tasks, config.workers), strict=True):
+            record = _decide_duplicate(record, task, seen_sha, hashes, config.max_hash_distance)
+            if "rejected" not in record:
+                hashes = np.append(hashes, np.uint64(int(record["phash"], 16)))
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            done[task.index] = record
+            count += 1
+            if progress:
+                progress(count, total)
+
+    rows = [_manifest_row(items[i], done[i], config) for i in range(total) if "rejected" not in done[i]]
+    with open(out / "metadata.jsonl", "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    from facesmith.data.report import write_report
+
+    write_report(out, config, sources, items, done, rows, wall_s=time.perf_counter() - start)
+    return out
+
+
+def _run_tasks(tasks: list[Task], workers: int) -> Iterator[dict]:
+    """Results in task order; in this process for one worker, else in a process pool."""
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(tasks) < 2:
+        _init_worker()
+        yield from map(process_image, tasks)
+        return
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+        # Chunks keep the inter-process overhead small; map keeps the order, which dedup depends on.
+        yield from pool.map(process_image, tasks, chunksize=8)
+
+
+def _decide_duplicate(
+    record: dict, task: Task, seen_sha: set[str], hashes: np.ndarray, max_distance: int
+) -> dict:
+    """Reject a kept image whose bytes (always) or pHash (within max_distance bits, when >= 0) match an
+    image kept before it in source order; the first one stays. Its crop file is removed."""
+    from facesmith.data.quality import hamming
+
+    if "rejected" in record:
+        return record
+    if record["sha256"] in seen_sha:
+        reason = "exact duplicate"
+    elif (
+        max_distance >= 0 and len(hashes) and hamming(int(record["phash"], 16), hashes).min() <= max_distance
+    ):
+        reason = "near duplicate"
+    else:
+        seen_sha.add(record["sha256"])
+        return record
+    task.out_path.unlink(missing_ok=True)
+    return {**record, "rejected": reason}
+
+
+def _manifest_row(item: SourceItem, record: dict, config: PrepareConfig) -> dict:
+    from facesmith.data.captions import caption_from_attributes, caption_from_template
+
+    index = record["index"]
+    rng = random.Random(f"{config.seed}:{index}")
+    if item.caption:
+        text = item.caption
+    elif item.attributes:
+        if config.templates:
+            text = caption_from_template(rng.choice(config.templates), item.attributes, rng)
+        else:
+            text = caption_from_attributes(item.attributes, rng)
+    else:
+        text = config.generic_caption
+    key = f"{item.source}:{item.identity}" if item.identity else str(item.path)
+    draw = int(hashlib.sha256(f"{config.seed}:{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    suffix = "jpg" if config.image_format == "jpg" else config.image_format
+    row = {
+        "file_name": f"images/{index:06d}.{suffix}",
+        "text": text,
+        "attributes": item.attributes,
+        "source": item.source,
+        "source_file": str(item.path),
+        "split": "val" if draw < config.val_fraction else "train",
+        "width": config.size,
+        "height": config.size,
+        "caption_from": "source" if item.caption else "attributes" if item.attributes else "generic",
+    }
+    if item.identity:
+        row["identity"] = item.identity
+    if item.repeats != 1:
+        row["repeats"] = item.repeats
+    for key in ("box", "landmarks", "score", "sharpness", "upscale", "outside", "phash"):
+        if key in record:
+            row[key] = record[key]
+    return row
+
+
+def _claim_out_dir(out: Path, config: PrepareConfig) -> None:
+    """Create the output folder, or resume one made with the same settings; refuse anything else."""
+    toml = out / "prepare.toml"
+    if out.exists() and not out.is_dir():
+        raise FacesmithError(f"output {out} is a file: give a folder for the dataset")
+    if toml.is_file():
+        previous = load_prepare_config(toml)
+        if _comparable(previous) != _comparable(config):
+            raise FacesmithError(
+                f"output {out} holds a dataset made with other settings: use a new folder, or the same "
+                f"settings (--config {toml}) to resume it"
+            )
+    elif out.is_dir() and any(out.iterdir()):
+        raise FacesmithError(
+            f"output {out} is not empty and holds no prepare.toml: give a new or empty folder"
+        )
+    try:
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        save_prepare_config(config, toml)
+    except OSError as error:
+        raise FacesmithError(f"cannot write the output {out}: {error.strerror or error}") from None
+
+
+def _comparable(config: PrepareConfig) -> dict:
+    values = asdict(config)
+    values.pop("workers")  # the worker count does not change the dataset
+    values["sources"] = [str(Path(s).resolve()) for s in values["sources"]]
+    values["out_dir"] = str(Path(values["out_dir"]).resolve())
+    return values
+
+
+def _read_progress(path: Path) -> dict[int, dict]:
+    done: dict[int, dict] = {}
+    if not path.is_file():
+        return done
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a line cut by the interruption; it and anything after are redone
+        done[record["index"]] = record
+    return done
+
+
+__all__ = ["PrepareConfig", "Source", "process_image", "run_prepare"]
