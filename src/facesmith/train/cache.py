@@ -1,0 +1,149 @@
+"""The UNet's inputs from a batch: image latents and text-encoder states, computed or cached.
+
+Latent caching (Kohya's `--cache_latents` / `--cache_latents_to_disk`): every image (and its mirror
+image when flipping is on) is encoded once, in memory or into one `.safetensors` file on disk. The
+cache is keyed on a hash of the VAE's weights, the bucket sizes, the crop mode, the dtype and the image
+files' paths, sizes and mtimes, so a cache made under any other setting or for changed images is never
+read; it is simply not found. Text-encoder states are cached only when the text encoder is frozen and
+the captions never vary (`captions.captions_vary`). Scaling latents is `facesmith.latents`'s job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from facesmith.latents import encode_image
+from facesmith.train.dataset import BatchItem, FaceImage, load_pixels
+
+CROP = "center"
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over a model's tensors in name order: the same weights give the same key."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def latent_cache_key(
+    vae_hash: str, sizes: dict[int, tuple[int, int]], dtype: torch.dtype, flip: bool, images: list[FaceImage]
+) -> str:
+    parts = {
+        "vae": vae_hash,
+        "sizes": sorted(set(sizes.values())),
+        "crop": CROP,
+        "dtype": str(dtype),
+        "flip": flip,
+        "images": [[str(i.path.resolve()), i.path.stat().st_size, i.path.stat().st_mtime_ns] for i in images],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+class LatentSource:
+    """Latents for batch items: encoded on every step (`none`), or once into memory or a disk file."""
+
+    def __init__(
+        self,
+        images: list[FaceImage],
+        sizes: dict[int, tuple[int, int]],  # image index -> (width, height) of its bucket
+        vae,
+        *,
+        mode: str,
+        flip: bool,
+        device: torch.device,
+        cache_dir: Path | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ):
+        self.images, self.sizes, self.vae, self.device = images, sizes, vae, device
+        self.dtype = next(vae.parameters()).dtype
+        self.cached: dict[tuple[int, bool], torch.Tensor] = {}
+        self.cache_file: Path | None = None
+        if mode == "none":
+            return
+        key = latent_cache_key(model_fingerprint(vae), sizes, self.dtype, flip, images)
+        if mode == "disk":
+            self.cache_file = Path(cache_dir or ".") / f"latents-{key}.safetensors"
+            if self.cache_file.is_file():
+                from safetensors.torch import load_file
+
+                for name, tensor in load_file(self.cache_file).items():
+                    index, side = name.split(":")
+                    self.cached[(int(index), side == "flip")] = tensor
+                return
+        wanted = [(i, f) for i in range(len(images)) for f in ((False, True) if flip else (False,))]
+        for done, (index, flipped) in enumerate(wanted, 1):
+            self.cached[(index, flipped)] = self._encode([BatchItem(index, flipped)])[0].cpu()
+            if progress is not None:
+                progress(done, len(wanted))
+        if self.cache_file is not None:
+            from safetensors.torch import save_file
+
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_file.with_name(f"{self.cache_file.name}.tmp-{os.getpid()}")
+            tensors = {f"{i}:{'flip' if f else 'plain'}": t.contiguous() for (i, f), t in self.cached.items()}
+            save_file(tensors, tmp, metadata={"key": key, "crop": CROP, "dtype": str(self.dtype)})
+            os.replace(tmp, self.cache_file)
+
+    @torch.no_grad()
+    def _encode(self, items: list[BatchItem]) -> torch.Tensor:
+        pixels = []
+        for item in items:
+            x = load_pixels(self.images[item.index].path, self.sizes[item.index])
+            pixels.append(x.flip(-1) if item.flip else x)
+        x = torch.stack(pixels).to(self.device, self.dtype)
+        from facesmith.models.taef2 import TAEF2
+
+        if isinstance(self.vae, TAEF2):
+            # TAEF2.encode applies its scaling factor itself, so encode_image would scale twice; this is
+            # what scripts/train_default_model.py trained the default model on.
+            return self.vae.encode(x).latents.float()
+        return encode_image(self.vae, x).float()
+
+    def latents(self, items: list[BatchItem]) -> torch.Tensor:
+        """float32 scaled latents [B, C, h, w] on the training device."""
+        if self.cached:
+            return torch.stack([self.cached[(i.index, i.flip)] for i in items]).to(self.device).float()
+        return self._encode(items)
+
+
+def encode_text(tokenizer, text_encoder, captions: list[str], device: torch.device) -> torch.Tensor:
+    """Token states [B, tokens, dim] as diffusers' pipelines encode a prompt (padded to the max length).
+
+    The attention mask goes in only when the text encoder's config asks for it (`use_attention_mask`),
+    exactly as `StableDiffusionPipeline.encode_prompt` does, so training and sampling agree.
+    """
+    tokens = tokenizer(
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    mask = None
+    if getattr(text_encoder.config, "use_attention_mask", False):
+        mask = tokens.attention_mask.to(device)
+    return text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+
+
+class TextStateCache:
+    """Frozen text-encoder states by caption, computed on first use (captions must not vary)."""
+
+    def __init__(self, tokenizer, text_encoder, device: torch.device):
+        self.tokenizer, self.text_encoder, self.device = tokenizer, text_encoder, device
+        self.states: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        missing = sorted({c for c in captions if c not in self.states})
+        if missing:
+            encoded = encode_text(self.tokenizer, self.text_encoder, missing, self.device)
+            self.states.update(zip(missing, encoded, strict=True))
+        return torch.stack([self.states[c] for c in captions])

@@ -1,0 +1,173 @@
+"""TrainConfig: every setting of `facesmith train`, its documented defaults, validation and TOML form.
+
+Defaults follow what Kohya's sd-scripts and diffusers' `train_text_to_image.py` users expect (AdamW at
+1e-4, constant LR, batch 1, fp32 unless asked). The run folder gets `train.toml`, which `--config` reads
+back to make the same run again. The training itself is `trainer.py`'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from facesmith.config import read_toml, write_toml
+from facesmith.errors import FacesmithError
+
+MODES = ("full", "lora")
+OPTIMIZERS = ("adamw", "adamw8bit", "lion", "prodigy")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+PREDICTIONS = ("epsilon", "v_prediction")
+CACHES = ("none", "memory", "disk")
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """One training run. `model` None with `preset` set trains a preset model from scratch."""
+
+    # What to train
+    dataset: str = ""  # a dataset folder with metadata.jsonl (see README, "Dataset directory")
+    output_dir: str = "runs/train"
+    model: str | None = None  # any source `facesmith generate --model` takes
+    preset: str | None = None  # from-scratch model, e.g. "face-small" (train/presets.py)
+    mode: str = "full"  # "full" UNet fine-tune or "lora"
+    train_text_encoder: bool = False  # full: train the text encoder too; lora: add LoRA to it
+    lora_rank: int = 16
+    lora_alpha: float = 16.0  # scale = alpha / rank, as in Kohya and peft
+    lora_conv: bool = False  # also 3x3 convs of ResNet/up/down blocks (Kohya's LoCon `conv_dim`)
+    allow_pickle: bool = False
+
+    # Data
+    resolution: int | None = None  # None: the model's native size
+    bucketing: bool = False  # aspect-ratio buckets of about resolution^2 pixels (Kohya)
+    bucket_step: int = 64
+    min_bucket_side: int = 256
+    max_bucket_side: int = 1024
+    flip: bool = False  # random horizontal flip (both sides are cached)
+    caption_dropout: float = 0.0  # whole caption -> "" (classifier-free guidance)
+    caption_shuffle: bool = False  # shuffle comma-separated tags after the first keep_tokens
+    keep_tokens: int = 0
+    caption_tag_dropout: float = 0.0  # drop each shuffled tag with this probability
+    caption_from_attributes: bool = False  # a fresh caption from each face's attributes every time
+    cache_latents: str = "memory"  # "none", "memory" or "disk"
+    cache_dir: str | None = None  # disk cache; None: OUTPUT_DIR/cache
+    cache_text_encoder: bool = True  # when the text encoder is frozen and captions never vary
+
+    # Objective
+    prediction_type: str | None = None  # None: the model's scheduler decides
+    min_snr_gamma: float = 0.0  # 0: off; 5 is the paper's choice (Hang et al. 2023)
+    noise_offset: float = 0.0  # 0.05-0.1 lets a model make darker/brighter images (Guttenberg 2023)
+    ema_decay: float = 0.0  # 0: off; e.g. 0.9999
+
+    # Optimisation
+    optimizer: str = "adamw"
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    max_steps: int = 1000  # optimizer steps; 0: max_epochs decides
+    max_epochs: int = 0  # 0: max_steps decides; with both set the first one reached ends the run
+    batch_size: int = 1  # per process
+    gradient_accumulation: int = 1
+    max_grad_norm: float = 1.0  # 0: no clipping
+    gradient_checkpointing: bool = False
+    mixed_precision: str | None = None  # None: bf16 on CUDA if supported, else fp32 ("no")
+    seed: int = 0
+    cpu: bool = False  # train on the CPU even when CUDA is present
+    num_processes: int = 1  # >1: relaunch through `accelerate launch`
+
+    # Checkpoints and export
+    save_every: int = 500  # steps; the last step is always saved
+    keep_checkpoints: int = 2
+    resume: str | None = None  # "latest" or a checkpoint folder
+    export_single_file: bool = True  # full mode: also OUTPUT_DIR/model.safetensors (original SD layout)
+
+    # Watching
+    sample_every: int = 0  # steps; 0: only at the end if sample_prompts is set
+    sample_prompts: str | None = None  # Kohya prompt file: "prompt --n neg --s 20 --d 1 --l 7 --w --h"
+    sample_sampler: str = "DDIM"
+    log_every: int = 10
+    tensorboard: bool = True
+
+    # Failure handling
+    max_bad_steps: int = 5  # consecutive NaN/inf losses before the run stops
+
+    # ------------------------------------------------------------------------------------------------------
+    def validate(self) -> TrainConfig:
+        """Raise FacesmithError naming the first setting to fix; return self."""
+        choices = {
+            "mode": MODES,
+            "optimizer": OPTIMIZERS,
+            "lr_scheduler": LR_SCHEDULES,
+            "cache_latents": CACHES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise FacesmithError(f"{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if self.prediction_type is not None and self.prediction_type not in PREDICTIONS:
+            raise FacesmithError(
+                f"prediction_type {self.prediction_type!r} is not one of {', '.join(PREDICTIONS)}"
+            )
+        if self.mixed_precision is not None and self.mixed_precision not in PRECISIONS:
+            raise FacesmithError(
+                f"mixed_precision {self.mixed_precision!r} is not one of {', '.join(PRECISIONS)}"
+            )
+        if not self.dataset:
+            raise FacesmithError("no dataset: pass --dataset DIR (a folder with metadata.jsonl)")
+        if self.preset is not None and self.model is not None:
+            raise FacesmithError("give either --model (fine-tune) or --preset (from scratch), not both")
+        if self.preset is not None and self.mode != "full":
+            raise FacesmithError("a preset is trained from scratch: use mode full, not lora")
+        if self.max_steps <= 0 and self.max_epochs <= 0:
+            raise FacesmithError("set max_steps or max_epochs: the run needs a length")
+        positive = ["batch_size", "gradient_accumulation", "lora_rank", "save_every", "log_every"]
+        positive += ["max_bad_steps", "num_processes", "bucket_step"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise FacesmithError(f"{name} {getattr(self, name)} must be at least 1")
+        for name in ("max_steps", "max_epochs"):
+            if getattr(self, name) < 0:
+                raise FacesmithError(f"{name} {getattr(self, name)} must be >= 0 (0: not set)")
+        for name in ("caption_dropout", "caption_tag_dropout"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise FacesmithError(f"{name} {getattr(self, name)} must lie in [0, 1]")
+        if not 0 <= self.ema_decay < 1:
+            raise FacesmithError(f"ema_decay {self.ema_decay} must lie in [0, 1) (0 turns EMA off)")
+        for name in ("learning_rate", "min_snr_gamma", "noise_offset", "max_grad_norm", "weight_decay"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise FacesmithError(f"{name} {value} must be a finite number >= 0")
+        if self.resolution is not None and (self.resolution <= 0 or self.resolution % 8):
+            raise FacesmithError(f"resolution {self.resolution} must be a positive multiple of 8")
+        if self.sample_prompts is not None and not Path(self.sample_prompts).is_file():
+            raise FacesmithError(f"sample prompt file {self.sample_prompts} does not exist")
+        if self.keep_checkpoints < 1:
+            raise FacesmithError("keep_checkpoints must be at least 1: the last good checkpoint is kept")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, origin: str = "settings") -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise FacesmithError(
+                f"{origin}: unknown setting(s) {', '.join(unknown)}; see `facesmith train --help`"
+            )
+        return cls(**values)
+
+
+def save_train_config(config: TrainConfig, path: str | Path) -> Path:
+    return write_toml(config.to_dict(), path)
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    return TrainConfig.from_dict(read_toml(path), origin=str(path))

@@ -1,0 +1,143 @@
+"""The training set: reading a dataset folder, aspect-ratio buckets, and the seeded order of batches.
+
+A dataset folder is the contract `facesmith prepare` writes: `DIR/metadata.jsonl` with one JSON object per
+image (`file_name`, `text`, `attributes`, `split`, `width`, `height`, ...), images under `DIR/images/`.
+Only `split == "train"` rows (or rows without a split) are trained on.
+
+Buckets follow Kohya's `BucketManager.make_buckets`: every width/height pair in steps of `bucket_step`
+within [min_side, max_side] whose area is at most resolution^2, each image going to the bucket nearest
+its aspect ratio; it is resized to cover the bucket and centre-cropped. Without bucketing every image
+is a resolution x resolution square.
+
+The batch order is a pure function of (seed, epoch), so a resumed run only needs the epoch and the batch
+index to continue exactly where it stopped. Each batch is a *global* batch (per-process size x number of
+processes) from one bucket; process r trains on its r-th slice. Latents are `cache.py`'s business.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from facesmith.errors import FacesmithError
+
+
+@dataclass(frozen=True)
+class FaceImage:
+    path: Path
+    text: str
+    attributes: dict = field(default_factory=dict, hash=False, compare=False)
+    size: tuple[int, int] = (0, 0)  # width, height as stored
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    index: int  # into the dataset's image list
+    flip: bool
+
+
+def read_dataset(directory: str | Path, split: str = "train") -> list[FaceImage]:
+    """The images of `split` listed in DIR/metadata.jsonl, checked to exist; FacesmithError otherwise."""
+    directory = Path(directory)
+    manifest = directory / "metadata.jsonl"
+    if not manifest.is_file():
+        raise FacesmithError(
+            f"dataset {directory} has no metadata.jsonl: make one with `facesmith prepare` or write one "
+            'JSON object per image ({"file_name": "images/x.png", "text": "caption"})'
+        )
+    images = []
+    for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            name, text = row["file_name"], row.get("text", "")
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise FacesmithError(
+                f"{manifest}:{number} is not a JSON object with a file_name: {err}"
+            ) from None
+        if row.get("split", "train") != split:
+            continue
+        path = directory / name
+        if not path.is_file():
+            raise FacesmithError(f"{manifest}:{number}: image {path} does not exist")
+        size = (int(row.get("width") or 0), int(row.get("height") or 0))
+        if not all(size):
+            try:
+                with Image.open(path) as image:
+                    size = image.size
+            except (OSError, UnidentifiedImageError) as err:
+                raise FacesmithError(f"{manifest}:{number}: cannot read image {path}: {err}") from None
+        images.append(FaceImage(path, str(text), row.get("attributes") or {}, size))
+    if not images:
+        raise FacesmithError(f"dataset {directory} has no {split} images in metadata.jsonl")
+    return images
+
+
+def make_buckets(resolution: int, step: int, min_side: int, max_side: int) -> list[tuple[int, int]]:
+    """(width, height) buckets of area <= resolution^2, sides multiples of `step` (Kohya's make_buckets)."""
+    max_area = resolution * resolution
+    min_side = max(step, min_side - min_side % step)
+    buckets = {(resolution, resolution)}
+    width = min_side
+    while width <= max_side:
+        height = min(max_side, (max_area // width) // step * step)
+        if height >= min_side:
+            buckets.add((width, height))
+            buckets.add((height, width))
+        width += step
+    return sorted(buckets)
+
+
+def assign_buckets(
+    images: list[FaceImage], buckets: list[tuple[int, int]]
+) -> dict[tuple[int, int], list[int]]:
+    """Each image to the bucket with the nearest aspect ratio; {bucket: image indices}."""
+    ratios = np.array([w / h for w, h in buckets])
+    assigned: dict[tuple[int, int], list[int]] = {}
+    for index, image in enumerate(images):
+        width, height = image.size
+        bucket = buckets[int(np.abs(ratios - width / height).argmin())]
+        assigned.setdefault(bucket, []).append(index)
+    return assigned
+
+
+def epoch_batches(
+    assigned: dict[tuple[int, int], list[int]], global_batch: int, seed: int, epoch: int, flip: bool
+) -> list[list[BatchItem]]:
+    """The global batches of one epoch, in order; the same (seed, epoch) gives the same list.
+
+    A bucket's last short batch is filled up with images from the start of its shuffled list, so every
+    process gets a full, equally shaped slice.
+    """
+    rng = random.Random(f"facesmith-batches-{seed}-{epoch}")
+    batches = []
+    for bucket in sorted(assigned):
+        indices = list(assigned[bucket])
+        rng.shuffle(indices)
+        for start in range(0, len(indices), global_batch):
+            chunk = indices[start : start + global_batch]
+            chunk += [indices[i % len(indices)] for i in range(global_batch - len(chunk))]
+            batches.append([BatchItem(i, flip and rng.random() < 0.5) for i in chunk])
+    rng.shuffle(batches)
+    return batches
+
+
+def load_pixels(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """Image -> float32 [3, H, W] in [-1, 1], resized to cover `size` (w, h) and centre-cropped."""
+    width, height = size
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        scale = max(width / image.width, height / image.height)
+        resized = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+        image = image.resize(resized, Image.LANCZOS)
+        left, top = (resized[0] - width) // 2, (resized[1] - height) // 2
+        image = image.crop((left, top, left + width, top + height))
+        array = np.asarray(image, dtype=np.float32) / 127.5 - 1
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()

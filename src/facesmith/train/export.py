@@ -1,0 +1,162 @@
+"""Trained weights as files the ecosystem loads: diffusers folders, single files, Kohya LoRAs.
+
+- Full fine-tunes of SD models: `OUTPUT_DIR/model/` (diffusers `save_pretrained`) and
+  `OUTPUT_DIR/model.safetensors` in the original SD layout (`facesmith.models.sd_layout.save_original`),
+  which AUTOMATIC1111, ComfyUI and facesmith's single-file loader read.
+- Preset models (MiniLM + TAEF2): `OUTPUT_DIR/model/` in the default model's layout (sha256-checked fp16
+  UNet shards + `unet.json`), which `facesmith.models.default_model.build_default_pipeline` loads.
+- LoRA: `OUTPUT_DIR/lora.safetensors` in Kohya's format, as `networks/lora.py` of sd-scripts saves it:
+  `lora_unet_<diffusers module path with _>.lora_down.weight` / `.lora_up.weight` / `.alpha` (and
+  `lora_te_text_model_...` for the text encoder), with Kohya's `ss_*` training metadata and the
+  Stability AI model-spec (`modelspec.*`) keys. diffusers' `load_lora_weights` reads it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from facesmith.train.config import TrainConfig
+from facesmith.train.model import TrainModel
+
+ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512"}
+
+
+def kohya_lora_state(model: TrainModel, alpha: float) -> dict[str, torch.Tensor]:
+    """The LoRA layers of the UNet (and text encoder) under Kohya's key names."""
+    from peft import get_peft_model_state_dict
+
+    state = {}
+    parts = [("lora_unet_", model.pipe.unet, model.unet_lora)]
+    if model.text_lora:
+        parts.append(("lora_te_", model.pipe.text_encoder, model.text_lora))
+    for prefix, module, targets in parts:
+        if not targets:
+            continue
+        layers = get_peft_model_state_dict(module)
+        for name in targets:
+            # Kohya names CLIP layers from `text_model.`, which transformers 5 models may not have.
+            written = f"text_model.{name.removeprefix('text_model.')}" if prefix == "lora_te_" else name
+            key = prefix + written.replace(".", "_")
+            state[f"{key}.lora_down.weight"] = layers[f"{name}.lora_A.weight"].detach().cpu().contiguous()
+            state[f"{key}.lora_up.weight"] = layers[f"{name}.lora_B.weight"].detach().cpu().contiguous()
+            state[f"{key}.alpha"] = torch.tensor(float(alpha))
+    return state
+
+
+def kohya_metadata(model: TrainModel, config: TrainConfig, info: dict[str, Any]) -> dict[str, str]:
+    """Kohya's `ss_*` keys and the model-spec keys it writes (all values are strings)."""
+    resolution = info.get("resolution", config.resolution)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    v2 = model.family == "sd2"
+    metadata = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(config.lora_rank),
+        "ss_network_alpha": str(config.lora_alpha),
+        "ss_network_args": json.dumps({"conv_dim": config.lora_rank, "conv_alpha": config.lora_alpha})
+        if config.lora_conv
+        else "null",
+        "ss_base_model_version": "sd_v2" if v2 else "sd_v1",
+        "ss_v2": str(v2),
+        "ss_v_parameterization": str(model.prediction_type == "v_prediction"),
+        "ss_sd_model_name": str(config.model),
+        "ss_resolution": f"({resolution}, {resolution})",
+        "ss_enable_bucket": str(config.bucketing),
+        "ss_learning_rate": str(config.learning_rate),
+        "ss_unet_lr": str(config.learning_rate),
+        "ss_text_encoder_lr": str(config.learning_rate if config.train_text_encoder else 0),
+        "ss_lr_scheduler": config.lr_scheduler,
+        "ss_lr_warmup_steps": str(config.lr_warmup_steps),
+        "ss_optimizer": config.optimizer,
+        "ss_max_train_steps": str(info.get("total_steps", config.max_steps)),
+        "ss_steps": str(info.get("step", 0)),
+        "ss_epoch": str(info.get("epoch", 0)),
+        "ss_num_train_images": str(info.get("images", 0)),
+        "ss_batch_size_per_device": str(config.batch_size),
+        "ss_gradient_accumulation_steps": str(config.gradient_accumulation),
+        "ss_mixed_precision": str(info.get("mixed_precision", config.mixed_precision)),
+        "ss_seed": str(config.seed),
+        "ss_min_snr_gamma": str(config.min_snr_gamma or None),
+        "ss_noise_offset": str(config.noise_offset or None),
+        "ss_caption_dropout_rate": str(config.caption_dropout),
+        "ss_shuffle_caption": str(config.caption_shuffle),
+        "ss_keep_tokens": str(config.keep_tokens),
+        "ss_flip_aug": str(config.flip),
+        "ss_cache_latents": str(config.cache_latents != "none"),
+        "ss_training_started_at": str(info.get("started_at", now.timestamp())),
+        "ss_training_finished_at": str(now.timestamp()),
+        "ss_output_name": "lora",
+        "ss_training_comment": "facesmith train",
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": f"{ARCHITECTURES.get(model.family, 'stable-diffusion-v1')}/lora",
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": "facesmith LoRA",
+        "modelspec.resolution": f"{resolution}x{resolution}",
+        "modelspec.date": now.strftime("%Y-%m-%dT%H:%M:%S"),
+        "modelspec.prediction_type": "v" if model.prediction_type == "v_prediction" else "epsilon",
+    }
+    return metadata
+
+
+def export_kohya_lora(model: TrainModel, config: TrainConfig, path: Path, info: dict[str, Any]) -> Path:
+    """Write the LoRA as a Kohya `.safetensors` with ss_*/modelspec metadata and Kohya's hashes."""
+    from safetensors.torch import save, save_file
+
+    state = kohya_lora_state(model, config.lora_alpha)
+    metadata = kohya_metadata(model, config, info)
+    # Kohya's sshs_model_hash (addnet_hash_safetensors): sha256 of the tensor bytes after the header.
+    blob = save(state)
+    header = int.from_bytes(blob[:8], "little")
+    metadata["sshs_model_hash"] = hashlib.sha256(blob[8 + header :]).hexdigest()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=metadata)
+    return path
+
+
+def export_full(model: TrainModel, config: TrainConfig, output_dir: Path, info: dict[str, Any]) -> list[Path]:
+    """The trained pipeline as a diffusers folder (+ single file), or in the default model's layout."""
+    pipe = model.pipe
+    # The pipeline samples with the schedule the model was trained for.
+    pipe.scheduler.register_to_config(prediction_type=model.prediction_type)
+    folder = output_dir / "model"
+    if model.family.startswith("preset:"):
+        from facesmith.models.shards import save_sharded
+
+        save_sharded(
+            {k: v.half() for k, v in pipe.unet.state_dict().items()},
+            folder,
+            "unet",
+            extra={
+                "unet_config": {k: v for k, v in dict(pipe.unet.config).items() if not k.startswith("_")},
+                "scheduler_config": {
+                    k: pipe.scheduler.config[k]
+                    for k in (
+                        "num_train_timesteps",
+                        "beta_start",
+                        "beta_end",
+                        "beta_schedule",
+                        "prediction_type",
+                    )
+                },
+                "latent_scale": pipe.vae.config.scaling_factor,
+                "resolution": info.get("resolution"),
+                "step": info.get("step"),
+                "preset": model.family.split(":", 1)[1],
+            },
+        )
+        return [folder]
+    pipe.save_pretrained(folder, safe_serialization=True)
+    written = [folder]
+    if config.export_single_file and model.family == "sd1":
+        from facesmith.models.sd_layout import save_original
+
+        save_original(
+            pipe, output_dir / "model.safetensors", v_prediction=model.prediction_type == "v_prediction"
+        )
+        written.append(output_dir / "model.safetensors")
+    return written

@@ -1,0 +1,150 @@
+"""What gets trained: the base pipeline (pretrained or a preset), which parameters learn, and the fit check.
+
+Full fine-tuning trains every UNet weight (and the text encoder's when asked). LoRA goes through peft
+(`LoraConfig`, diffusers' `add_adapter`) on Kohya's default targets: every Linear and 1x1 Conv2d inside
+the UNet's transformer blocks (`Transformer2DModel`) and the text encoder's attention and MLP layers;
+with `lora_conv` also the layers of ResNet, down- and up-sampling blocks (Kohya's LoCon `conv_dim`).
+The fit check runs before the first step so that a dataset or model mismatch never costs a training run.
+Loading sources is `facesmith.models.loading`'s job; writing files is `export.py`'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from facesmith.errors import FacesmithError
+from facesmith.train.config import TrainConfig
+
+UNET_BLOCKS = ("Transformer2DModel",)
+UNET_CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+TEXT_BLOCKS = ("CLIPAttention", "CLIPMLP")
+
+
+@dataclass
+class TrainModel:
+    pipe: Any  # StableDiffusionPipeline; its unet/text_encoder are the trained modules
+    family: str  # "sd1", "sd2" or "preset:<name>"
+    noise_scheduler: Any  # DDPMScheduler with the model's noise schedule and prediction type
+    unet_lora: list[str]  # LoRA target module names (empty for full fine-tuning)
+    text_lora: list[str]
+
+    @property
+    def prediction_type(self) -> str:
+        return self.noise_scheduler.config.prediction_type
+
+    def trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        params = [(f"unet.{n}", p) for n, p in self.pipe.unet.named_parameters() if p.requires_grad]
+        params += [
+            (f"text_encoder.{n}", p) for n, p in self.pipe.text_encoder.named_parameters() if p.requires_grad
+        ]
+        return params
+
+
+def build_model(config: TrainConfig) -> TrainModel:
+    """Load or build the pipeline, set which weights learn, and the training noise schedule."""
+    from diffusers import DDPMScheduler
+
+    if config.preset is not None:
+        from facesmith.train.presets import build_preset_pipeline
+
+        torch.manual_seed(config.seed)  # the untrained UNet's weights
+        pipe, family = build_preset_pipeline(config.preset), f"preset:{config.preset}"
+    else:
+        from facesmith.models.loading import load_model
+        from facesmith.models.sd_layout import pipeline_family
+
+        pipe = load_model(config.model, allow_pickle=config.allow_pickle).pipe
+        family = pipeline_family(pipe)
+        if family == "sdxl":
+            raise FacesmithError("training SDXL is not supported yet: pass an SD 1.x or 2.x model")
+    schedule = dict(pipe.scheduler.config)
+    if config.prediction_type is not None:
+        schedule["prediction_type"] = config.prediction_type
+    noise_scheduler = DDPMScheduler.from_config(schedule)
+
+    pipe.vae.requires_grad_(False).eval()
+    pipe.text_encoder.requires_grad_(False).eval()
+    pipe.unet.requires_grad_(False).train()
+    unet_lora, text_lora = [], []
+    if config.mode == "full":
+        pipe.unet.requires_grad_(True)
+        if config.train_text_encoder:
+            pipe.text_encoder.requires_grad_(True).train()
+    else:
+        from peft import LoraConfig
+
+        unet_lora = lora_targets(pipe.unet, UNET_BLOCKS + (UNET_CONV_BLOCKS if config.lora_conv else ()))
+        pipe.unet.add_adapter(_lora_config(LoraConfig, unet_lora, config))
+        if config.train_text_encoder:
+            text_lora = lora_targets(pipe.text_encoder, TEXT_BLOCKS)
+            if not text_lora:
+                raise FacesmithError(
+                    f"the text encoder ({type(pipe.text_encoder).__name__}) has no CLIP layers for a LoRA: "
+                    "set train_text_encoder = false"
+                )
+            from peft import inject_adapter_in_model
+
+            # What diffusers' add_adapter does; transformers' own add_adapter needs a newer peft.
+            lora = _lora_config(LoraConfig, text_lora, config)
+            pipe.text_encoder.peft_config = {"default": lora}
+            inject_adapter_in_model(lora, pipe.text_encoder, "default")
+            pipe.text_encoder.train()
+    if config.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+        if config.train_text_encoder:
+            pipe.text_encoder.gradient_checkpointing_enable()
+    return TrainModel(pipe, family, noise_scheduler, unet_lora, text_lora)
+
+
+def _lora_config(cls, targets: list[str], config: TrainConfig):
+    # Kohya initialises lora_up to zero and lora_down like a Linear layer: the LoRA starts as a no-op.
+    return cls(
+        r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=targets, init_lora_weights=True
+    )
+
+
+def lora_targets(model: torch.nn.Module, block_types: tuple[str, ...]) -> list[str]:
+    """Full names of the Linear and Conv2d layers inside modules of `block_types` (Kohya's selection).
+
+    3x3 convolutions count only inside UNET_CONV_BLOCKS, as Kohya adds them only with `conv_dim`.
+    """
+    targets = []
+    for name, module in model.named_modules():
+        if type(module).__name__ not in block_types:
+            continue
+        conv_block = type(module).__name__ in UNET_CONV_BLOCKS
+        for child_name, child in module.named_modules():
+            if isinstance(child, torch.nn.Linear) or (
+                isinstance(child, torch.nn.Conv2d) and (child.kernel_size == (1, 1) or conv_block)
+            ):
+                targets.append(f"{name}.{child_name}" if name else child_name)
+    return sorted(set(targets))
+
+
+def check_fits(model: TrainModel, sizes: set[tuple[int, int]]) -> None:
+    """FacesmithError before the first step if the data or the parts of the model don't fit together."""
+    pipe = model.pipe
+    unet = pipe.unet.config
+    latent_channels = getattr(pipe.vae.config, "latent_channels", None)
+    if latent_channels is not None and latent_channels != unet.in_channels:
+        raise FacesmithError(
+            f"the VAE makes {latent_channels}-channel latents but the UNet takes {unet.in_channels}: "
+            "use a VAE and UNet from the same model"
+        )
+    width = pipe.text_encoder.config.hidden_size
+    if width != unet.cross_attention_dim:
+        raise FacesmithError(
+            f"the text encoder gives {width}-d states but the UNet cross-attends to {unet.cross_attention_dim}-d: "
+            "use the text encoder the model was trained with"
+        )
+    factor = pipe.vae_scale_factor * 2 ** (len(unet.block_out_channels) - 1)
+    for w, h in sorted(sizes):
+        if w % factor or h % factor:
+            raise FacesmithError(
+                f"training size {w}x{h} is not a multiple of {factor} px, which this UNet's "
+                f"{len(unet.block_out_channels) - 1} down-samplings of {pipe.vae_scale_factor}x latents need: "
+                "change resolution (or bucket_step)"
+            )

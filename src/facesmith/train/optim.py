@@ -1,0 +1,63 @@
+"""Optimizers and learning-rate schedules by name, as Kohya's `--optimizer_type` and `--lr_scheduler`.
+
+- adamw: torch.optim.AdamW (Loshchilov & Hutter 2019); adamw8bit: bitsandbytes' AdamW8bit (Dettmers et
+  al. 2022), CUDA only; lion: lion-pytorch (Chen et al. 2023); prodigy: prodigyopt (Mishchenko & Defazio
+  2023), whose learning rate is a multiplier of its own estimate (1.0 is its documented setting).
+- Schedules: linear warm-up over `lr_warmup_steps`, then constant, cosine to 0 or linear to 0 at
+  `total_steps`, diffusers' `get_scheduler` shapes written as one LambdaLR so the state resumes exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from facesmith.errors import FacesmithError
+from facesmith.train.config import TrainConfig
+
+
+def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, device: torch.device):
+    betas = (config.adam_beta1, config.adam_beta2)
+    lr, decay = config.learning_rate, config.weight_decay
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=config.adam_epsilon, weight_decay=decay)
+    if config.optimizer == "adamw8bit":
+        if device.type != "cuda":
+            raise FacesmithError(
+                "optimizer adamw8bit needs a CUDA GPU (bitsandbytes): use adamw on this machine"
+            )
+        try:
+            import bitsandbytes
+        except ImportError:
+            raise FacesmithError("optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes") from None
+        return bitsandbytes.optim.AdamW8bit(
+            params, lr=lr, betas=betas, eps=config.adam_epsilon, weight_decay=decay
+        )
+    if config.optimizer == "lion":
+        from lion_pytorch import Lion
+
+        return Lion(params, lr=lr, betas=betas, weight_decay=decay)
+    if config.optimizer == "prodigy":
+        from prodigyopt import Prodigy
+
+        return Prodigy(params, lr=lr, betas=betas, weight_decay=decay)
+    raise FacesmithError(f"unknown optimizer {config.optimizer!r}")
+
+
+def lr_factor(step: int, schedule: str, warmup: int, total: int) -> float:
+    """Multiplier of the base learning rate at optimizer step `step` (0-based)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if schedule == "linear":
+        return max(0.0, 1 - progress)
+    return 1.0
+
+
+def make_lr_schedule(optimizer, config: TrainConfig, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, config.lr_scheduler, config.lr_warmup_steps, total_steps)
+    )

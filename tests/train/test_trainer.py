@@ -1,0 +1,233 @@
+"""The training loop end to end on the tiny SD1.5 model: resume equality, NaN guard, exports that load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from facesmith.errors import FacesmithError
+from facesmith.train.config import TrainConfig, load_train_config
+from facesmith.train.trainer import run_train
+
+# Few steps at 64 px keep each run to a few seconds on 2 CPU cores.
+TINY = dict(resolution=64, batch_size=2, tensorboard=False, seed=3)
+
+
+class Interrupted(Exception):
+    """Stands in for a kill right after a checkpoint was written."""
+
+
+def _weights(run, step: int, name: str = "trainable") -> dict[str, torch.Tensor]:
+    return load_file(run / "checkpoints" / f"step-{step:06d}" / f"{name}.safetensors")
+
+
+def test_resume_gives_the_same_weights_as_a_straight_run(faces, sd15_folder, tmp_path):
+    settings = dict(
+        TINY,
+        dataset=str(faces),
+        model=str(sd15_folder),
+        max_steps=4,
+        save_every=2,
+        gradient_accumulation=2,
+        ema_decay=0.9,
+        lr_scheduler="cosine",
+        lr_warmup_steps=1,
+        learning_rate=1e-3,
+        caption_shuffle=True,
+        caption_dropout=0.3,
+        noise_offset=0.1,
+        min_snr_gamma=5.0,
+        flip=True,
+    )
+    straight = run_train(TrainConfig(**settings, output_dir=str(tmp_path / "straight")))
+    assert straight.steps == 4
+
+    def stop_at_half(step, total, logs):
+        if step == 2:
+            raise Interrupted
+
+    halves = tmp_path / "halves"
+    with pytest.raises(Interrupted):
+        run_train(TrainConfig(**settings, output_dir=str(halves)), progress=stop_at_half)
+    assert not (halves / "checkpoints" / "step-000004").exists()
+    resumed = run_train(TrainConfig(**settings, output_dir=str(halves), resume="latest"))
+    assert resumed.steps == 4
+
+    for name in ("trainable", "ema"):
+        a, b = _weights(tmp_path / "straight", 4, name), _weights(halves, 4, name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=f"{name} {key}")
+    # ... and training did move the weights away from the base model.
+    start = _weights(halves, 2)
+    assert any(not torch.equal(start[k], a[k]) for k in a)
+
+
+def test_nan_loss_is_skipped_and_a_streak_stops_the_run_keeping_the_last_good_checkpoint(
+    faces, sd15_folder, tmp_path
+):
+    # An absurd learning rate is the real-world way to get there: the weights overflow after one step.
+    config = TrainConfig(
+        **TINY,
+        dataset=str(faces),
+        model=str(sd15_folder),
+        output_dir=str(tmp_path / "run"),
+        learning_rate=1e36,
+        max_grad_norm=0.0,
+        max_steps=6,
+        save_every=1,
+        max_bad_steps=2,
+    )
+    with pytest.raises(FacesmithError, match="NaN or inf for 2 steps in a row.*learning rate.*step-000001"):
+        run_train(config)
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints == ["step-000001"]
+
+
+def test_full_export_loads_as_single_file_in_facesmith_and_in_diffusers(faces, sd15_folder, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from facesmith.models.loading import load_model
+
+    run = tmp_path / "run"
+    result = run_train(
+        TrainConfig(
+            **TINY,
+            dataset=str(faces),
+            model=str(sd15_folder),
+            output_dir=str(run),
+            max_steps=2,
+            prediction_type="v_prediction",
+            learning_rate=1e-3,
+        )
+    )
+    assert result.exports == [run / "model", run / "model.safetensors"]
+    trained = _weights(run, 2)
+    folder = load_model(run / "model").pipe
+    single = load_model(run / "model.safetensors").pipe
+    for key, tensor in folder.unet.state_dict().items():
+        torch.testing.assert_close(single.unet.state_dict()[key], tensor)
+        torch.testing.assert_close(trained[f"unet.{key}"], tensor)
+    assert single.scheduler.config.prediction_type == "v_prediction"
+    plain = StableDiffusionPipeline.from_single_file(
+        str(run / "model.safetensors"), config=str(run / "model"), local_files_only=True, safety_checker=None
+    )
+    torch.testing.assert_close(plain.unet.state_dict()["conv_in.weight"], trained["unet.conv_in.weight"])
+    # The run folder reproduces itself.
+    assert load_train_config(run / "train.toml") == TrainConfig(
+        **TINY,
+        dataset=str(faces),
+        model=str(sd15_folder),
+        output_dir=str(run),
+        max_steps=2,
+        prediction_type="v_prediction",
+        learning_rate=1e-3,
+    )
+
+
+def test_lora_export_is_kohya_format_and_loads_in_diffusers_and_facesmith(faces, sd15_folder, tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from safetensors import safe_open
+
+    from facesmith.models.lora import LoraSpec, apply_loras
+
+    run = tmp_path / "run"
+    result = run_train(
+        TrainConfig(
+            **TINY,
+            dataset=str(faces),
+            model=str(sd15_folder),
+            output_dir=str(run),
+            mode="lora",
+            lora_rank=4,
+            lora_alpha=2.0,
+            lora_conv=True,
+            train_text_encoder=True,
+            learning_rate=1e-2,
+            max_steps=2,
+        )
+    )
+    path = result.exports[0]
+    assert path == run / "lora.safetensors"
+    with safe_open(path, "pt") as handle:
+        keys, metadata = list(handle.keys()), handle.metadata()
+    state = load_file(path)
+    assert any(
+        k.startswith("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.") for k in keys
+    )
+    assert any(k.startswith("lora_unet_down_blocks_0_resnets_0_conv1.") for k in keys)  # LoCon
+    assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for k in keys)
+    assert all(state[k].item() == 2.0 for k in keys if k.endswith(".alpha"))
+    assert metadata["ss_network_dim"] == "4" and metadata["ss_network_module"] == "networks.lora"
+    assert metadata["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    modules = {k.rsplit(".", 2)[0] for k in keys if k.endswith(".lora_down.weight")}
+    assert all(state[f"{m}.lora_up.weight"].abs().sum() > 0 for m in modules)  # trained away from zero
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(sd15_folder), safety_checker=None, local_files_only=True
+    )
+    prompt = dict(prompt="a face", num_inference_steps=2, output_type="latent", width=64, height=64)
+    before = pipe(**prompt, generator=torch.Generator().manual_seed(0)).images
+    pipe.load_lora_weights(str(path))
+    loaded_unet = sum("lora_A" in n for n, _ in pipe.unet.named_parameters())
+    loaded_text = sum("lora_A" in n for n, _ in pipe.text_encoder.named_parameters())
+    assert loaded_unet + loaded_text == len(modules)
+    after = pipe(**prompt, generator=torch.Generator().manual_seed(0)).images
+    assert not torch.allclose(before, after)
+
+    ours = StableDiffusionPipeline.from_pretrained(
+        str(sd15_folder), safety_checker=None, local_files_only=True
+    )
+    apply_loras(ours, [LoraSpec(path, 1.0)])
+    again = ours(**prompt, generator=torch.Generator().manual_seed(0)).images
+    torch.testing.assert_close(again, after)
+
+
+def test_a_dataset_that_does_not_fit_the_model_fails_before_training(faces, sd15_folder, tmp_path):
+    # The tiny UNet down-samples 8x latents once: sizes must be multiples of 16 px.
+    config = TrainConfig(
+        **dict(TINY, resolution=40),
+        dataset=str(faces),
+        model=str(sd15_folder),
+        output_dir=str(tmp_path / "r"),
+    )
+    with pytest.raises(FacesmithError, match="40x40 is not a multiple of 16"):
+        run_train(config)
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_bucketed_non_square_data_samples_and_tensorboard(tmp_path, sd15_folder):
+    from conftest import write_dataset
+
+    data = write_dataset(tmp_path / "data", count=4, size=[(64, 32), (32, 64), (64, 32), (48, 48)])
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(
+        "# comment\na smiling face --n blurry --s 2 --d 7 --l 3\na sad face --s 2 --w 32 --h 64\n"
+    )
+    run = tmp_path / "run"
+    result = run_train(
+        TrainConfig(
+            dataset=str(data),
+            model=str(sd15_folder),
+            output_dir=str(run),
+            resolution=48,
+            bucketing=True,
+            bucket_step=16,
+            min_bucket_side=32,
+            max_bucket_side=64,
+            batch_size=1,
+            max_steps=2,
+            sample_every=1,
+            sample_prompts=str(prompts),
+            tensorboard=True,
+            cache_latents="disk",
+        )
+    )
+    assert [p.name for p in result.samples] == ["step-000001.png", "step-000002.png"]
+    from PIL import Image
+
+    grid = Image.open(result.samples[0])
+    assert grid.size == (2 * 48, 64 + 24)  # two cells, each as wide as the widest image, with a label
+    assert list((run / "cache").glob("latents-*.safetensors"))
+    assert list((run / "logs").rglob("events.out.tfevents.*"))
