@@ -1,0 +1,77 @@
+"""The served app: HTTP Basic auth, local-only binding, server limits, and the command's own errors."""
+
+from __future__ import annotations
+
+import httpx
+import psutil
+import pytest
+from typer.testing import CliRunner
+
+from facesmith.cli import app as cli
+from facesmith.errors import FacesmithError
+from facesmith.serve.app import ServeConfig, credentials
+
+from .conftest import start_server, stop_server
+
+USERS = [("alice", "s3cret"), ("bob", "pa:ss")]
+FAST = {"prompt": "a face", "steps": 1, "width": 64, "height": 64}
+
+
+@pytest.fixture(scope="module")
+def guarded(sd15_folder, tmp_path_factory):
+    auth = ",".join(f"{u}:{p}" for u, p in USERS)
+    running = start_server(
+        tmp_path_factory.mktemp("guarded"), ["--model", str(sd15_folder), "--api-auth", auth], auth=USERS[0]
+    )
+    yield running
+    stop_server(running)
+
+
+@pytest.mark.parametrize("path", ["/sdapi/v1/options", "/sdapi/v1/progress", "/", "/docs", "/openapi.json"])
+def test_every_route_needs_the_password(guarded, path):
+    anonymous = httpx.get(guarded.url + path, timeout=10)
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"].startswith("Basic")
+    wrong = httpx.get(guarded.url + path, auth=("alice", "wrong"), timeout=10)
+    assert wrong.status_code == 401
+    other = httpx.get(guarded.url + path, auth=("bob", "s3cret"), timeout=10)  # another user's password
+    assert other.status_code == 401
+    for user in USERS:
+        assert httpx.get(guarded.url + path, auth=user, timeout=10).status_code == 200
+
+
+def test_generation_with_and_without_the_password(guarded):
+    url = guarded.url + "/sdapi/v1/txt2img"
+    assert httpx.post(url, json=FAST, timeout=60).status_code == 401
+    response = httpx.post(url, json=FAST, auth=USERS[1], timeout=60)
+    assert response.status_code == 200 and len(response.json()["images"]) == 1
+
+
+def test_the_server_listens_on_loopback_only_by_default(server):
+    assert ServeConfig().host == "127.0.0.1"
+    listening = [
+        c.laddr.ip for c in psutil.Process(server.process.pid).net_connections("inet") if c.status == "LISTEN"
+    ]
+    assert listening and set(listening) == {"127.0.0.1"}
+
+
+def test_credentials_follow_a1111s_flag():
+    assert credentials("a:b, c:d:e") == [("a", "b"), ("c", "d:e")]
+    for bad in ("nopassword", ":x", "a:"):
+        with pytest.raises(FacesmithError, match="user:pass"):
+            credentials(bad)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--api-auth", "nopassword"], "--api-auth must be user:pass"),
+        (["--max-steps", "0"], "--max-steps 0 must be at least 1"),
+        (["--max-size", "100"], "--max-size 100 must be a multiple of 8"),
+        (["--model", "/no/such/model"], "model /no/such/model does not exist"),
+    ],
+)
+def test_serve_mistakes_are_one_line_and_exit_2(args, message):
+    result = CliRunner().invoke(cli, ["serve", *args])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
