@@ -312,5 +312,64 @@ def serve(
     _guarded(work)
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog="Every TrainConfig key is also a flag: --max-steps 500, --mode lora, --flip / --no-flip, "
+    "--resume latest. See the README's Training section for all keys and their defaults.",
+)
+def train(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None, typer.Option(help="Start from a train.toml (a run folder has one).")
+    ] = None,
+    recipe: Annotated[
+        str | None, typer.Option(help="Start from a named recipe, e.g. face-small (the default model).")
+    ] = None,
+) -> None:
+    """Fine-tune (full or LoRA) or train a preset from scratch on a dataset folder; flags override the TOML."""
+
+    def work():
+        from facesmith.train.config import TrainConfig, apply_flags, load_train_config
+        from facesmith.train.presets import RECIPES
+        from facesmith.train.trainer import run_train
+
+        if recipe is not None and recipe not in RECIPES:
+            raise FacesmithError(f"unknown recipe {recipe!r}: pick one of {', '.join(RECIPES)}")
+        base = load_train_config(config) if config else TrainConfig(**RECIPES.get(recipe, {}))
+        settings = apply_flags(base, list(ctx.args))
+        with _train_progress() as bar:
+            task = bar.add_task("preparing", total=None)
+
+            def progress(step: int, total: int, logs: dict[str, float]) -> None:
+                bar.update(task, description="training", completed=step, total=total, loss=logs["loss"])
+
+            result = run_train(settings, progress=progress)
+        for path in result.exports:
+            out.print(str(path), highlight=False)
+
+    _guarded(work)
+
+
+def _train_progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class Rate(TextColumn):
+        def render(self, task) -> Text:
+            speed, loss = task.speed, task.fields.get("loss")
+            rate = f"{speed:.2f} it/s" if speed else "-- it/s"
+            return Text(rate + (f"  loss {loss:.4f}" if loss is not None else ""))
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        Rate(""),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+    )
+
+
 if __name__ == "__main__":
     main()

@@ -1,8 +1,8 @@
 """`facesmith train`: fine-tune (full or LoRA) or train from a preset, Kohya-grade, on Accelerate.
 
-Modules, one idea each: config (TrainConfig), dataset (manifest, buckets, batch order), captions
-(Kohya caption ops), cache (latents and text states), model (what learns, fit check), presets
+Modules, one idea each: config (TrainConfig), dataset (manifest, buckets, batch order), cache (latents and text states), model (what learns, fit check), presets
 (from-scratch models), objective (noise, targets, min-SNR), optim (optimizers, LR schedules),
 checkpoint (atomic save/resume), sampling (prompt files, grids), export (diffusers, single file,
-Kohya LoRA) and trainer (the loop, `run_train`).
+Kohya LoRA) and trainer (the loop, `run_train`). Kohya's caption ops are
+`facesmith.data.caption_ops`'s.
 """

@@ -5,7 +5,7 @@ image when flipping is on) is encoded once, in memory or into one `.safetensors`
 cache is keyed on a hash of the VAE's weights, the bucket sizes, the crop mode, the dtype and the image
 files' paths, sizes and mtimes, so a cache made under any other setting or for changed images is never
 read; it is simply not found. Text-encoder states are cached only when the text encoder is frozen and
-the captions never vary (`captions.captions_vary`). Scaling latents is `facesmith.latents`'s job.
+the captions never vary (no shuffle, tag dropout or attribute captions). Scaling latents is `facesmith.latents`'s job.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> TrainResult:
 
     from facesmith.train import checkpoint as ckpt
     from facesmith.train.cache import LatentSource, TextStateCache, encode_text
-    from facesmith.train.captions import augment_caption, captions_vary
+    from facesmith.data.caption_ops import process_caption
     from facesmith.train.dataset import assign_buckets, epoch_batches, make_buckets, read_dataset
     from facesmith.train.model import build_model, check_fits
     from facesmith.train.objective import diffusion_loss, sample_noise, target_for
@@ -121,12 +121,8 @@ def _train(config: TrainConfig, progress: Progress | None) -> TrainResult:
         device=device,
         cache_dir=Path(config.cache_dir) if config.cache_dir else out / "cache",
     )
-    varying = captions_vary(
-        dropout=config.caption_dropout,
-        shuffle=config.caption_shuffle,
-        tag_dropout=config.caption_tag_dropout,
-        from_attributes=config.caption_from_attributes,
-    )
+    # Whole-caption dropout alone keeps captions fixed: "" is one more caption to cache.
+    varying = config.caption_shuffle or config.caption_tag_dropout > 0 or config.caption_from_attributes
     text_cache = None
     if config.cache_text_encoder and not train_text and not varying:
         text_cache = TextStateCache(pipe.tokenizer, pipe.text_encoder, device)
@@ -215,13 +211,13 @@ def _train(config: TrainConfig, progress: Progress | None) -> TrainResult:
             from facesmith.data.captions import caption_from_attributes
 
             text = caption_from_attributes(image.attributes, caption_rng)
-        return augment_caption(
+        return process_caption(
             text,
             caption_rng,
-            dropout=config.caption_dropout,
+            dropout_rate=config.caption_dropout,
+            tag_dropout_rate=config.caption_tag_dropout,
             shuffle=config.caption_shuffle,
             keep_tokens=config.keep_tokens,
-            tag_dropout=config.caption_tag_dropout,
         )
 
     def save(at: int) -> Path:
