@@ -73,9 +73,9 @@ def _train(config: TrainConfig, progress: Progress | None) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
+    from facesmith.data.caption_ops import process_caption
     from facesmith.train import checkpoint as ckpt
     from facesmith.train.cache import LatentSource, TextStateCache, encode_text
-    from facesmith.data.caption_ops import process_caption
     from facesmith.train.dataset import assign_buckets, epoch_batches, make_buckets, read_dataset
     from facesmith.train.model import build_model, check_fits
     from facesmith.train.objective import diffusion_loss, sample_noise, target_for
