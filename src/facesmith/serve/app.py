@@ -173,7 +173,15 @@ def build_app(generator, config: ServeConfig, *, page: bool = True):
 
 def run_serve(config: ServeConfig, announce: Callable[[str], None] = print) -> None:
     """`facesmith serve`: load the model once, then serve until interrupted."""
-    import uvicorn
+    try:
+        import fastapi  # noqa: F401
+        import gradio  # noqa: F401
+        import swagger_ui_bundle  # noqa: F401
+        import uvicorn
+    except ImportError as err:
+        raise FacesmithError(
+            f"facesmith serve needs its extra ({err.name} is missing): pip install 'facesmith[serve]'"
+        ) from None
 
     from facesmith.generate import FaceGenerator
 

@@ -161,11 +161,11 @@ def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int
                         age = gr.Dropdown(list(AGES), value="any", label="Age")
                         hair = gr.Dropdown(list(HAIR), value="any", label="Hair")
                         ethnicity = gr.Dropdown(ETHNICITIES, value="any", label="Ethnicity")
-                    features = gr.CheckboxGroup(list(FEATURES), label="Features")
+                    features = gr.CheckboxGroup(list(FEATURES), label="Features", elem_id="features")
                     write = gr.Button("Write prompt from attributes", elem_id="write-prompt")
                 with gr.Row():
                     steps = gr.Slider(1, max_steps, value=min(GenerateConfig.steps, max_steps), step=1,
-                                      label="Steps")  # fmt: skip
+                                      label="Steps", elem_id="steps")  # fmt: skip
                     cfg = gr.Slider(0, 20, value=GenerateConfig.cfg, step=0.5, label="CFG scale")
                 with gr.Row():
                     sampler = gr.Dropdown(sampler_names(), value=GenerateConfig.sampler, label="Sampler")
