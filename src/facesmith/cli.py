@@ -337,20 +337,22 @@ def train(
             raise FacesmithError(f"unknown recipe {recipe!r}: pick one of {', '.join(RECIPES)}")
         base = load_train_config(config) if config else TrainConfig(**RECIPES.get(recipe, {}))
         settings = apply_flags(base, list(ctx.args))
-        with _train_progress() as bar:
+        # Under a multi-process launch only the first process draws the bar and names the files.
+        quiet = os.environ.get("RANK", "0") != "0"
+        with _train_progress(disable=quiet) as bar:
             task = bar.add_task("preparing", total=None)
 
             def progress(step: int, total: int, logs: dict[str, float]) -> None:
                 bar.update(task, description="training", completed=step, total=total, loss=logs["loss"])
 
             result = run_train(settings, progress=progress)
-        for path in result.exports:
+        for path in [] if quiet else result.exports:
             out.print(str(path), highlight=False)
 
     _guarded(work)
 
 
-def _train_progress():
+def _train_progress(disable: bool = False):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.text import Text
 
@@ -368,6 +370,7 @@ def _train_progress():
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=err,
+        disable=disable,
     )
 
 

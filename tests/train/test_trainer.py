@@ -231,3 +231,60 @@ def test_bucketed_non_square_data_samples_and_tensorboard(tmp_path, sd15_folder)
     assert grid.size == (2 * 48, 64 + 24)  # two cells, each as wide as the widest image, with a label
     assert list((run / "cache").glob("latents-*.safetensors"))
     assert list((run / "logs").rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_agree_on_weights_and_split_each_global_batch(faces, sd15_folder, tmp_path):
+    run = tmp_path / "run"
+    result = run_train(
+        TrainConfig(
+            **dict(TINY, batch_size=1),
+            dataset=str(faces),
+            model=str(sd15_folder),
+            output_dir=str(run),
+            max_steps=2,
+            save_every=1,
+            num_processes=2,
+            cpu=True,
+            export_single_file=False,
+        )
+    )
+    assert result.steps == 2 and result.exports == [run / "model"]
+    import json
+
+    for step in (1, 2):
+        folder = run / "checkpoints" / f"step-{step:06d}"
+        views = [json.loads((folder / f"process-{r}.json").read_text()) for r in (0, 1)]
+        assert views[0]["weights_sha256"] == views[1]["weights_sha256"]
+        # Global batch 2 per step: each process trained on its own image of every pair.
+        assert len(views[0]["images_seen"]) == len(views[1]["images_seen"]) == step
+        assert all(a != b for a, b in zip(views[0]["images_seen"], views[1]["images_seen"], strict=True))
+    assert sorted(views[0]["images_seen"] + views[1]["images_seen"]) == [0, 1, 2, 3]
+
+
+def test_preset_from_scratch_exports_in_the_default_model_layout(faces, tmp_path):
+    from facesmith.models.default_model import build_default_pipeline
+    from facesmith.train.presets import LATENT_SCALE
+
+    run = tmp_path / "run"
+    result = run_train(
+        TrainConfig(
+            **dict(TINY, resolution=32),
+            dataset=str(faces),
+            output_dir=str(run),
+            preset="face-tiny",
+            max_steps=2,
+            caption_from_attributes=True,
+            caption_dropout=0.1,
+            min_snr_gamma=5.0,
+            ema_decay=0.99,
+            learning_rate=1e-3,
+        )
+    )
+    assert result.exports == [run / "model"]
+    pipe = build_default_pipeline(run / "model")
+    assert pipe.unet.config.in_channels == 32 and pipe.unet.config.block_out_channels == [32, 32, 64]
+    assert pipe.vae.config.scaling_factor == LATENT_SCALE
+    ema = _weights(run, 2, "ema")
+    for key, tensor in pipe.unet.state_dict().items():
+        torch.testing.assert_close(tensor, ema[f"unet.{key}"].half().float())

@@ -4,7 +4,8 @@ A checkpoint is `OUTPUT_DIR/checkpoints/step-NNNNNN/` holding
 - `trainable.safetensors`: the weights that learn (the whole UNet, or only the LoRA layers), by name;
 - `ema.safetensors`: the EMA shadow weights, when EMA is on;
 - `training.pt`: optimizer and LR-schedule state, EMA counters, the data position and the config;
-- `rng-R.pt`: process R's random states (caption RNG, noise generator, torch's global RNG, CUDA's).
+- `rng-R.pt`: process R's random states (caption RNG, noise generator, torch's global RNG, CUDA's);
+- `process-R.json`: process R's view: its sha256 of the trainable weights and the images it trained on.
 `os.replace` of the finished temporary folder is atomic, so a kill during a save leaves the previous
 checkpoint whole and the partial one under a `.tmp` name that `latest_checkpoint` ignores. Older
 checkpoints beyond `keep` are removed only after the new one is in place.
@@ -12,6 +13,7 @@ checkpoints beyond `keep` are removed only after the new one is in place.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -53,6 +55,7 @@ def save_checkpoint(
     ema: dict[str, torch.Tensor] | None,
     training: dict[str, Any],
     rng: dict[str, Any],
+    process: dict[str, Any] | None = None,
     rank: int = 0,
     is_main: bool = True,
     barrier: Callable[[], None] = lambda: None,
@@ -66,6 +69,8 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     barrier()
     torch.save(rng, tmp / f"rng-{rank}.pt")
+    if process is not None:  # what this process did: lets a person check that DDP ranks agree
+        (tmp / f"process-{rank}.json").write_text(json.dumps(process) + "\n")
     if is_main:
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -55,10 +56,50 @@ class TrainResult:
 def run_train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     """Train as `config` says; FacesmithError for anything a person has to fix, before the first step."""
     config.validate()
+    if config.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_processes(config)
     try:
         return _train(config, progress)
     except torch.cuda.OutOfMemoryError:
         raise FacesmithError(OOM_ADVICE) from None
+
+
+def launch_processes(config: TrainConfig) -> TrainResult:
+    """Run the same training in `num_processes` processes: `accelerate launch --multi_gpu` on CUDA,
+    torch's elastic launcher (gloo) on the CPU. Each process reads OUTPUT_DIR/train.toml.
+
+    For DeepSpeed, FSDP or several machines, call `accelerate launch --config_file ... -m facesmith.cli
+    train --config train.toml` yourself; the training code is the same.
+    """
+    import socket
+    import subprocess
+    import sys
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = save_train_config(config, out / "train.toml")
+    n = str(config.num_processes)
+    program = ["-m", "facesmith.cli", "train", "--config", str(path)]
+    if config.cpu or not torch.cuda.is_available():
+        with socket.socket() as s:  # a free port for the rendezvous
+            s.bind(("127.0.0.1", 0))
+            port = str(s.getsockname()[1])
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", n]
+        command += ["--master_addr", "127.0.0.1", "--master_port", port, *program]
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", n]
+        command += program
+    status = subprocess.call(command)
+    if status != 0:
+        raise FacesmithError(
+            f"the {n} training processes failed (exit status {status}); see their output above"
+        )
+    from facesmith.train.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(out)
+    exports = [p for p in (out / "lora.safetensors", out / "model", out / "model.safetensors") if p.exists()]
+    steps = int(last.name.split("-")[1]) if last else 0
+    return TrainResult(out, steps, exports=exports, checkpoint=last)
 
 
 def _mixed_precision(config: TrainConfig) -> str:
@@ -194,6 +235,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> TrainResult:
         prompts = read_prompt_file(config.sample_prompts)
 
     batches = epoch_batches(assigned, global_batch, config.seed, epoch, config.flip)
+    seen: list[int] = []  # image indices this process trained on in this session
 
     def next_items():
         nonlocal epoch, position, batches
@@ -202,7 +244,9 @@ def _train(config: TrainConfig, progress: Progress | None) -> TrainResult:
             batches = epoch_batches(assigned, global_batch, config.seed, epoch, config.flip)
         batch = batches[position]
         position += 1
-        return batch[rank * config.batch_size : (rank + 1) * config.batch_size]
+        mine = batch[rank * config.batch_size : (rank + 1) * config.batch_size]
+        seen.extend(item.index for item in mine)
+        return mine
 
     def caption_of(index: int) -> str:
         image = images[index]
@@ -247,6 +291,12 @@ def _train(config: TrainConfig, progress: Progress | None) -> TrainResult:
             else None,
             training=training,
             rng=rng,
+            process={
+                "rank": rank,
+                "processes": world,
+                "weights_sha256": _digest(params),
+                "images_seen": seen,
+            },
             rank=rank,
             is_main=accelerator.is_main_process,
             barrier=accelerator.wait_for_everyone,
@@ -386,6 +436,15 @@ def _sample(
         tracker = accelerator.get_tracker("tensorboard", unwrap=True)
         tracker.add_image("samples", np.asarray(grid), step, dataformats="HWC")
     return path
+
+
+def _digest(params: list[torch.Tensor]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for p in params:
+        digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _tuples(value: Any) -> Any:
