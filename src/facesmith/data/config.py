@@ -41,7 +41,7 @@ class PrepareConfig:
     max_upscale: float = 2.0
     max_outside: float = 0.5
     min_score: float = 0.9
-    min_sharpness: float = 20.0
+    min_sharpness: float = 5.0
     max_hash_distance: int = 4
     val_fraction: float = 0.05
     seed: int = 0

@@ -90,7 +90,10 @@ def process_image(task: Task) -> dict:
         if record["upscale"] > config.max_upscale:
             return {**record, "rejected": "too small"}
         if record["outside"] > config.max_outside:
-            return {**record, "rejected": "crop mostly outside the photo"}
+            return {
+                **record,
+                "rejected": "crop mostly outside the photo (tight pre-cropped sets: use --aligned)",
+            }
         crop = align_face(image, face.landmarks, config.size, config.margin)
 
     record["sharpness"] = round(sharpness(crop), 2)

@@ -1,0 +1,206 @@
+"""The prepare stage end to end: every bad input is reported with its reason, the rest is kept, and the
+dataset is the same however it is run."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from facefixtures import aligned_config, photo, read_manifest, read_report, save_photo
+from PIL import Image, ImageFilter
+
+from facesmith.data.captions import CELEBA_ATTRIBUTES
+from facesmith.data.config import PrepareConfig, load_prepare_config
+from facesmith.data.prepare import PROGRESS_FILE, run_prepare
+from facesmith.errors import FacesmithError
+
+SIZE = (96, 96)
+
+
+def messy_folder(root):
+    """Good photos in every pixel format next to every kind of broken file."""
+    root.mkdir(parents=True)
+    for seed in range(3):
+        save_photo(root / f"good{seed}.jpg", seed, SIZE, quality=95)
+    for seed, mode in enumerate(["CMYK", "L", "P", "RGBA"], start=10):
+        photo(seed, SIZE, mode=mode).save(root / f"mode_{mode}.{'jpg' if mode == 'CMYK' else 'png'}")
+    wide = (np.asarray(photo(20, SIZE).convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(wide, mode="I;16").save(root / "sixteen.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo(21, (120, 80)).save(root / "rotated.jpg", exif=exif, quality=95)
+    (root / "zero.jpg").write_bytes(b"")
+    (root / "text.png").write_text("hello")
+    buffer = io.BytesIO()
+    photo(22, SIZE).save(buffer, "JPEG")
+    (root / "truncated.jpg").write_bytes(buffer.getvalue()[:300])
+    Image.new("L", (1200, 1000)).save(root / "bomb.png")
+    shutil.copy(root / "good0.jpg", root / "good0_copy.jpg")
+    photo(1, SIZE).resize((80, 80)).save(root / "good1_small_copy.jpg", quality=80)
+    photo(23, SIZE).filter(ImageFilter.GaussianBlur(5)).save(root / "blurry.png")
+    save_photo(root / "tiny.png", 24, (12, 12))
+
+
+KEPT = {"good0.jpg", "good1.jpg", "good2.jpg", "mode_CMYK.jpg", "mode_L.png", "mode_P.png", "mode_RGBA.png"}
+KEPT |= {"sixteen.png", "rotated.jpg"}
+REJECTED = {
+    "empty file": 1,
+    "not an image": 1,
+    "corrupt or truncated": 1,
+    "too many pixels": 1,
+    "exact duplicate": 1,
+    "near duplicate": 1,
+    "blurry": 1,
+    "too small": 1,
+    "caption file is not UTF-8": 1,
+}
+
+
+@pytest.fixture
+def sources(tmp_path):
+    messy_folder(tmp_path / "messy")
+    kohya = tmp_path / "kohya"
+    save_photo(kohya / "5_anna" / "good0.jpg", 30, SIZE)  # same name as in messy/, other picture
+    (kohya / "5_anna" / "good0.txt").write_text("anna, smiling")
+    save_photo(kohya / "5_anna" / "latin.jpg", 31, SIZE)
+    (kohya / "5_anna" / "latin.txt").write_bytes("\xe9t\xe9".encode("latin-1"))
+    return [tmp_path / "messy", kohya]
+
+
+def test_bad_inputs_are_counted_and_the_rest_kept(tmp_path, sources):
+    out = run_prepare(aligned_config(sources, tmp_path / "out", max_pixels=1_000_000))
+    report = read_report(out)
+    assert report["rejected"] == REJECTED
+    rows = read_manifest(out)
+    assert {r["source_file"].split("/")[-1] for r in rows if r["source"] == "folder"} == KEPT
+    assert report["kept"] == len(KEPT) + 1 and report["total"] == len(KEPT) + 1 + sum(REJECTED.values())
+    anna = next(r for r in rows if r["source"] == "kohya")
+    assert anna["text"] == "anna, smiling" and anna["repeats"] == 5
+    generic = [r for r in rows if r["source"] == "folder"]
+    assert all(r["text"] == PrepareConfig.generic_caption for r in generic)
+    assert any("generic caption" in n for n in report["notes"])
+    assert any("file names occur more than once" in n for n in report["notes"])
+    for row in rows:
+        with Image.open(out / row["file_name"]) as image:
+            assert image.size == (32, 32) and image.mode == "RGB"
+        assert row["split"] in ("train", "val") and row["width"] == 32
+    assert len(list((out / "images").iterdir())) == len(rows)  # rejected duplicates left no file
+    md = (out / "report.md").read_text()
+    assert "| near duplicate | 1 |" in md and "contact_sheet.png" in md
+    assert (out / "contact_sheet.png").is_file()
+    assert load_prepare_config(out / "prepare.toml").max_pixels == 1_000_000
+
+
+def test_same_dataset_from_rerun_resume_and_more_workers(tmp_path, sources):
+    config = aligned_config(sources, tmp_path / "a", max_pixels=1_000_000)
+    first = (run_prepare(config) / "metadata.jsonl").read_text()
+    # Interrupt: keep 4 decisions and half a line, lose the manifest; the rerun resumes and agrees.
+    progress = tmp_path / "a" / PROGRESS_FILE
+    lines = progress.read_text().splitlines()
+    progress.write_text("\n".join(lines[:4]) + "\n" + lines[4][:10])
+    (tmp_path / "a" / "metadata.jsonl").unlink()
+    assert (run_prepare(config) / "metadata.jsonl").read_text() == first
+    two = aligned_config(sources, tmp_path / "b", max_pixels=1_000_000, workers=2)
+    rows_b = read_manifest(run_prepare(two))
+    rows_a = [json.loads(line) for line in first.splitlines()]
+    assert [(r["text"], r["split"], r["phash"]) for r in rows_a] == [
+        (r["text"], r["split"], r["phash"]) for r in rows_b
+    ]
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        assert (tmp_path / "a" / ra["file_name"]).read_bytes() == (
+            tmp_path / "b" / rb["file_name"]
+        ).read_bytes()
+
+
+def test_celeba_captions_attributes_and_table_problems(tmp_path):
+    src = tmp_path / "celeba"
+    for i in range(1, 5):
+        save_photo(src / "img_align_celeba" / f"00000{i}.jpg", i, (89, 109))
+    header = " ".join(CELEBA_ATTRIBUTES)
+    on = {"Male", "Smiling", "Eyeglasses", "Young"}
+    row = " ".join("1" if n in on else "-1" for n in CELEBA_ATTRIBUTES)
+    lines = ["202599", header] + [f"00000{i}.jpg {row}" for i in (1, 2, 3, 7)]
+    (src / "list_attr_celeba.txt").write_text("\r\n".join(lines) + "\r\n")
+    out = run_prepare(aligned_config([src], tmp_path / "out", size=64, templates=["sks {gender}, {tags}"]))
+    rows = read_manifest(out)
+    assert len(rows) == 3 and rows[0]["attributes"]["Eyeglasses"] == 1 and rows[0]["attributes"]["Bald"] == 0
+    assert rows[0]["text"] == "sks man, eyeglasses, smiling, young"
+    report = read_report(out)
+    assert report["rejected"] == {"missing from the attribute table": 1}
+    assert report["attribute_balance"]["Eyeglasses"] == {"known": 3, "positive": 3}
+    assert "1 attribute rows name files that do not exist" in report["notes"][0]
+
+
+def test_val_split_is_deterministic_and_by_identity(tmp_path):
+    src = tmp_path / "celeba"
+    names = [f"{i:06d}.jpg" for i in range(1, 41)]
+    for i, name in enumerate(names):
+        save_photo(src / name, 100 + i, (40, 40))
+    header = "file," + ",".join(CELEBA_ATTRIBUTES)
+    body = "\n".join(name + "," + ",".join("0" * 1 for _ in CELEBA_ATTRIBUTES) for name in names)
+    (src / "list_attr_celeba.csv").write_text(header + "\n" + body + "\n")
+    (src / "identity_CelebA.txt").write_text("\n".join(f"{n} {i // 4}" for i, n in enumerate(names)))
+    rows = read_manifest(run_prepare(aligned_config([src], tmp_path / "out", val_fraction=0.3)))
+    by_identity: dict[str, set] = {}
+    for r in rows:
+        by_identity.setdefault(r["identity"], set()).add(r["split"])
+    assert all(len(splits) == 1 for splits in by_identity.values())  # an identity never spans splits
+    assert {"train", "val"} == set().union(*by_identity.values())
+
+
+def test_detection_path_aligns_faces_and_rejects_non_faces(tmp_path, shared_data):
+    src = tmp_path / "photos"
+    src.mkdir()
+    for name in ("000001.jpg", "000002.jpg", "000003.jpg"):
+        shutil.copy(shared_data / "celeba" / "images" / name, src / name)
+    save_photo(src / "noise.jpg", 1, (120, 120))
+    config = PrepareConfig(sources=[str(src)], out_dir=str(tmp_path / "out"), size=64, workers=1)
+    out = run_prepare(config)
+    rows = read_manifest(out)
+    # 000003.jpg is one CelebA labels Blurry.
+    assert len(rows) == 2 and read_report(out)["rejected"] == {"no face": 1, "blurry": 1}
+    assert all(len(r["landmarks"]) == 5 and r["score"] > 0.9 and r["outside"] < 0.5 for r in rows)
+    too_big = run_prepare(
+        PrepareConfig(sources=[str(src)], out_dir=str(tmp_path / "big"), size=512, workers=1)
+    )
+    assert read_report(too_big)["rejected"] == {"no face": 1, "too small": 3}
+
+
+def test_output_folder_problems_are_user_errors(tmp_path):
+    src = tmp_path / "src"
+    save_photo(src / "a.jpg", 1)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FacesmithError, match="is a file"):
+        run_prepare(aligned_config([src], tmp_path / "file"))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("x")
+    with pytest.raises(FacesmithError, match="not empty"):
+        run_prepare(aligned_config([src], tmp_path / "busy"))
+    run_prepare(aligned_config([src], tmp_path / "ok"))
+    with pytest.raises(FacesmithError, match="other settings"):
+        run_prepare(aligned_config([src], tmp_path / "ok", size=48))
+    with pytest.raises(FacesmithError, match="is not a folder"):
+        run_prepare(aligned_config([tmp_path / "nowhere"], tmp_path / "new"))
+    with pytest.raises(FacesmithError, match="unknown"):
+        run_prepare(aligned_config([src], tmp_path / "new", format="lmdb"))
+
+
+def test_cli_prepare_and_its_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from facesmith.cli import app
+
+    src = tmp_path / "src"
+    save_photo(src / "a.jpg", 1)
+    save_photo(src / "b.jpg", 2)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["prepare", str(src), "-o", str(out), "--aligned", "--size", "32"])
+    assert result.exit_code == 0, result.output
+    assert "kept 2 of 2" in result.output and len(read_manifest(out)) == 2
+    result = CliRunner().invoke(app, ["prepare", str(tmp_path / "missing"), "-o", str(tmp_path / "o2")])
+    assert result.exit_code == 2 and "is not a folder" in result.output and "Traceback" not in result.output
+    again = CliRunner().invoke(app, ["prepare", "--config", str(out / "prepare.toml")])
+    assert again.exit_code == 0, again.output
