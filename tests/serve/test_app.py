@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import psutil
 import pytest
@@ -45,6 +47,20 @@ def test_generation_with_and_without_the_password(guarded):
     assert httpx.post(url, json=FAST, timeout=60).status_code == 401
     response = httpx.post(url, json=FAST, auth=USERS[1], timeout=60)
     assert response.status_code == 200 and len(response.json()["images"]) == 1
+
+
+@pytest.mark.slow
+def test_serve_without_model_uses_the_default_model(tmp_path):
+    running = start_server(tmp_path, [])
+    try:
+        response = httpx.post(
+            running.url + "/sdapi/v1/txt2img", json={"prompt": "a face", "steps": 1}, timeout=120
+        )
+        assert response.status_code == 200, response.text
+        info = json.loads(response.json()["info"])
+        assert info["sd_model_name"] == "facesmith-default" and (info["width"], info["height"]) == (128, 128)
+    finally:
+        stop_server(running)
 
 
 def test_the_server_listens_on_loopback_only_by_default(server):

@@ -14,10 +14,14 @@ from PIL import Image
 
 from facesmith.serve.page import attributes_from_controls, prompt_from_controls
 
+from .conftest import start_server, stop_server
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-# Where the browser test leaves its screenshot (the README's is made this way, on the default model).
+# Set, the browser test serves the default model at 25 steps and leaves its screenshot there; this is how
+# the README's screenshot is made. Unset, it serves the tiny test model at 2 steps.
 SCREENSHOT = os.environ.get("FACESMITH_SCREENSHOT")
+STEPS = "25" if SCREENSHOT else "2"
 
 
 def test_attribute_controls_write_a_prompt_in_the_training_wording():
@@ -34,6 +38,16 @@ def test_attribute_controls_write_a_prompt_in_the_training_wording():
 
 
 @pytest.fixture(scope="module")
+def page_server(request, tmp_path_factory):
+    if not SCREENSHOT:
+        yield request.getfixturevalue("server")
+        return
+    running = start_server(tmp_path_factory.mktemp("default-model"), [])
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="module")
 def browser():
     if not (CHROMIUM and CHROMEDRIVER):
         pytest.skip("Debian chromium and chromium-driver are not installed (.ci/run installs them)")
@@ -42,7 +56,7 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--window-size=1400,1000"):  # fmt: skip
+                 "--window-size=1400,1250"):  # fmt: skip
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
@@ -60,12 +74,13 @@ def _requested_urls(driver) -> set[str]:
     return urls
 
 
-def test_type_a_prompt_click_generate_and_see_an_image(server, browser, tmp_path):
+def test_type_a_prompt_click_generate_and_see_an_image(page_server, browser, tmp_path):
+    server = page_server
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(browser, 90)
+    wait = WebDriverWait(browser, 300 if SCREENSHOT else 90)
     browser.get(server.url + "/")
     prompt = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#prompt textarea"))
 
@@ -81,14 +96,15 @@ def test_type_a_prompt_click_generate_and_see_an_image(server, browser, tmp_path
     prompt.send_keys("a photo of a smiling woman with glasses")
     steps = browser.find_element(By.CSS_SELECTOR, "#steps input[type=number]")
     steps.send_keys(Keys.CONTROL, "a")
-    steps.send_keys("2", Keys.TAB)
+    steps.send_keys(STEPS, Keys.TAB)
     browser.find_element(By.CSS_SELECTOR, "#generate").click()
     image = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#gallery img"))[0]
     wait.until(lambda d: image.get_attribute("naturalWidth") not in (None, "0"))
     shown = browser.find_element(By.CSS_SELECTOR, "#parameters textarea")
-    wait.until(lambda d: "Steps: 2," in shown.get_attribute("value"))
+    wait.until(lambda d: f"Steps: {STEPS}," in shown.get_attribute("value"))
     parameters = shown.get_attribute("value")
     assert parameters.startswith("a photo of a smiling woman with glasses\n")
+    browser.execute_script("window.scrollTo(0, 0)")
     browser.save_screenshot(SCREENSHOT or str(tmp_path / "page.png"))
 
     # the download is the PNG with its metadata

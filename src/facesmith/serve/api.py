@@ -41,7 +41,7 @@ DISCONNECT_POLL_S = 0.25
 class Txt2ImgRequest(BaseModel):
     """A1111's txt2img fields that facesmith uses; every other A1111 field is accepted and ignored.
 
-    Defaults are facesmith's (`GenerateConfig`): 50 DDIM steps, CFG 7.5, the model's native size.
+    Defaults are facesmith's (`GenerateConfig`): 50 steps, CFG 7.5, the model's own sampler and size.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -131,7 +131,7 @@ def request_config(
 
 
 def sampler_name(name: str | None, scheduler: str | None, field: str = "sampler_name") -> str:
-    """facesmith's sampler for A1111's (sampler_name, scheduler); None means facesmith's default."""
+    """facesmith's sampler for A1111's (sampler_name, scheduler); None leaves it to the model."""
     if not name:
         return GenerateConfig.sampler
     if scheduler and scheduler.strip().lower() == "karras" and not name.lower().endswith("karras"):
@@ -166,7 +166,7 @@ def lora_tags(prompt: str, loras: dict) -> tuple[str, dict[str, float]]:
 
 def info_json(body: Txt2ImgRequest, job: Job, pictures: list[Picture], model: dict) -> str:
     """A1111's `info` string (Processed.js()), plus facesmith's job timings under `facesmith_job`."""
-    config = job.config
+    config = job.used or job.config
     seeds = [p.seed for p in pictures]
     return json.dumps(
         {

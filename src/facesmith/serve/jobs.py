@@ -56,6 +56,7 @@ class Job:
     finished_at: float | None = None
     step: int = 0
     total: int = 0
+    used: GenerateConfig | None = None  # as run: seed, size and sampler resolved
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Future = field(default_factory=Future)
 
@@ -171,6 +172,7 @@ class JobQueue:
         generator = self.generator
         with lora_weights_applied(generator, self.loras, job.lora_weights):
             result = generator.run(job.config, progress=progress)
+        job.used = result.config
         return pictures_from(generator, result)
 
 

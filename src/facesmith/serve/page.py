@@ -89,6 +89,10 @@ def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int
     folder = PictureFolder()
     native = queue.generator.native_size[0]
     loras = [NO_LORA, *queue.loras]
+    # the model's own sampler (the default model's is not DDIM) is what the page starts with
+    default_sampler = (
+        getattr(queue.generator.model, "default_sampler", None) or GenerateConfig.sampler or "DDIM"
+    )
 
     def write_prompt(gender, age, hair, ethnicity, features):
         return prompt_from_controls(gender, age, hair, ethnicity, features)
@@ -168,7 +172,7 @@ def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int
                                       label="Steps", elem_id="steps")  # fmt: skip
                     cfg = gr.Slider(0, 20, value=GenerateConfig.cfg, step=0.5, label="CFG scale")
                 with gr.Row():
-                    sampler = gr.Dropdown(sampler_names(), value=GenerateConfig.sampler, label="Sampler")
+                    sampler = gr.Dropdown(sampler_names(), value=default_sampler, label="Sampler")
                     count = gr.Slider(1, max_batch, value=1, step=1, label="Count")
                 with gr.Row():
                     seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, elem_id="seed")
