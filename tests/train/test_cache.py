@@ -1,0 +1,60 @@
+"""Latent caching: reused when nothing changed, never when the VAE, size or images did."""
+
+from __future__ import annotations
+
+import torch
+
+from facesmith.train.cache import (
+    LatentSource,
+    TextStateCache,
+    encode_text,
+    latent_cache_key,
+    model_fingerprint,
+)
+from facesmith.train.dataset import BatchItem, read_dataset
+
+
+def _source(images, vae, tmp_path, size=32, mode="disk", flip=True):
+    sizes = dict.fromkeys(range(len(images)), (size, size))
+    return LatentSource(
+        images, sizes, vae, mode=mode, flip=flip, device=torch.device("cpu"), cache_dir=tmp_path
+    )
+
+
+def test_disk_cache_is_keyed_on_vae_size_and_images(faces, sd15, tmp_path):
+    vae, images = sd15.pipe.vae, read_dataset(faces)
+    first = _source(images, vae, tmp_path)
+    assert first.cache_file.is_file() and len(first.cached) == 2 * len(images)
+    again = _source(images, vae, tmp_path)
+    assert again.cache_file == first.cache_file
+    items = [BatchItem(1, False), BatchItem(1, True)]
+    torch.testing.assert_close(again.latents(items), first.latents(items))
+    # Cached latents are what encoding on every step gives.
+    torch.testing.assert_close(
+        _source(images, vae, tmp_path, mode="none").latents(items), first.latents(items)
+    )
+    assert not torch.equal(*first.latents(items))  # the mirror image is its own latent
+    # Any change of VAE weights, size, dtype or image set gives another file name.
+    key = first.cache_file.name.removeprefix("latents-").removesuffix(".safetensors")
+    sizes = dict.fromkeys(range(len(images)), (32, 32))
+    assert latent_cache_key(model_fingerprint(vae), sizes, torch.float32, True, images) == key
+    changed = type(vae).from_config(vae.config)
+    others = [
+        latent_cache_key(model_fingerprint(changed), sizes, torch.float32, True, images),
+        latent_cache_key(model_fingerprint(vae), dict.fromkeys(sizes, (64, 64)), torch.float32, True, images),
+        latent_cache_key(model_fingerprint(vae), sizes, torch.bfloat16, True, images),
+        latent_cache_key(
+            model_fingerprint(vae), dict.fromkeys(range(2), (32, 32)), torch.float32, True, images[:2]
+        ),
+    ]
+    assert key not in others and len(set(others)) == len(others)
+
+
+def test_text_state_cache_matches_encoding_each_time(sd15):
+    pipe = sd15.pipe
+    cache = TextStateCache(pipe.tokenizer, pipe.text_encoder, torch.device("cpu"))
+    states = cache(["a face", "", "a face"])
+    assert len(cache.states) == 2
+    with torch.no_grad():
+        direct = encode_text(pipe.tokenizer, pipe.text_encoder, ["a face", "", "a face"], torch.device("cpu"))
+    torch.testing.assert_close(states, direct)

@@ -1,0 +1,55 @@
+"""Reading a dataset folder, aspect-ratio buckets and the seeded batch order."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from facesmith.errors import FacesmithError
+from facesmith.train.dataset import assign_buckets, epoch_batches, load_pixels, make_buckets, read_dataset
+
+
+def test_reads_train_rows_only_and_refuses_missing_images(faces, tmp_path):
+    images = read_dataset(faces)
+    assert len(images) == 4 and images[0].size == (40, 40) and images[0].attributes["Smiling"] == 1
+    assert len(read_dataset(faces, split="val")) == 1
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "metadata.jsonl").write_text(json.dumps({"file_name": "images/gone.png", "text": "x"}) + "\n")
+    with pytest.raises(FacesmithError, match="gone.png does not exist"):
+        read_dataset(broken)
+    with pytest.raises(FacesmithError, match="no metadata.jsonl"):
+        read_dataset(tmp_path)
+
+
+def test_buckets_follow_kohya_area_and_step():
+    buckets = make_buckets(512, 64, 256, 1024)
+    assert (512, 512) in buckets and (768, 320) in buckets and (320, 768) in buckets
+    assert all(w % 64 == 0 and h % 64 == 0 and w * h <= 512 * 512 for w, h in buckets)
+
+
+def test_images_go_to_the_nearest_aspect_ratio(tmp_path):
+    from conftest import write_dataset
+
+    data = write_dataset(tmp_path / "d", count=3, size=[(100, 50), (50, 100), (60, 60)])
+    assigned = assign_buckets(read_dataset(data), [(64, 32), (32, 64), (48, 48)])
+    assert assigned == {(64, 32): [0], (32, 64): [1], (48, 48): [2]}
+
+
+def test_batch_order_is_seeded_per_epoch_and_every_batch_is_full():
+    assigned = {(64, 64): list(range(5)), (64, 32): [5, 6]}
+    first = epoch_batches(assigned, 2, seed=1, epoch=0, flip=True)
+    assert first == epoch_batches(assigned, 2, seed=1, epoch=0, flip=True)
+    assert first != epoch_batches(assigned, 2, seed=1, epoch=1, flip=True)
+    assert all(len(batch) == 2 for batch in first)
+    assert {i.index for batch in first for i in batch} == set(range(7))
+    for batch in first:  # one bucket per batch
+        assert len({i.index in assigned[(64, 32)] for i in batch}) == 1
+    assert any(i.flip for batch in first for i in batch)
+
+
+def test_pixels_cover_and_centre_crop(faces):
+    image = read_dataset(faces)[0]
+    x = load_pixels(image.path, (32, 16))
+    assert x.shape == (3, 16, 32) and x.min() >= -1 and x.max() <= 1

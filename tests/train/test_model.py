@@ -1,0 +1,46 @@
+"""What learns: Kohya's LoRA targets, and the fit check before the first step."""
+
+from __future__ import annotations
+
+import pytest
+
+import factory
+from facesmith.errors import FacesmithError
+from facesmith.train.model import (
+    TEXT_BLOCKS,
+    UNET_BLOCKS,
+    UNET_CONV_BLOCKS,
+    TrainModel,
+    check_fits,
+    lora_targets,
+)
+
+
+def test_lora_targets_follow_kohya_defaults_and_locon():
+    pipe = factory.tiny_sd15()
+    unet = lora_targets(pipe.unet, UNET_BLOCKS)
+    assert "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q" in unet
+    assert "down_blocks.0.attentions.0.proj_in" in unet  # 1x1 conv in SD1's transformer blocks
+    assert "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2" in unet
+    assert not any("resnets" in name for name in unet)
+    conv = lora_targets(pipe.unet, UNET_BLOCKS + UNET_CONV_BLOCKS)
+    assert {"down_blocks.0.resnets.0.conv1", "down_blocks.0.resnets.0.time_emb_proj"} <= set(conv)
+    text = lora_targets(pipe.text_encoder, TEXT_BLOCKS)
+    assert any(name.endswith("layers.0.self_attn.q_proj") for name in text)
+    assert any(name.endswith("layers.1.mlp.fc2") for name in text)
+
+
+def test_fit_check_names_the_mismatch():
+    pipe = factory.tiny_sd15()
+    model = TrainModel(pipe, "sd1", pipe.scheduler, [], [])
+    check_fits(model, {(64, 64), (32, 64)})
+    with pytest.raises(FacesmithError, match="40x40 is not a multiple of 16"):
+        check_fits(model, {(40, 40)})
+    pipe.unet.register_to_config(cross_attention_dim=64)
+    with pytest.raises(
+        FacesmithError, match="text encoder gives 32-d states but the UNet cross-attends to 64-d"
+    ):
+        check_fits(model, {(64, 64)})
+    pipe.unet.register_to_config(cross_attention_dim=32, in_channels=8)
+    with pytest.raises(FacesmithError, match="4-channel latents but the UNet takes 8"):
+        check_fits(model, {(64, 64)})
