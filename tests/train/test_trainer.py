@@ -288,3 +288,26 @@ def test_preset_from_scratch_exports_in_the_default_model_layout(faces, tmp_path
     ema = _weights(run, 2, "ema")
     for key, tensor in pipe.unet.state_dict().items():
         torch.testing.assert_close(tensor, ema[f"unet.{key}"].half().float())
+
+
+def test_bf16_gradient_checkpointing_lion_and_epochs(faces, sd15_folder, tmp_path):
+    result = run_train(
+        TrainConfig(
+            **dict(TINY, batch_size=4),
+            dataset=str(faces),
+            model=str(sd15_folder),
+            output_dir=str(tmp_path / "run"),
+            mode="lora",
+            mixed_precision="bf16",
+            gradient_checkpointing=True,
+            optimizer="lion",
+            learning_rate=1e-4,
+            max_steps=0,
+            max_epochs=2,  # 4 images, batch 4: one step per epoch
+            cache_latents="none",
+        )
+    )
+    assert result.steps == 2 and result.exports[0].is_file()
+    import math
+
+    assert math.isfinite(result.final_loss)
