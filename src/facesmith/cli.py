@@ -336,7 +336,7 @@ def train(
         if recipe is not None and recipe not in RECIPES:
             raise FacesmithError(f"unknown recipe {recipe!r}: pick one of {', '.join(RECIPES)}")
         base = load_train_config(config) if config else TrainConfig(**RECIPES.get(recipe, {}))
-        settings = apply_flags(base, list(ctx.args))
+        settings = apply_flags(base, list(ctx.args)).validate()
         # Under a multi-process launch only the first process draws the bar and names the files.
         quiet = os.environ.get("RANK", "0") != "0"
         with _train_progress(disable=quiet) as bar:
@@ -346,8 +346,10 @@ def train(
                 bar.update(task, description="training", completed=step, total=total, loss=logs["loss"])
 
             result = run_train(settings, progress=progress)
+        if not quiet:
+            err.print(f"trained {result.steps} steps, last loss {result.final_loss:.4f}", highlight=False)
         for path in [] if quiet else result.exports:
-            out.print(str(path), highlight=False)
+            out.print(str(path), highlight=False, soft_wrap=True)
 
     _guarded(work)
 
@@ -370,6 +372,7 @@ def _train_progress(disable: bool = False):
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=err,
+        transient=True,
         disable=disable,
     )
 
