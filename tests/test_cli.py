@@ -191,8 +191,23 @@ def test_output_directory_not_writable(sd15_folder, tmp_path):
     )
 
 
-def test_default_model_missing_points_to_model_option(tmp_path):
+def test_default_model_missing_points_to_model_option(tmp_path, monkeypatch):
+    import facesmith.models.loading as loading
+
+    monkeypatch.setattr(loading, "DEFAULT_MODEL_DIR", tmp_path / "no-default-model")
     one_line_error(invoke("generate", "a face", "-o", tmp_path), "--model")
+
+
+def test_default_model_shard_damage_is_one_line(tmp_path, monkeypatch):
+    import shutil
+
+    import facesmith.models.loading as loading
+
+    copy = shutil.copytree(loading.DEFAULT_MODEL_DIR, tmp_path / "default_model")
+    shard = copy / "unet-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    monkeypatch.setattr(loading, "DEFAULT_MODEL_DIR", copy)
+    one_line_error(invoke("generate", "a face", "-o", tmp_path / "out"), "sha256")
 
 
 def test_info_on_a_missing_image(tmp_path):

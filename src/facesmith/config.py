@@ -36,7 +36,7 @@ class GenerateConfig:
     negative: str = ""
     steps: int = 50  # as in the latent diffusion paper (Rombach et al. 2022), sampled with DDIM
     cfg: float = 7.5
-    sampler: str = "DDIM"
+    sampler: str | None = None  # None: the model's own choice (DDIM, or Euler a for the default model)
     seed: int | None = None
     count: int = 1
     width: int | None = None
@@ -75,7 +75,8 @@ class GenerateConfig:
             raise FacesmithError(f"--seed {self.seed} must be in [0, 2^63)")
         if self.trace_frames < 2:
             raise FacesmithError(f"trace_frames {self.trace_frames} must be at least 2")
-        check_sampler(self.sampler)
+        if self.sampler is not None:
+            check_sampler(self.sampler)
         for spec in self.loras:
             parse_lora_spec(spec)
         return self

@@ -145,6 +145,7 @@ class FaceGenerator:
         config = dataclasses.replace(
             config,
             seed=seed,
+            sampler=config.sampler or self.model.default_sampler,
             width=width,
             height=height,
             loras=list(self.loras),
