@@ -37,3 +37,28 @@ def write_dataset(
 @pytest.fixture(scope="session")
 def faces(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("data") / "faces")
+
+
+@pytest.fixture(scope="session")
+def prepared_celeba(tmp_path_factory) -> Path:
+    """Four real CelebA faces through `facesmith prepare` (skipped where the shared data is absent)."""
+    import os
+    import shutil
+
+    from facesmith.data.config import PrepareConfig
+    from facesmith.data.prepare import run_prepare
+
+    roots = [os.environ.get("FACESMITH_SHARED"), Path(__file__).resolve().parents[2].parent / "shared"]
+    images = next(
+        (Path(r) / "data/celeba/images" for r in roots if r and (Path(r) / "data/celeba/images").is_dir()),
+        None,
+    )
+    if images is None:
+        pytest.skip("shared face data not found (set FACESMITH_SHARED)")
+    source = tmp_path_factory.mktemp("celeba")
+    for path in sorted(images.glob("*.jpg"))[:4]:  # copied into a temporary folder only, never the repo
+        shutil.copy(path, source / path.name)
+    out = tmp_path_factory.mktemp("prepared") / "faces"
+    config = PrepareConfig(sources=[str(source)], out_dir=str(out), size=64, aligned=True, workers=1)
+    config.val_fraction, config.max_hash_distance = 0.0, -1
+    return run_prepare(config)

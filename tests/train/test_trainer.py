@@ -311,3 +311,17 @@ def test_bf16_gradient_checkpointing_lion_and_epochs(faces, sd15_folder, tmp_pat
     import math
 
     assert math.isfinite(result.final_loss)
+
+
+def test_fine_tune_on_faces_prepared_from_the_shared_data(prepared_celeba, sd15_folder, tmp_path):
+    result = run_train(
+        TrainConfig(
+            **TINY,
+            dataset=str(prepared_celeba),
+            model=str(sd15_folder),
+            output_dir=str(tmp_path / "run"),
+            mode="lora",
+            max_steps=2,
+        )
+    )
+    assert result.steps == 2 and result.exports == [tmp_path / "run" / "lora.safetensors"]
