@@ -160,8 +160,7 @@ def test_detection_path_aligns_faces_and_rejects_non_faces(tmp_path, shared_data
     config = PrepareConfig(sources=[str(src)], out_dir=str(tmp_path / "out"), size=64, workers=1)
     out = run_prepare(config)
     rows = read_manifest(out)
-    # 000003.jpg is one CelebA labels Blurry.
-    assert len(rows) == 2 and read_report(out)["rejected"] == {"no face": 1, "blurry": 1}
+    assert len(rows) == 3 and read_report(out)["rejected"] == {"no face": 1}
     assert all(len(r["landmarks"]) == 5 and r["score"] > 0.9 and r["outside"] < 0.5 for r in rows)
     too_big = run_prepare(
         PrepareConfig(sources=[str(src)], out_dir=str(tmp_path / "big"), size=512, workers=1)

@@ -21,14 +21,18 @@ class PrepareConfig:
     """Settings of one `facesmith prepare` run.
 
     ``format`` "auto" detects each source's format; ``workers`` 0 means one process per CPU core.
-    ``margin`` scales FFHQ's crop square (1.0 = FFHQ framing). A face is rejected when the crop would be
-    upscaled more than ``max_upscale`` to reach ``size``, when more than ``max_outside`` of the crop lies
-    outside the photo, when the detector's score is under ``min_score``, when the aligned crop's sharpness
-    (variance of the Laplacian at 128 px) is under ``min_sharpness``, or when its perceptual hash is within
-    ``max_hash_distance`` bits of a face already kept (-1 turns near-duplicate search off; byte-identical
-    files are always dropped). ``val_fraction`` of identities (of files where identities are unknown) go
-    to the val split, chosen by hash, so reruns agree. ``templates`` are caption templates (see
-    captions.caption_from_template); one is drawn per image, and none means natural sentences.
+    ``margin`` scales FFHQ's crop square (1.0 = FFHQ framing). A face is rejected when:
+    - the crop would be upscaled more than ``max_upscale`` to reach ``size``;
+    - more than ``max_outside`` of the crop lies outside the photo (tight pre-cropped sets want --aligned);
+    - the detector's score is under ``min_score``;
+    - the face's sharpness (variance of the Laplacian at 64 px) is under ``min_sharpness``. 30 was set on
+      UTKFace, where faces under it are unrecognisable smears; CelebA's Blurry-labelled faces measure 47 and up (5th percentile);
+    - its perceptual hash is within ``max_hash_distance`` bits of a face already kept (-1: no near-duplicate
+      search; byte-identical files are always dropped). 2, because on aligned faces 3-4 bits already pair
+      different people, while re-encoded copies of one photo differ by 0-2.
+    ``val_fraction`` of identities (of files, where identities are unknown) go to the val split, chosen by
+    hash, so reruns agree. ``templates`` are caption templates (captions.caption_from_template), one drawn
+    per image; none means natural sentences.
     """
 
     sources: list[str] = field(default_factory=list)
@@ -41,8 +45,8 @@ class PrepareConfig:
     max_upscale: float = 2.0
     max_outside: float = 0.5
     min_score: float = 0.9
-    min_sharpness: float = 5.0
-    max_hash_distance: int = 4
+    min_sharpness: float = 30.0
+    max_hash_distance: int = 2
     val_fraction: float = 0.05
     seed: int = 0
     templates: list[str] = field(default_factory=list)
