@@ -199,3 +199,86 @@ def peft_lora(pipe, path: Path, rank: int = 4, seed: int = 0) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     StableDiffusionPipeline.save_lora_weights(path, unet_lora_layers=layers, safe_serialization=True)
     return path / "pytorch_lora_weights.safetensors"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Evaluation fixtures: synthetic labelled faces and a tiny attribute classifier trained on them.
+
+
+def synthetic_face(attributes: dict, seed: int, side: int = 64):
+    """A cartoon face whose visible parts follow `attributes`: blond or black hair, glasses, a smile.
+
+    Skin tone, background and face shape vary with `seed`, so no two faces are alike.
+    """
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    background = tuple(int(v) for v in rng.integers(60, 200, 3))
+    image = Image.new("RGB", (side, side), background)
+    draw = ImageDraw.Draw(image)
+    s = side / 64
+    skin = tuple(int(v) for v in rng.integers(120, 230, 3))
+    w, h = rng.uniform(18, 24), rng.uniform(24, 30)
+    draw.ellipse(((32 - w) * s, (36 - h) * s, (32 + w) * s, (36 + h) * s), fill=skin)
+    hair = (235, 205, 90) if attributes.get("Blond_Hair") else (25, 20, 20)
+    draw.chord(((32 - w) * s, (36 - h) * s, (32 + w) * s, (36 + h) * s), 180, 360, fill=hair)
+    for x in (24, 40):
+        draw.ellipse(((x - 3) * s, 33 * s, (x + 3) * s, 38 * s), fill=(30, 30, 60))
+    if attributes.get("Eyeglasses"):
+        for x in (24, 40):
+            draw.rectangle(
+                ((x - 6) * s, 31 * s, (x + 6) * s, 40 * s), outline=(0, 0, 0), width=max(1, int(2 * s))
+            )
+        draw.line((30 * s, 35 * s, 34 * s, 35 * s), fill=(0, 0, 0), width=max(1, int(2 * s)))
+    if attributes.get("Smiling"):
+        draw.chord((23 * s, 43 * s, 41 * s, 57 * s), 0, 180, fill=(250, 250, 250), outline=(120, 20, 20))
+    else:
+        draw.line((26 * s, 51 * s, 38 * s, 51 * s), fill=(120, 20, 20), width=max(1, int(2 * s)))
+    noise = rng.normal(0, 6, (side, side, 3))
+    return Image.fromarray(np.clip(np.asarray(image, np.float32) + noise, 0, 255).astype(np.uint8))
+
+
+def synthetic_face_dataset(root: Path, count: int = 48, seed: int = 0, side: int = 64) -> Path:
+    """A dataset folder in `facesmith prepare`'s layout (metadata.jsonl, images/), a quarter held out.
+
+    Labels: Blond_Hair, Eyeglasses, Smiling (visible), Male (random, invisible); every third face also
+    carries UTKFace-style age and ethnicity.
+    """
+    import json
+    import random
+
+    rng = random.Random(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        attrs = {k: rng.randint(0, 1) for k in ("Blond_Hair", "Eyeglasses", "Smiling", "Male")}
+        if i % 3 == 0:
+            attrs.update(age=rng.choice([8, 30, 70]), ethnicity=rng.choice(["white", "Black"]))
+        name = f"images/{i:05d}.png"
+        synthetic_face(attrs, seed * 100_000 + i, side).save(root / name)
+        rows.append(
+            {
+                "file_name": name,
+                "text": "a face",
+                "attributes": attrs,
+                "source": "folder",
+                "split": "val" if i % 4 == 0 else "train",
+                "width": side,
+                "height": side,
+            }  # fmt: skip
+        )
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def tiny_attribute_classifier(out: Path, dataset: Path, epochs: int = 15) -> Path:
+    """The real attribute classifier's heads, trained briefly at 64 px on a synthetic dataset."""
+    from facesmith.evaluate.attributes import AttributeTrainConfig, train_attribute_classifier
+
+    train_attribute_classifier(
+        AttributeTrainConfig(
+            datasets=[str(dataset)], out_dir=str(out), size=64, epochs=epochs, batch=16, lr=3e-3
+        )
+    )
+    return out

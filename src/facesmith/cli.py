@@ -312,6 +312,137 @@ def serve(
     _guarded(work)
 
 
+def _bar_progress(bar):
+    tasks: dict[str, int] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    return progress
+
+
+@app.command()
+def evaluate(
+    model: Annotated[
+        str | None, typer.Argument(help="Model source or a folder of images [default: built-in].")
+    ] = None,
+    real: Annotated[str | None, typer.Option(help="Real faces: `facesmith prepare` folder or .npz.")] = None,
+    prompts: Annotated[str | None, typer.Option(help="Text file, one prompt (one image) per line.")] = None,
+    auto: Annotated[
+        int | None, typer.Option(help="N images from the built-in prompts [default: 40].")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of image 0; image i uses seed+i.")] = None,
+    out_dir: Annotated[str | None, typer.Option("-o", "--out", help="Report folder.")] = None,
+    real_count: Annotated[int | None, typer.Option(help="Real faces per reference set [500].")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps [30].")] = None,
+    classifier: Annotated[str | None, typer.Option(help="Attribute classifier folder.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+    config: Annotated[Path | None, typer.Option(help="Start from an evaluate.toml.")] = None,
+) -> None:
+    """Score a model (or image folder): realism, attribute faithfulness, diversity, memorization."""
+
+    def work():
+        from facesmith.evaluate.evaluation import EvaluateConfig, load_evaluate_config, run_evaluate
+
+        base = load_evaluate_config(config) if config else EvaluateConfig()
+        given = {
+            "model": model, "real": real, "prompts": prompts, "auto": auto, "seed": seed, "out_dir": out_dir,
+            "real_count": real_count, "steps": steps, "classifier": classifier, "device": device,
+        }  # fmt: skip
+        settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+        with _progress() as bar:
+            metrics = run_evaluate(settings, progress=_bar_progress(bar))
+        model_set = metrics["sets"]["model"]
+        out.print(
+            f"{metrics['feature_space']}: FD {model_set['fd']:.2f}, precision {model_set['precision']:.3f}, "
+            f"recall {model_set['recall']:.3f}; face rate {model_set['face_rate']:.3f}; "
+            f"near-copies {model_set['near_copy_share']:.3f}",
+            highlight=False,
+        )
+        out.print(str(Path(settings.out_dir) / "report.md"), highlight=False)
+
+    _guarded(work)
+
+
+attributes_app = typer.Typer(no_args_is_help=True, help="The face attribute classifier: train, predict.")
+app.add_typer(attributes_app, name="attributes")
+
+
+@attributes_app.command("train")
+def attributes_train(
+    datasets: Annotated[list[str], typer.Argument(help="`facesmith prepare` folders or packed .npz files.")],
+    out_dir: Annotated[str, typer.Option("-o", "--out", help="Classifier folder.")] = "attribute-classifier",
+    epochs: Annotated[int, typer.Option(help="Passes over the training faces.")] = 30,
+    limit: Annotated[int | None, typer.Option(help="At most this many faces per dataset.")] = None,
+    cache: Annotated[
+        str | None, typer.Option(help="Reuse/keep the frozen feature maps in this .npy.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the heads and the batch order.")] = 0,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+) -> None:
+    """Train the attribute heads; print held-out accuracy per attribute (majority rate beside it)."""
+
+    def work():
+        from rich.table import Table
+
+        from facesmith.evaluate.attributes import AttributeTrainConfig, train_attribute_classifier
+
+        config = AttributeTrainConfig(
+            datasets=datasets,
+            out_dir=out_dir,
+            epochs=epochs,
+            limit=limit,
+            cache=cache,
+            seed=seed,
+            device=device,
+        )
+        with _progress() as bar:
+            info = train_attribute_classifier(config, progress=_bar_progress(bar))
+        table = Table("attribute", "held-out accuracy", "majority", "faces")
+        for name, s in info["held_out"].items():
+            table.add_row(name, f"{s['accuracy']:.3f}", f"{s['majority']:.3f}", str(s["count"]))
+        out.print(table)
+        out.print(out_dir, highlight=False)
+
+    _guarded(work, models=False)
+
+
+@attributes_app.command("predict")
+def attributes_predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    classifier: Annotated[str | None, typer.Option(help="Classifier folder [default: shipped].")] = None,
+    caption: Annotated[bool, typer.Option("--caption", help="Add a caption written from them.")] = False,
+) -> None:
+    """Print one JSON line per image: its predicted attributes (and a caption with --caption)."""
+
+    def work():
+        import random
+
+        from facesmith.data.captions import caption_from_attributes
+        from facesmith.evaluate.attributes import SHIPPED, AttributeClassifier, caption_attributes
+        from facesmith.evaluate.faceset import IMAGE_SUFFIXES, RealFace
+
+        files = []
+        for path in images:
+            if path.is_dir():
+                files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            elif path.is_file():
+                files.append(path)
+            else:
+                raise FacesmithError(f"{path} does not exist")
+        model = AttributeClassifier.load(classifier or SHIPPED)
+        predicted = model.predict([RealFace(str(p), path=p).image() for p in files])
+        for path, attrs in zip(files, predicted, strict=True):
+            row = {"file": str(path), "attributes": attrs}
+            if caption:
+                row["caption"] = caption_from_attributes(caption_attributes(attrs), random.Random(0))
+            out.print(json.dumps(row), highlight=False, soft_wrap=True)
+
+    _guarded(work, models=False)
+
+
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     epilog="Every TrainConfig key is also a flag: --max-steps 500, --mode lora, --flip / --no-flip, "

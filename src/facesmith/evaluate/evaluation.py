@@ -1,0 +1,323 @@
+"""The `facesmith evaluate` stage: one model (or image folder) against real faces, with baselines.
+
+Owns `EvaluateConfig` (defaults = the documented behaviour), choosing the faces (generated, real
+held-out reference, real training reference for memorization, and the two baselines), computing every
+metric with the same code for each candidate set, and handing the numbers to `report.py`.
+
+Candidate sets, all of the same size N so the sample-size bias of FD/KID is equal:
+- `model`: the N generated faces (or the images of a folder);
+- `real`: N real *training* faces that are not in the memorization reference (upper bound);
+- `noise`: N seeded uniform-noise images (lower bound), judged against the model's prompts.
+Realism, precision/recall and diversity compare against up to `real_count` held-out real faces;
+memorization against up to `real_count` other training faces. Features: `features.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from facesmith.config import read_toml, write_toml
+from facesmith.errors import FacesmithError
+from facesmith.evaluate import attributes as attr
+from facesmith.evaluate import diversity, memorization, realism
+from facesmith.evaluate.faceset import IMAGE_SUFFIXES, read_faces
+from facesmith.evaluate.faithfulness import AUTO_PROMPTS, RULES, expectations, faithfulness
+from facesmith.evaluate.features import extract_features, feature_space
+
+Progress = Callable[[str, int, int], None]
+DEFAULT_AUTO = 40
+
+
+@dataclass
+class EvaluateConfig:
+    """Everything that decides the numbers `facesmith evaluate` reports."""
+
+    model: str | None = None  # model source (see `facesmith generate --model`), or a folder of images
+    real: str = ""  # dataset folder (metadata.jsonl), packed .npz, or image folder
+    prompts: str | None = None  # text file, one prompt per line (one image each)
+    auto: int | None = None  # N images cycling the built-in prompts (default when no prompts file)
+    seed: int = 0
+    out_dir: str = "evaluation"
+    real_count: int = 500  # real faces per reference set (held-out; training for memorization)
+    steps: int = 30
+    cfg: float = 7.5
+    sampler: str = "DDIM"
+    width: int | None = None
+    height: int | None = None
+    feature_size: int = 224
+    knn: int = 3  # k of the precision/recall manifolds (Kynkäänniemi et al. 2019)
+    calibration_copies: int = 64
+    classifier: str | None = None  # folder with attributes.safetensors/.json; None = the shipped one
+    device: str | None = None
+    dtype: str | None = None
+    allow_pickle: bool = False
+
+    def validate(self) -> EvaluateConfig:
+        if not self.real:
+            raise FacesmithError("--real is missing: give the real faces (a `facesmith prepare` folder)")
+        if self.prompts and self.auto:
+            raise FacesmithError("give either --prompts FILE or --auto N, not both")
+        if self.auto is not None and self.auto < self.knn + 1:
+            raise FacesmithError(
+                f"--auto {self.auto}: need at least {self.knn + 1} images for precision/recall"
+            )
+        if self.real_count < self.knn + 1:
+            raise FacesmithError(f"--real-count {self.real_count} must be above k = {self.knn}")
+        return self
+
+
+def save_evaluate_config(config: EvaluateConfig, path: str | Path) -> Path:
+    return write_toml(dataclasses.asdict(config), path)
+
+
+def load_evaluate_config(path: str | Path) -> EvaluateConfig:
+    values = read_toml(path)
+    known = {f.name for f in dataclasses.fields(EvaluateConfig)}
+    if set(values) - known:
+        raise FacesmithError(f"{path}: unknown setting(s) {', '.join(sorted(set(values) - known))}")
+    return EvaluateConfig(**values)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Where the candidate faces come from.
+
+
+def is_image_folder(source: str | None) -> bool:
+    if source is None:
+        return False
+    path = Path(source)
+    return (
+        path.is_dir()
+        and not (path / "model_index.json").exists()
+        and any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
+    )
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise FacesmithError(f"cannot read --prompts {path}: {error.strerror or error}") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if not prompts:
+        raise FacesmithError(f"--prompts {path} holds no prompt (one per line)")
+    return prompts
+
+
+def folder_images(folder: str | Path) -> tuple[list[Image.Image], list[str]]:
+    """Images of a folder and their prompts (from facesmith or A1111 PNG metadata; '' when absent)."""
+    from facesmith.metadata import parse_parameters, read_png
+
+    images, prompts = [], []
+    for path in sorted(Path(folder).iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        with Image.open(path) as image:
+            images.append(image.convert("RGB"))
+        prompt = ""
+        if path.suffix.lower() == ".png":
+            parameters, settings = read_png(path)
+            if settings and settings.get("prompt"):
+                prompt = settings["prompt"]
+            elif parameters:
+                prompt = parse_parameters(parameters)[0]
+        prompts.append(prompt)
+    return images, prompts
+
+
+def generate_faces(
+    config: EvaluateConfig, progress: Progress | None
+) -> tuple[list[Image.Image], list[str], dict]:
+    """(images, prompts, what was generated) for a model; image i uses seed + i."""
+    from facesmith.generate import FaceGenerator
+
+    if config.prompts:
+        plan = [(p, "") for p in read_prompts(config.prompts)]
+    else:
+        count = config.auto or DEFAULT_AUTO
+        plan = [AUTO_PROMPTS[i % len(AUTO_PROMPTS)] for i in range(count)]
+    if len(plan) < config.knn + 1:
+        raise FacesmithError(
+            f"{len(plan)} prompts: need at least {config.knn + 1} images for precision/recall"
+        )
+    generator = FaceGenerator.load(
+        config.model, device=config.device, dtype=config.dtype, allow_pickle=config.allow_pickle
+    )
+    images = []
+    for i, (prompt, negative) in enumerate(plan):
+        images += generator.generate(
+            prompt,
+            negative=negative,
+            steps=config.steps,
+            cfg=config.cfg,
+            sampler=config.sampler,
+            seed=config.seed + i,
+            width=config.width,
+            height=config.height,
+        )
+        if progress:
+            progress("generating", i + 1, len(plan))
+    model = {"name": generator.model.name, "hash": generator.model.model_hash(), "source": config.model}
+    return images, [p for p, _ in plan], model
+
+
+def noise_images(count: int, side: int, seed: int) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def real_expectations(attributes: dict) -> dict:
+    """A real face 'asks for' exactly its labels on the attributes the prompt rules can check."""
+    checkable = {key for _, values in RULES for key in values}
+    binary, age, eth = attr.targets([attributes])
+    found = {}
+    for j, name in enumerate(attr.CELEBA_ATTRIBUTES):
+        if name in checkable and not np.isnan(binary[0, j]):
+            found[name] = int(binary[0, j])
+    if age[0] >= 0 and attr.AGE_NAMES[age[0]] in ("child", "senior"):
+        found["age_group"] = attr.AGE_NAMES[age[0]]
+    if eth[0] >= 0 and attr.ETHNICITIES[eth[0]] != "other":
+        found["ethnicity"] = attr.ETHNICITIES[eth[0]]
+    return found
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The stage.
+
+
+def run_evaluate(config: EvaluateConfig, progress: Progress | None = None) -> dict:
+    """Evaluate, write report.md, metrics.json, PNGs and evaluate.toml to out_dir; return the metrics."""
+    from facesmith.data.faces import detect_faces
+    from facesmith.evaluate.report import write_report
+    from facesmith.generate import choose_device, prepare_out_dir
+
+    config.validate()
+    out = prepare_out_dir(config.out_dir)
+    device = choose_device(config.device)
+    rng = random.Random(config.seed)
+
+    # Real faces before generation, so a wrong --real fails before minutes of sampling.
+    faces = read_faces(config.real)
+    held = [f for f in faces if f.split == "val"]
+    train = [f for f in faces if f.split != "val"]
+    if len(held) < config.knn + 1 or len(train) < config.knn + 2:
+        raise FacesmithError(
+            f"--real {config.real}: {len(held)} held-out and {len(train)} training faces; need more than "
+            f"{config.knn} held-out and {config.knn + 1} training faces"
+        )
+
+    classifier = attr.AttributeClassifier.load(config.classifier or attr.SHIPPED, device=device)
+
+    # Candidates first: generation is the slow part and tells us N.
+    if is_image_folder(config.model):
+        generated, prompts = folder_images(config.model)
+        model = {"name": Path(config.model).name, "hash": None, "source": str(Path(config.model).resolve())}
+        if len(generated) < config.knn + 1:
+            raise FacesmithError(
+                f"{config.model} holds {len(generated)} images: need at least {config.knn + 1}"
+            )
+    else:
+        generated, prompts, model = generate_faces(config, progress)
+    n = len(generated)
+
+    rng.shuffle(held)
+    rng.shuffle(train)
+    held = held[: config.real_count]
+    real_candidates = train[: min(n, len(train) // 2)]
+    train_ref = train[len(real_candidates) :][: config.real_count]
+
+    def images_of(faces_, label):
+        result = []
+        for i, face in enumerate(faces_):
+            result.append(face.image())
+            if progress:
+                progress(f"reading {label}", i + 1, len(faces_))
+        return result
+
+    held_images = images_of(held, "held-out faces")
+    train_images = images_of(train_ref, "training faces")
+    real_images = images_of(real_candidates, "baseline faces")
+    side = generated[0].size[0]
+    sets = {"model": generated, "real": real_images, "noise": noise_images(n, side, config.seed)}
+    expected = {
+        "model": [expectations(p) for p in prompts],
+        "real": [real_expectations(f.attributes) for f in real_candidates],
+        "noise": [expectations(p) for p in prompts],
+    }
+
+    def features(images, label="features"):
+        return extract_features(
+            images,
+            size=config.feature_size,
+            device=device,
+            progress=(lambda d, t: progress(label, d, t)) if progress else None,
+        )
+
+    held_features = features(held_images, "features: held-out")
+    train_features = features(train_images, "features: training")
+    train_pixels = memorization.pixel_vectors(train_images)
+    thresholds = memorization.calibrate(
+        train_images, train_features, features, count=config.calibration_copies, seed=config.seed
+    )
+    results: dict[str, dict] = {}
+    audits = {}
+    for name, images in sets.items():
+        feats = features(images, f"features: {name}")
+        fd = realism.frechet_distance(feats, held_features)
+        kid, kid_std = realism.kernel_inception_distance(feats, held_features, seed=config.seed)
+        precision, recall = diversity.precision_recall(held_features, feats, k=config.knn)
+        faces_found = []
+        for i, image in enumerate(images):
+            found = detect_faces(image)
+            faces_found.append(len(found) == 1 and len(found[0].landmarks) == 5)
+            if progress:
+                progress(f"faces: {name}", i + 1, len(images))
+        predicted = classifier.predict(images)
+        audits[name] = memorization.audit(images, feats, train_pixels, train_features, thresholds)
+        results[name] = {
+            "images": len(images),
+            "fd": round(fd, 3),
+            "kid": round(kid, 5),
+            "kid_std": round(kid_std, 5),
+            "precision": round(precision, 4),
+            "recall": round(recall, 4),
+            "diversity": round(diversity.mean_pairwise_distance(feats), 3),
+            "face_rate": round(float(np.mean(faces_found)), 4),
+            "faithfulness": faithfulness(expected[name], predicted),
+            "near_copy_share": round(audits[name].copy_share, 4),
+            "nearest_feature_distance_median": round(float(np.median(audits[name].feature_distance)), 4),
+            "nearest_pixel_distance_median": round(float(np.median(audits[name].pixel_distance)), 4),
+        }
+
+    held_scores = attr.score(classifier.probabilities(held_images), [f.attributes for f in held])
+    metrics = {
+        "feature_space": feature_space(config.feature_size),
+        "model": model,
+        "real": str(config.real),
+        "counts": {"candidates": n, "held_out_reference": len(held), "training_reference": len(train_ref)},
+        "reference": {"diversity": round(diversity.mean_pairwise_distance(held_features), 3)},
+        "memorization_thresholds": dataclasses.asdict(thresholds),
+        "sets": results,
+        "classifier": {
+            "held_out_here": held_scores,
+            "held_out_shipped": classifier.info.get("held_out", {}),
+            "trained_on": classifier.info.get("trained_on", []),
+        },
+        "prompts": prompts,
+    }
+    images_dir = out / "images"
+    images_dir.mkdir(exist_ok=True)
+    for i, image in enumerate(generated):
+        image.save(images_dir / f"{i:05d}.png")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    save_evaluate_config(config, out / "evaluate.toml")
+    write_report(out, metrics, generated, prompts, train_images, audits["model"])
+    return metrics

@@ -1,0 +1,83 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from facesmith.cli import app
+from facesmith.errors import FacesmithError
+from facesmith.evaluate.evaluation import (
+    EvaluateConfig,
+    load_evaluate_config,
+    run_evaluate,
+    save_evaluate_config,
+)
+
+# Small everything: 64 px features, few real faces, few calibration copies.
+QUICK = {"real_count": 12, "feature_size": 64, "calibration_copies": 8, "steps": 2}
+
+
+def test_report_end_to_end_on_a_tiny_model(sd15_folder, face_dataset, tiny_classifier, tmp_path):
+    config = EvaluateConfig(
+        model=str(sd15_folder), real=str(face_dataset), auto=4, classifier=str(tiny_classifier),
+        out_dir=str(tmp_path / "report"), **QUICK,
+    )  # fmt: skip
+    metrics = run_evaluate(config)
+    out = tmp_path / "report"
+    for name in (
+        "report.md",
+        "metrics.json",
+        "grid.png",
+        "closest-pairs.png",
+        "faithfulness.png",
+        "evaluate.toml",
+    ):
+        assert (out / name).is_file(), name
+    assert len(list((out / "images").glob("*.png"))) == 4
+    sets = metrics["sets"]
+    assert metrics["feature_space"] == "MobileNetV2-ImageNet pool-1280 @64px"
+    # The baselines bracket what they should: real faces are closer to real faces than noise is.
+    assert sets["real"]["fd"] < sets["noise"]["fd"]
+    assert sets["real"]["precision"] > sets["noise"]["precision"]
+    assert sets["model"]["faithfulness"]["Smiling"]["asked"]["images"] == 1  # auto prompt 0 asks for a smile
+    assert sets["real"]["faithfulness"]["Eyeglasses"]  # real faces are judged against their own labels
+    assert 0 <= sets["model"]["near_copy_share"] <= 1
+    report = (out / "report.md").read_text()
+    assert "MobileNetV2-ImageNet pool-1280 @64px" in report and "upper bound" in report
+    assert load_evaluate_config(out / "evaluate.toml") == config
+    assert json.loads((out / "metrics.json").read_text())["counts"]["candidates"] == 4
+
+
+def test_image_folder_through_the_cli_reads_prompts_from_png_metadata(
+    face_dataset, tiny_classifier, tmp_path
+):
+    import factory
+    from facesmith.metadata import write_png
+
+    folder = tmp_path / "made-elsewhere"
+    folder.mkdir()
+    for i in range(5):
+        face = factory.synthetic_face({"Eyeglasses": 1}, seed=900 + i)
+        write_png(face, folder / f"{i}.png", "a photo of a person wearing glasses\nSteps: 20", {})
+    settings = EvaluateConfig(real=str(face_dataset), classifier=str(tiny_classifier), **QUICK)
+    save_evaluate_config(settings, tmp_path / "evaluate.toml")
+    result = CliRunner().invoke(
+        app, ["evaluate", str(folder), "--config", str(tmp_path / "evaluate.toml"), "-o", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["sets"]["model"]["faithfulness"]["Eyeglasses"]["asked"]["images"] == 5
+    assert metrics["model"]["hash"] is None and metrics["prompts"][0].startswith(
+        "a photo of a person wearing"
+    )
+
+
+def test_user_mistakes_are_one_line(tmp_path, face_dataset):
+    with pytest.raises(FacesmithError, match="--real is missing"):
+        EvaluateConfig().validate()
+    with pytest.raises(FacesmithError, match="not both"):
+        EvaluateConfig(real="x", prompts="p.txt", auto=8).validate()
+    result = CliRunner().invoke(
+        app, ["evaluate", "--real", str(tmp_path / "nothing"), "-o", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2
+    assert "does not exist" in result.output

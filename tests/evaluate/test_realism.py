@@ -1,0 +1,33 @@
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+
+from facesmith.evaluate.features import extract_features
+from facesmith.evaluate.realism import frechet_distance, kernel_inception_distance
+
+
+def test_identical_sets_give_zero_and_a_shift_gives_more():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 16))
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    b = rng.normal(size=(400, 16))
+    shifted = b + 1.0
+    assert frechet_distance(a, b) < frechet_distance(a, shifted)
+    # ||mu1 - mu2||^2 dominates: 16 dimensions shifted by 1
+    assert frechet_distance(a, shifted) == pytest.approx(16, rel=0.25)
+
+
+def test_kid_is_near_zero_for_one_distribution_and_grows_with_a_shift():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(300, 16)), rng.normal(size=(300, 16))
+    same, _ = kernel_inception_distance(a, b, subsets=10, subset_size=200)
+    moved, _ = kernel_inception_distance(a, b + 0.5, subsets=10, subset_size=200)
+    assert abs(same) < 0.05 < moved
+
+
+def test_fd_on_images_in_mobilenet_space(face_dataset):
+    images = [Image.open(p).convert("RGB") for p in sorted((face_dataset / "images").iterdir())[:24]]
+    darker = [ImageEnhance.Brightness(im).enhance(0.4) for im in images]
+    real = extract_features(images, size=64)
+    assert frechet_distance(real, real) == pytest.approx(0, abs=1e-3)
+    assert frechet_distance(real, extract_features(darker, size=64)) > 1.0
