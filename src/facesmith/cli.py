@@ -281,7 +281,7 @@ def noise(
 @app.command()
 def serve(
     model: Annotated[
-        str | None, typer.Option(help="Diffusers folder or .safetensors [default: built-in].")
+        str | None, typer.Option(help="Diffusers folder or .safetensors (default: the built-in model).")
     ] = None,
     lora: Annotated[list[str] | None, typer.Option(help="LoRA FILE[:WEIGHT] to offer; repeat.")] = None,
     host: Annotated[

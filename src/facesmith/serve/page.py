@@ -150,7 +150,9 @@ def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int
             size[1],
         )
 
-    with gr.Blocks(analytics_enabled=False, title="facesmith") as page:
+    # delete_cache: gradio copies every shown or uploaded file into its cache; clear files older than an
+    # hour, hourly, so a long-running server's disk stays flat too.
+    with gr.Blocks(analytics_enabled=False, title="facesmith", delete_cache=(3600, 3600)) as page:
         gr.Markdown("# facesmith\nFaces from text, on this machine. API: `/sdapi/v1` ([docs](/docs)).")
         last_seed = gr.State(-1)
         all_parameters = gr.State([])
