@@ -200,3 +200,18 @@ def test_interrupt_stops_the_running_job(server):
     response = result["r"]
     assert response.status_code == 200 and response.json()["images"] == []
     assert "interrupted" in json.loads(response.json()["info"])
+
+
+def test_an_existing_a1111_client_works_unchanged(server):
+    """webuiapi, a widely used Python client for AUTOMATIC1111's API, with its own defaults and payload."""
+    import webuiapi
+
+    host, port = server.url.removeprefix("http://").split(":")
+    client = webuiapi.WebUIApi(host=host, port=int(port), steps=2)
+    assert {s["name"] for s in client.get_samplers()} >= {"Euler a", "DDIM"}
+    assert client.get_sd_models()[0]["model_name"] == "tiny-sd15"
+    result = client.txt2img(prompt="a photo of a face", negative_prompt="blurry", seed=3, width=64, height=64)
+    assert result.image.size == (64, 64)
+    assert result.info["all_seeds"] == [3] and result.info["sampler_name"] == "Euler a"
+    assert result.image.info["parameters"] == result.info["infotexts"][0]
+    assert client.get_progress()["state"]["job_count"] == 0

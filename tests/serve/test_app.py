@@ -91,3 +91,14 @@ def test_serve_mistakes_are_one_line_and_exit_2(args, message):
     result = CliRunner().invoke(cli, ["serve", *args])
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_an_a1111_client_logs_in_as_it_does_with_a1111(guarded):
+    import webuiapi
+
+    host, port = guarded.url.removeprefix("http://").split(":")
+    client = webuiapi.WebUIApi(host=host, port=int(port), steps=1, username="bob", password="pa:ss")
+    assert client.txt2img(prompt="a face", width=64, height=64).image.size == (64, 64)
+    anonymous = webuiapi.WebUIApi(host=host, port=int(port), steps=1)
+    with pytest.raises(RuntimeError, match="401"):
+        anonymous.txt2img(prompt="a face", width=64, height=64)

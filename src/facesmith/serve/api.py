@@ -316,6 +316,10 @@ def api_router(queue: JobQueue, serve: ServeConfig, model: dict) -> APIRouter:
             },
         }
 
+    @router.get("/scripts")
+    def scripts() -> dict:
+        return {"txt2img": [], "img2img": []}  # facesmith has no A1111 scripts; clients probe for them
+
     @router.get("/progress")
     def progress() -> dict:
         return progress_report(queue)
