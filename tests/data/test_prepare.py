@@ -203,3 +203,16 @@ def test_cli_prepare_and_its_errors(tmp_path):
     assert result.exit_code == 2 and "is not a folder" in result.output and "Traceback" not in result.output
     again = CliRunner().invoke(app, ["prepare", "--config", str(out / "prepare.toml")])
     assert again.exit_code == 0, again.output
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    src = tmp_path / "src"
+    save_photo(src / "a.jpg", 1)
+    config = aligned_config([src], tmp_path / "out")
+    run_prepare(config)
+    with open(tmp_path / "out" / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(FacesmithError, match="being written by another"):
+            run_prepare(config)
+    assert len(read_manifest(run_prepare(config))) == 1

@@ -18,6 +18,7 @@ appended to ``DIR/progress.jsonl`` as it is made; a rerun with the same settings
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -122,6 +123,13 @@ def run_prepare(config: PrepareConfig, progress: Callable[[int, int], None] | No
     start = time.perf_counter()
     out = Path(config.out_dir)
     _claim_out_dir(out, config)
+    with _exclusive(out):
+        return _build(config, out, start, progress)
+
+
+def _build(
+    config: PrepareConfig, out: Path, start: float, progress: Callable[[int, int], None] | None
+) -> Path:
     sources = [read_source(path, config.format) for path in config.sources]
     items = [item for source in sources for item in source.items]
     total = len(items)
@@ -259,6 +267,26 @@ def _claim_out_dir(out: Path, config: PrepareConfig) -> None:
         save_prepare_config(config, toml)
     except OSError as error:
         raise FacesmithError(f"cannot write the output {out}: {error.strerror or error}") from None
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold DIR/.lock so a second run on the same folder stops instead of interleaving decisions."""
+    handle = open(out / ".lock", "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # Windows: no advisory locks; runs are not guarded
+            pass
+        except OSError:
+            raise FacesmithError(
+                f"output {out} is being written by another facesmith prepare: wait for it"
+            ) from None
+        yield
+    finally:
+        handle.close()
 
 
 def _comparable(config: PrepareConfig) -> dict:
