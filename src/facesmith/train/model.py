@@ -56,8 +56,11 @@ def build_model(config: TrainConfig) -> TrainModel:
         from facesmith.models.loading import load_model
         from facesmith.models.sd_layout import pipeline_family
 
+        from facesmith.models.taef2 import TAEF2
+
         pipe = load_model(config.model, allow_pickle=config.allow_pickle).pipe
-        family = pipeline_family(pipe)
+        # The embedded default model (MiniLM + TAEF2) is the face-small preset, trained further.
+        family = "preset:face-small" if isinstance(pipe.vae, TAEF2) else pipeline_family(pipe)
         if family == "sdxl":
             raise FacesmithError("training SDXL is not supported yet: pass an SD 1.x or 2.x model")
     schedule = dict(pipe.scheduler.config)

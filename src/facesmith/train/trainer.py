@@ -112,6 +112,7 @@ def _mixed_precision(config: TrainConfig) -> str:
 
 def _train(config: TrainConfig, progress: Progress | None) -> TrainResult:
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import ProjectConfiguration
 
     from facesmith.data.caption_ops import process_caption
@@ -124,6 +125,9 @@ def _train(config: TrainConfig, progress: Progress | None) -> TrainResult:
 
     out = Path(config.output_dir)
     precision = _mixed_precision(config)
+    # Accelerate keeps its settings in a process-wide singleton; a second run in the same process (the
+    # Python API, a notebook) may use another precision. The distributed state itself is kept.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision=precision,
         cpu=config.cpu,
