@@ -374,7 +374,7 @@ app.add_typer(attributes_app, name="attributes")
 def attributes_train(
     datasets: Annotated[list[str], typer.Argument(help="`facesmith prepare` folders or packed .npz files.")],
     out_dir: Annotated[str, typer.Option("-o", "--out", help="Classifier folder.")] = "attribute-classifier",
-    epochs: Annotated[int, typer.Option(help="Passes over the training faces.")] = 30,
+    epochs: Annotated[int, typer.Option(help="Passes over the training faces.")] = 10,
     limit: Annotated[int | None, typer.Option(help="At most this many faces per dataset.")] = None,
     cache: Annotated[
         str | None, typer.Option(help="Reuse/keep the frozen feature maps in this .npy.")

@@ -86,3 +86,19 @@ def test_on_real_celeba_faces_gender_beats_the_majority(tmp_path):
         )
     )
     assert info["held_out"]["Male"]["accuracy"] > info["held_out"]["Male"]["majority"]
+
+
+def test_predict_cli_prints_one_json_line_per_image_with_a_caption(tiny_classifier, tmp_path):
+    from typer.testing import CliRunner
+
+    from facesmith.cli import app
+
+    for i in range(2):
+        factory.synthetic_face({"Eyeglasses": 1, "Smiling": 1}, seed=700 + i).save(tmp_path / f"{i}.png")
+    result = CliRunner().invoke(
+        app, ["attributes", "predict", str(tmp_path), "--classifier", str(tiny_classifier), "--caption"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert [Path(r["file"]).name for r in rows] == ["0.png", "1.png"]
+    assert all(r["attributes"]["Eyeglasses"] == 1 and r["caption"] for r in rows)

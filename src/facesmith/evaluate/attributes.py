@@ -47,7 +47,7 @@ class AttributeTrainConfig:
     datasets: list[str] = field(default_factory=list)  # dataset dirs or packed .npz files
     out_dir: str = "attribute-classifier"
     size: int = 128  # input pixels; the feature map is size/32 on a side
-    epochs: int = 30
+    epochs: int = 10
     batch: int = 256
     lr: float = 1e-3
     weight_decay: float = 1e-4
