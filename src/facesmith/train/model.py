@@ -55,7 +55,6 @@ def build_model(config: TrainConfig) -> TrainModel:
     else:
         from facesmith.models.loading import load_model
         from facesmith.models.sd_layout import pipeline_family
-
         from facesmith.models.taef2 import TAEF2
 
         pipe = load_model(config.model, allow_pickle=config.allow_pickle).pipe
