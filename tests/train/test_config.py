@@ -49,6 +49,8 @@ def test_toml_round_trip_keeps_epoch_only_runs(tmp_path):
         ({"caption_dropout": 1.5}, r"caption_dropout 1.5 must lie in \[0, 1\]"),
         ({"ema_decay": 1.0}, "ema_decay"),
         ({"optimizer": "sgd"}, "optimizer 'sgd'"),
+        ({"preset": "face-huge"}, "unknown preset 'face-huge'"),
+        ({"sample_sampler": "Heun++"}, "Heun"),
     ],
 )
 def test_validation_names_the_setting(change, message):

@@ -51,6 +51,9 @@ def test_resume_gives_the_same_weights_as_a_straight_run(faces, sd15_folder, tmp
     with pytest.raises(Interrupted):
         run_train(TrainConfig(**settings, output_dir=str(halves)), progress=stop_at_half)
     assert not (halves / "checkpoints" / "step-000004").exists()
+    changed = dict(settings, batch_size=4)
+    with pytest.raises(FacesmithError, match="made with other settings \\(batch_size 2 -> 4\\)"):
+        run_train(TrainConfig(**changed, output_dir=str(halves), resume="latest"))
     resumed = run_train(TrainConfig(**settings, output_dir=str(halves), resume="latest"))
     assert resumed.steps == 4
 
@@ -230,7 +233,10 @@ def test_bucketed_non_square_data_samples_and_tensorboard(tmp_path, sd15_folder)
     grid = Image.open(result.samples[0])
     assert grid.size == (2 * 48, 64 + 24)  # two cells, each as wide as the widest image, with a label
     assert list((run / "cache").glob("latents-*.safetensors"))
-    assert list((run / "logs").rglob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = EventAccumulator(str(run / "logs" / "facesmith")).Reload().Tags()
+    assert {"loss", "lr", "grad_norm"} <= set(logged["scalars"]) and "samples" in logged["images"]
 
 
 @pytest.mark.slow

@@ -147,6 +147,12 @@ class TrainConfig:
             raise FacesmithError(f"resolution {self.resolution} must be a positive multiple of 8")
         if self.sample_prompts is not None and not Path(self.sample_prompts).is_file():
             raise FacesmithError(f"sample prompt file {self.sample_prompts} does not exist")
+        from facesmith.samplers import check_sampler
+        from facesmith.train.presets import PRESETS
+
+        check_sampler(self.sample_sampler)
+        if self.preset is not None and self.preset not in PRESETS:
+            raise FacesmithError(f"unknown preset {self.preset!r}: pick one of {', '.join(PRESETS)}")
         if self.keep_checkpoints < 1:
             raise FacesmithError("keep_checkpoints must be at least 1: the last good checkpoint is kept")
         return self

@@ -36,6 +36,11 @@ LIKELY_NAN_CAUSES = (
     "a learning rate too high for this optimizer, fp16 overflow (use mixed_precision bf16 or no), "
     "or a corrupt image; lower learning_rate or set max_grad_norm"
 )
+# Settings a checkpoint can only be resumed under unchanged: they decide the weights' layout or the data order.
+RESUME_KEYS = (
+    "model", "preset", "mode", "lora_rank", "lora_alpha", "lora_conv", "train_text_encoder", "seed",
+    "batch_size", "gradient_accumulation", "resolution", "bucketing", "flip", "ema_decay", "optimizer",
+)  # fmt: skip
 OOM_ADVICE = (
     "out of GPU memory: lower batch_size (raise gradient_accumulation to keep the effective batch), "
     "resolution, or use mode lora, gradient_checkpointing = true, mixed_precision bf16, optimizer adamw8bit"
@@ -211,6 +216,14 @@ def _train(config: TrainConfig, progress: Progress | None) -> TrainResult:
             for name, param in named:
                 param.copy_(state["trainable"][name])
         training = state["training"]
+        made_with = training.get("config", {})
+        changed = [k for k in RESUME_KEYS if k in made_with and made_with[k] != str(getattr(config, k))]
+        if changed:
+            differences = ", ".join(f"{k} {made_with[k]} -> {getattr(config, k)}" for k in changed)
+            raise FacesmithError(
+                f"checkpoint {resume_from} was made with other settings ({differences}): resume with the "
+                "settings of its run (OUTPUT_DIR/train.toml), or start a new output_dir"
+            )
         optimizer.load_state_dict(training["optimizer"])
         schedule.load_state_dict(training["lr_schedule"])
         if ema is not None:
