@@ -5,7 +5,8 @@ A checkpoint is `OUTPUT_DIR/checkpoints/step-NNNNNN/` holding
 - `ema.safetensors`: the EMA shadow weights, when EMA is on;
 - `training.pt`: optimizer and LR-schedule state, EMA counters, the data position and the config;
 - `rng-R.pt`: process R's random states (caption RNG, noise generator, torch's global RNG, CUDA's);
-- `process-R.json`: process R's view: its sha256 of the trainable weights and the images it trained on.
+- `process-R.json`: process R's view: its sha256 of the trainable weights and the images it
+  trained on since the previous checkpoint.
 `os.replace` of the finished temporary folder is atomic, so a kill during a save leaves the previous
 checkpoint whole and the partial one under a `.tmp` name that `latest_checkpoint` ignores. Older
 checkpoints beyond `keep` are removed only after the new one is in place.

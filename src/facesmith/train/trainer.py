@@ -252,7 +252,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> TrainResult:
         prompts = read_prompt_file(config.sample_prompts)
 
     batches = epoch_batches(assigned, global_batch, config.seed, epoch, config.flip)
-    seen: list[int] = []  # image indices this process trained on in this session
+    seen: list[int] = []  # image indices this process trained on since the last checkpoint
 
     def next_items():
         nonlocal epoch, position, batches
@@ -393,6 +393,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> TrainResult:
             accelerator.log(logs, step=step)
         if step % config.save_every == 0 or step == total:
             result.checkpoint = save(step)
+            seen.clear()
         if prompts and ((config.sample_every and step % config.sample_every == 0) or step == total):
             if accelerator.is_main_process:
                 result.samples.append(
