@@ -103,6 +103,7 @@ def test_full_export_loads_as_single_file_in_facesmith_and_in_diffusers(faces, s
             max_steps=2,
             prediction_type="v_prediction",
             learning_rate=1e-3,
+            train_text_encoder=True,
         )
     )
     assert result.exports == [run / "model", run / "model.safetensors"]
@@ -113,6 +114,10 @@ def test_full_export_loads_as_single_file_in_facesmith_and_in_diffusers(faces, s
         torch.testing.assert_close(single.unet.state_dict()[key], tensor)
         torch.testing.assert_close(trained[f"unet.{key}"], tensor)
     assert single.scheduler.config.prediction_type == "v_prediction"
+    base = load_model(sd15_folder).pipe.text_encoder.state_dict()
+    for key, tensor in folder.text_encoder.state_dict().items():
+        torch.testing.assert_close(single.text_encoder.state_dict()[key], tensor)
+    assert any(not torch.equal(base[k], t) for k, t in folder.text_encoder.state_dict().items())
     plain = StableDiffusionPipeline.from_single_file(
         str(run / "model.safetensors"), config=str(run / "model"), local_files_only=True, safety_checker=None
     )
@@ -126,6 +131,7 @@ def test_full_export_loads_as_single_file_in_facesmith_and_in_diffusers(faces, s
         max_steps=2,
         prediction_type="v_prediction",
         learning_rate=1e-3,
+        train_text_encoder=True,
     )
 
 

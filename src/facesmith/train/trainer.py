@@ -62,49 +62,13 @@ def run_train(config: TrainConfig, progress: Progress | None = None) -> TrainRes
     """Train as `config` says; FacesmithError for anything a person has to fix, before the first step."""
     config.validate()
     if config.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        from facesmith.train.launch import launch_processes
+
         return launch_processes(config)
     try:
         return _train(config, progress)
     except torch.cuda.OutOfMemoryError:
         raise FacesmithError(OOM_ADVICE) from None
-
-
-def launch_processes(config: TrainConfig) -> TrainResult:
-    """Run the same training in `num_processes` processes: `accelerate launch --multi_gpu` on CUDA,
-    torch's elastic launcher (gloo) on the CPU. Each process reads OUTPUT_DIR/train.toml.
-
-    For DeepSpeed, FSDP or several machines, call `accelerate launch --config_file ... -m facesmith.cli
-    train --config train.toml` yourself; the training code is the same.
-    """
-    import socket
-    import subprocess
-    import sys
-
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = save_train_config(config, out / "train.toml")
-    n = str(config.num_processes)
-    program = ["-m", "facesmith.cli", "train", "--config", str(path)]
-    if config.cpu or not torch.cuda.is_available():
-        with socket.socket() as s:  # a free port for the rendezvous
-            s.bind(("127.0.0.1", 0))
-            port = str(s.getsockname()[1])
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", n]
-        command += ["--master_addr", "127.0.0.1", "--master_port", port, *program]
-    else:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", n]
-        command += program
-    status = subprocess.call(command)
-    if status != 0:
-        raise FacesmithError(
-            f"the {n} training processes failed (exit status {status}); see their output above"
-        )
-    from facesmith.train.checkpoint import latest_checkpoint
-
-    last = latest_checkpoint(out)
-    exports = [p for p in (out / "lora.safetensors", out / "model", out / "model.safetensors") if p.exists()]
-    steps = int(last.name.split("-")[1]) if last else 0
-    return TrainResult(out, steps, exports=exports, checkpoint=last)
 
 
 def _mixed_precision(config: TrainConfig) -> str:

@@ -1,0 +1,52 @@
+"""Several training processes on one machine: `--num-processes N` relaunches the run N times.
+
+On CUDA through `accelerate launch --multi_gpu`, on the CPU through torch's elastic launcher (gloo), each
+process reading OUTPUT_DIR/train.toml; `trainer.py` then splits every global batch across them.
+DeepSpeed, FSDP and multi-node runs are Accelerate's own: `accelerate launch --config_file ...`.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from facesmith.errors import FacesmithError
+from facesmith.train.checkpoint import latest_checkpoint
+from facesmith.train.config import TrainConfig, save_train_config
+from facesmith.train.trainer import TrainResult
+
+
+def launch_processes(config: TrainConfig) -> TrainResult:
+    """Run the same training in `num_processes` processes: `accelerate launch --multi_gpu` on CUDA,
+    torch's elastic launcher (gloo) on the CPU. Each process reads OUTPUT_DIR/train.toml.
+
+    For DeepSpeed, FSDP or several machines, call `accelerate launch --config_file ... -m facesmith.cli
+    train --config train.toml` yourself; the training code is the same.
+    """
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = save_train_config(config, out / "train.toml")
+    n = str(config.num_processes)
+    program = ["-m", "facesmith.cli", "train", "--config", str(path)]
+    if config.cpu or not torch.cuda.is_available():
+        with socket.socket() as s:  # a free port for the rendezvous
+            s.bind(("127.0.0.1", 0))
+            port = str(s.getsockname()[1])
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", n]
+        command += ["--master_addr", "127.0.0.1", "--master_port", port, *program]
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", n]
+        command += program
+    status = subprocess.call(command)
+    if status != 0:
+        raise FacesmithError(
+            f"the {n} training processes failed (exit status {status}); see their output above"
+        )
+    last = latest_checkpoint(out)
+    exports = [p for p in (out / "lora.safetensors", out / "model", out / "model.safetensors") if p.exists()]
+    steps = int(last.name.split("-")[1]) if last else 0
+    return TrainResult(out, steps, exports=exports, checkpoint=last)
