@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 
 from facesmith.errors import FacesmithError
+from facesmith.train.config import flag_summary  # dataclasses only: keeps `--help` fast
 
 app = typer.Typer(
     add_completion=False,
@@ -445,8 +446,8 @@ def attributes_predict(
 
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    epilog="Every TrainConfig key is also a flag: --max-steps 500, --mode lora, --flip / --no-flip, "
-    "--resume latest. See the README's Training section for all keys and their defaults.",
+    epilog="Every setting is also a flag (--flip / --no-flip for switches; see the README's Training "
+    "section). Settings and defaults:  " + flag_summary(),
 )
 def train(
     ctx: typer.Context,

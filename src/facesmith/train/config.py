@@ -228,3 +228,11 @@ def _parse_value(name: str, kind: str, raw: str) -> Any:
     except ValueError:
         raise FacesmithError(f"--{name.replace('_', '-')} {raw!r} is not a valid {kind.split()[0]}") from None
     return raw
+
+
+def flag_summary() -> str:
+    """Every setting as `--key default`, for `facesmith train --help`."""
+    defaults = TrainConfig()
+    return "  ".join(
+        f"--{f.name.replace('_', '-')} {getattr(defaults, f.name)!s}" for f in dataclasses.fields(TrainConfig)
+    )
