@@ -479,7 +479,8 @@ def train(
 
             result = run_train(settings, progress=progress)
         if not quiet:
-            err.print(f"trained {result.steps} steps, last loss {result.final_loss:.4f}", highlight=False)
+            loss = "" if result.final_loss != result.final_loss else f", last loss {result.final_loss:.4f}"
+            err.print(f"trained {result.steps} steps{loss}", highlight=False)
         for path in [] if quiet else result.exports:
             out.print(str(path), highlight=False, soft_wrap=True)
 

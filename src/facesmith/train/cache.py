@@ -128,7 +128,8 @@ def encode_text(tokenizer, text_encoder, captions: list[str], device: torch.devi
         return_tensors="pt",
     )
     mask = None
-    if getattr(text_encoder.config, "use_attention_mask", False):
+    config = getattr(text_encoder, "module", text_encoder).config  # DDP wraps a trained text encoder
+    if getattr(config, "use_attention_mask", False):
         mask = tokens.attention_mask.to(device)
     return text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
 
