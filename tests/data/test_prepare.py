@@ -71,7 +71,10 @@ def sources(tmp_path):
 
 
 def test_bad_inputs_are_counted_and_the_rest_kept(tmp_path, sources):
-    out = run_prepare(aligned_config(sources, tmp_path / "out", max_pixels=1_000_000))
+    no_classifier = str(tmp_path)  # holds no attribute classifier: unlabeled photos get the generic caption
+    out = run_prepare(
+        aligned_config(sources, tmp_path / "out", max_pixels=1_000_000, attribute_classifier=no_classifier)
+    )
     report = read_report(out)
     assert report["rejected"] == REJECTED
     rows = read_manifest(out)
@@ -216,3 +219,28 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
         with pytest.raises(FacesmithError, match="being written by another"):
             run_prepare(config)
     assert len(read_manifest(run_prepare(config))) == 1
+
+
+def test_unlabeled_faces_are_captioned_by_the_attribute_classifier(tmp_path):
+    import factory
+
+    classifier = factory.tiny_attribute_classifier(
+        tmp_path / "clf", factory.synthetic_face_dataset(tmp_path / "synthetic", count=24), epochs=2
+    )
+    src = tmp_path / "photos"
+    src.mkdir()
+    for i in range(6):
+        factory.synthetic_face({"Eyeglasses": i % 2, "Smiling": 1}, seed=500 + i, side=96).save(
+            src / f"{i}.png"
+        )
+    out = run_prepare(aligned_config([src], tmp_path / "out", size=64, attribute_classifier=str(classifier)))
+    rows = read_manifest(out)
+    assert len(rows) == 6 and all(r["caption_from"] == "predicted" and r["attributes"] == {} for r in rows)
+    assert all(
+        len(r["predicted_attributes"]) >= 40 and r["text"] != PrepareConfig.generic_caption for r in rows
+    )
+    assert any("predicted by the attribute classifier" in n for n in read_report(out)["notes"])
+    # Without a classifier the faces keep the generic caption, and the report says why.
+    bare = run_prepare(aligned_config([src], tmp_path / "bare", size=64, attribute_classifier=str(tmp_path)))
+    assert {r["caption_from"] for r in read_manifest(bare)} == {"generic"}
+    assert any("keep the generic caption" in n for n in read_report(bare)["notes"])

@@ -32,7 +32,9 @@ class PrepareConfig:
       different people, while re-encoded copies of one photo differ by 0-2.
     ``val_fraction`` of identities (of files, where identities are unknown) go to the val split, chosen by
     hash, so reruns agree. ``templates`` are caption templates (captions.caption_from_template), one drawn
-    per image; none means natural sentences.
+    per image; none means natural sentences. ``auto_caption`` captions faces that have no labels from the
+    attributes facesmith's attribute classifier predicts (``attribute_classifier``: its folder, "" = the
+    shipped one); without a classifier, or with auto_caption off, they get ``generic_caption``.
     """
 
     sources: list[str] = field(default_factory=list)
@@ -51,6 +53,8 @@ class PrepareConfig:
     seed: int = 0
     templates: list[str] = field(default_factory=list)
     generic_caption: str = "a photo of a person's face"
+    auto_caption: bool = True
+    attribute_classifier: str = ""
     image_format: str = "png"
     max_pixels: int = 100_000_000
 

@@ -164,13 +164,21 @@ def _build(
             if progress:
                 progress(count, total)
 
-    rows = [_manifest_row(items[i], done[i], config) for i in range(total) if "rejected" not in done[i]]
+    unlabeled = [
+        i for i in range(total) if "rejected" not in done[i] and not (items[i].caption or items[i].attributes)
+    ]
+    predicted, notes = predict_attributes(out, [done[i] for i in unlabeled], config)
+    rows = [
+        _manifest_row(items[i], done[i], config, predicted.get(i))
+        for i in range(total)
+        if "rejected" not in done[i]
+    ]
     with open(out / "metadata.jsonl", "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     from facesmith.data.report import write_report
 
-    write_report(out, config, sources, items, done, rows, wall_s=time.perf_counter() - start)
+    write_report(out, config, sources, items, done, rows, wall_s=time.perf_counter() - start, notes=notes)
     return out
 
 
@@ -208,20 +216,61 @@ def _decide_duplicate(
     return {**record, "rejected": reason}
 
 
-def _manifest_row(item: SourceItem, record: dict, config: PrepareConfig) -> dict:
+def predict_attributes(
+    out: Path, records: list[dict], config: PrepareConfig
+) -> tuple[dict[int, dict], list[str]]:
+    """Attributes of unlabeled kept faces from the attribute classifier of ``facesmith.evaluate`` (the
+    shipped one, or ``config.attribute_classifier``), batch by batch from the written crops; and notes for
+    the report. Without a classifier the faces keep the generic caption and the note says why."""
+    if not records or not config.auto_caption:
+        return {}, []
+    from PIL import Image
+
+    from facesmith.evaluate.attributes import AttributeClassifier, caption_attributes
+
+    try:
+        classifier = (
+            AttributeClassifier.load(config.attribute_classifier)
+            if config.attribute_classifier
+            else AttributeClassifier.load()
+        )
+    except FacesmithError as error:
+        return {}, [f"{len(records)} unlabeled faces keep the generic caption: {error}"]
+    predicted: dict[int, dict] = {}
+    suffix = "jpg" if config.image_format == "jpg" else config.image_format
+    for start in range(0, len(records), 256):
+        chunk = records[start : start + 256]
+        images = []
+        for record in chunk:
+            with Image.open(out / "images" / f"{record['index']:06d}.{suffix}") as image:
+                images.append(image.convert("RGB"))
+        for record, attrs in zip(chunk, classifier.predict(images), strict=True):
+            predicted[record["index"]] = caption_attributes(attrs)
+    note = (
+        f"{len(records)} unlabeled faces are captioned from attributes predicted by the attribute classifier; "
+        "the predictions are in `predicted_attributes`, and `attributes` stays empty because they are not labels"
+    )
+    return predicted, [note]
+
+
+def _manifest_row(
+    item: SourceItem, record: dict, config: PrepareConfig, predicted: dict | None = None
+) -> dict:
     from facesmith.data.captions import caption_from_attributes, caption_from_template
 
     index = record["index"]
     rng = random.Random(f"{config.seed}:{index}")
+    labels = item.attributes or predicted or {}
     if item.caption:
-        text = item.caption
-    elif item.attributes:
+        text, origin = item.caption, "source"
+    elif labels:
+        origin = "attributes" if item.attributes else "predicted"
         if config.templates:
-            text = caption_from_template(rng.choice(config.templates), item.attributes, rng)
+            text = caption_from_template(rng.choice(config.templates), labels, rng)
         else:
-            text = caption_from_attributes(item.attributes, rng)
+            text = caption_from_attributes(labels, rng)
     else:
-        text = config.generic_caption
+        text, origin = config.generic_caption, "generic"
     key = f"{item.source}:{item.identity}" if item.identity else str(item.path)
     draw = int(hashlib.sha256(f"{config.seed}:{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     suffix = "jpg" if config.image_format == "jpg" else config.image_format
@@ -234,8 +283,10 @@ def _manifest_row(item: SourceItem, record: dict, config: PrepareConfig) -> dict
         "split": "val" if draw < config.val_fraction else "train",
         "width": config.size,
         "height": config.size,
-        "caption_from": "source" if item.caption else "attributes" if item.attributes else "generic",
+        "caption_from": origin,
     }
+    if predicted and not item.attributes:
+        row["predicted_attributes"] = predicted
     if item.identity:
         row["identity"] = item.identity
     if item.repeats != 1:

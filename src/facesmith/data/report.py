@@ -26,7 +26,12 @@ def reason_key(reason: str) -> str:
 
 
 def summarize(
-    sources: list[Source], items: list[SourceItem], done: dict[int, dict], rows: list[dict], wall_s: float
+    sources: list[Source],
+    items: list[SourceItem],
+    done: dict[int, dict],
+    rows: list[dict],
+    wall_s: float,
+    extra_notes: list[str] | None = None,
 ) -> dict:
     rejected = Counter(reason_key(r["rejected"]) for r in done.values() if "rejected" in r)
     per_source = Counter(row["source"] for row in rows)
@@ -45,12 +50,10 @@ def summarize(
         notes.append(
             f"{clashes} file names occur more than once across sources; output names are numbered, so none clash"
         )
+    notes += extra_notes or []
     generic = sum(row["caption_from"] == "generic" for row in rows)
     if generic:
-        notes.append(
-            f"{generic} images have no labels and got the generic caption; an attribute classifier will caption "
-            "them once facesmith evaluate ships one"
-        )
+        notes.append(f"{generic} images have no labels or caption and got the generic caption")
     return {
         "total": len(items),
         "kept": len(rows),
@@ -89,8 +92,9 @@ def write_report(
     done: dict[int, dict],
     rows: list[dict],
     wall_s: float,
+    notes: list[str] | None = None,
 ) -> dict:
-    summary = summarize(sources, items, done, rows, wall_s)
+    summary = summarize(sources, items, done, rows, wall_s, notes)
     (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     samples = rows[:: max(1, len(rows) // SHEET_FACES)][:SHEET_FACES]
     if samples:
