@@ -161,14 +161,16 @@ def generate(
 def prepare(
     sources: Annotated[list[Path] | None, typer.Argument(help="Folders of face photos.")] = None,
     out_dir: Annotated[str | None, typer.Option("-o", "--out", help="Dataset folder to write.")] = None,
-    size: Annotated[int | None, typer.Option(help="Side of the square crops [default: 512].")] = None,
+    size: Annotated[
+        int | None, typer.Option(help="Side of the square crops in pixels (default 512).")
+    ] = None,
     aligned: Annotated[
         bool | None, typer.Option("--aligned", help="Faces are already aligned: centre-crop, no detection.")
     ] = None,
     format: Annotated[
         str | None, typer.Option(help="auto, celeba, utkface, kohya, imagefolder or folder.")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Processes [default: one per core].")] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes (default: one per CPU core).")] = None,
     config: Annotated[Path | None, typer.Option(help="Start from a prepare.toml.")] = None,
 ) -> None:
     """Turn face photos into an aligned, captioned dataset folder (metadata.jsonl, report.md)."""
