@@ -22,6 +22,7 @@ def _weights(run, step: int, name: str = "trainable") -> dict[str, torch.Tensor]
     return load_file(run / "checkpoints" / f"step-{step:06d}" / f"{name}.safetensors")
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights_as_a_straight_run(faces, sd15_folder, tmp_path):
     settings = dict(
         TINY,
@@ -135,6 +136,7 @@ def test_full_export_loads_as_single_file_in_facesmith_and_in_diffusers(faces, s
     )
 
 
+@pytest.mark.slow
 def test_lora_export_is_kohya_format_and_loads_in_diffusers_and_facesmith(faces, sd15_folder, tmp_path):
     from diffusers import StableDiffusionPipeline
     from safetensors import safe_open
@@ -276,6 +278,7 @@ def test_two_cpu_processes_agree_on_weights_and_split_each_global_batch(faces, s
     assert sorted(seen) == [0, 1, 2, 3]  # one epoch of 4 images over 2 steps
 
 
+@pytest.mark.slow
 def test_preset_from_scratch_exports_in_the_default_model_layout(faces, tmp_path):
     from facesmith.models.default_model import build_default_pipeline
     from facesmith.train.presets import LATENT_SCALE
@@ -304,6 +307,7 @@ def test_preset_from_scratch_exports_in_the_default_model_layout(faces, tmp_path
         torch.testing.assert_close(tensor, ema[f"unet.{key}"].half().float())
 
 
+@pytest.mark.slow
 def test_bf16_gradient_checkpointing_lion_and_epochs(faces, sd15_folder, tmp_path):
     result = run_train(
         TrainConfig(
