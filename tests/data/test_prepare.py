@@ -106,6 +106,7 @@ def test_same_dataset_from_rerun_resume_and_more_workers(tmp_path, sources):
     progress.write_text("\n".join(lines[:4]) + "\n" + lines[4][:10])
     (tmp_path / "a" / "metadata.jsonl").unlink()
     assert (run_prepare(config) / "metadata.jsonl").read_text() == first
+    assert len(progress.read_text().splitlines()) == len(lines)  # the cut line was replaced, not appended to
     two = aligned_config(sources, tmp_path / "b", max_pixels=1_000_000, workers=2)
     rows_b = read_manifest(run_prepare(two))
     rows_a = [json.loads(line) for line in first.splitlines()]
@@ -116,6 +117,11 @@ def test_same_dataset_from_rerun_resume_and_more_workers(tmp_path, sources):
         assert (tmp_path / "a" / ra["file_name"]).read_bytes() == (
             tmp_path / "b" / rb["file_name"]
         ).read_bytes()
+    # A source that changed under a resumed folder is redone from scratch, not mixed with old decisions.
+    (sources[0] / "good2.jpg").unlink()
+    changed = read_manifest(run_prepare(config))
+    assert len(changed) == len(first.splitlines()) - 1
+    assert len(list((tmp_path / "a" / "images").iterdir())) == len(changed)
 
 
 def test_celeba_captions_attributes_and_table_problems(tmp_path):

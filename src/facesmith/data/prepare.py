@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from facesmith.data.config import PrepareConfig, load_prepare_config, save_prepare_config
-from facesmith.data.sources import Source, SourceItem, read_source
+from facesmith.data.sources import SourceItem, read_source
 from facesmith.errors import FacesmithError
 
 PROGRESS_FILE = "progress.jsonl"
@@ -57,7 +57,7 @@ def process_image(task: Task) -> dict:
     from facesmith.data.quality import BadImage, open_photo, phash, sharpness
 
     item, config = task.item, task.config
-    record: dict = {"index": task.index}
+    record: dict = {"index": task.index, "source_file": str(item.path)}
     if item.problem:
         return {**record, "rejected": item.problem}
     try:
@@ -134,7 +134,7 @@ def _build(
     items = [item for source in sources for item in source.items]
     total = len(items)
 
-    done = _read_progress(out / PROGRESS_FILE)
+    done = _read_progress(out / PROGRESS_FILE, items)
     suffix = "jpg" if config.image_format == "jpg" else config.image_format
     tasks = [
         Task(i, item, out / "images" / f"{i:06d}.{suffix}", config)
@@ -348,17 +348,28 @@ def _comparable(config: PrepareConfig) -> dict:
     return values
 
 
-def _read_progress(path: Path) -> dict[int, dict]:
+def _read_progress(path: Path, items: list[SourceItem]) -> dict[int, dict]:
+    """The decisions of an earlier run that still hold. A line cut by an interruption, and everything
+    after it, is dropped from the file; if the sources' files changed, all progress and crops are."""
     done: dict[int, dict] = {}
     if not path.is_file():
         return done
-    for line in path.read_text(encoding="utf-8").splitlines():
+    data = path.read_bytes()
+    good = 0
+    for line in data.splitlines(keepends=True):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            break  # a line cut by the interruption; it and anything after are redone
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            break
+        if not line.endswith(b"\n"):
+            break
         done[record["index"]] = record
+        good += len(line)
+    if any(i >= len(items) or record.get("source_file") != str(items[i].path) for i, record in done.items()):
+        done, good = {}, 0
+        for crop in (path.parent / "images").iterdir():
+            crop.unlink()
+    if good < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good)
     return done
-
-
-__all__ = ["PrepareConfig", "Source", "process_image", "run_prepare"]
