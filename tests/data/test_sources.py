@@ -105,3 +105,13 @@ def test_plain_folder_and_format_override(tmp_path):
 def test_shared_sources_are_recognised(shared_data):
     assert detect_format(shared_data / "celeba") == "celeba"
     assert detect_format(shared_data / "utkface") == "utkface"
+
+
+def test_unreadable_tables_are_user_errors(tmp_path):
+    save_photo(tmp_path / "a.png", 1)
+    (tmp_path / "metadata.csv").write_bytes("file_name,text\na.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(FacesmithError, match="not UTF-8"):
+        read_source(tmp_path)
+    (tmp_path / "metadata.csv").write_text("file_name,age\na.png,old\n")
+    with pytest.raises(FacesmithError, match="row for a.png has a value that is not a number"):
+        read_source(tmp_path)

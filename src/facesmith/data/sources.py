@@ -122,7 +122,7 @@ def _csv_has_celeba_columns(table: Path) -> bool:
 
 def read_celeba_table(table: Path) -> dict[str, dict]:
     """File name -> attribute dict, from ``list_attr_celeba.txt`` (original) or a CSV."""
-    text = table.read_text(encoding="utf-8-sig")
+    text = _read_text(table)
     rows: dict[str, dict] = {}
     if table.suffix == ".txt":
         lines = [line.split() for line in text.splitlines() if line.strip()]
@@ -137,15 +137,32 @@ def read_celeba_table(table: Path) -> dict[str, dict]:
                 raise FacesmithError(
                     f"{table}: row for {parts[0]} has {len(parts) - 1} values, expected {len(header)}"
                 )
-            rows[parts[0]] = celeba_attributes(dict(zip(header, parts[1:], strict=True)))
+            values = dict(zip(header, parts[1:], strict=True))
+            rows[parts[0]] = _labels(table, parts[0], celeba_attributes, values)
         return rows
     reader = csv.DictReader(text.splitlines())
     key = next((k for k in ("file", "image_id", "file_name") if k in (reader.fieldnames or [])), None)
     if key is None:
         raise FacesmithError(f"{table} has no file column: name it file, image_id or file_name")
     for row in reader:
-        rows[row[key]] = celeba_attributes(row)
+        rows[row[key]] = _labels(table, row[key], celeba_attributes, row)
     return rows
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise FacesmithError(f"{path} is not UTF-8 text: save it as UTF-8") from None
+
+
+def _labels(table: Path, name: str, parse, row: dict) -> dict:
+    try:
+        return parse(row)
+    except (TypeError, ValueError) as error:
+        raise FacesmithError(
+            f"{table}: the row for {name} has a value that is not a number ({error})"
+        ) from None
 
 
 def _read_celeba(root: Path) -> Source:
@@ -244,15 +261,14 @@ def _read_imagefolder(root: Path) -> Source:
     notes = []
     if (root / "metadata.jsonl").is_file():
         rows = []
-        for n, line in enumerate((root / "metadata.jsonl").read_text(encoding="utf-8-sig").splitlines(), 1):
+        for n, line in enumerate(_read_text(root / "metadata.jsonl").splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError:
                     notes.append(f"metadata.jsonl line {n} is not JSON and was skipped")
     else:
-        with open(root / "metadata.csv", newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(_read_text(root / "metadata.csv").splitlines()))
     by_name = {}
     for row in rows:
         if isinstance(row, dict) and row.get("file_name"):
@@ -267,9 +283,8 @@ def _read_imagefolder(root: Path) -> Source:
             items.append(SourceItem(path, "imagefolder", problem="missing from the metadata file"))
             continue
         text = row.get("text") or row.get("caption")
-        items.append(
-            SourceItem(path, "imagefolder", attributes=_attributes_from_row(row), caption=text or None)
-        )
+        attrs = _labels(root / "metadata", name, _attributes_from_row, row)
+        items.append(SourceItem(path, "imagefolder", attributes=attrs, caption=text or None))
     orphans = len(set(by_name) - seen)
     if orphans:
         notes.append(f"metadata: {orphans} rows name files that do not exist")
