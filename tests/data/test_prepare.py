@@ -250,3 +250,22 @@ def test_unlabeled_faces_are_captioned_by_the_attribute_classifier(tmp_path):
     bare = run_prepare(aligned_config([src], tmp_path / "bare", size=64, attribute_classifier=str(tmp_path)))
     assert {r["caption_from"] for r in read_manifest(bare)} == {"generic"}
     assert any("keep the generic caption" in n for n in read_report(bare)["notes"])
+
+
+def test_templates_come_from_toml(tmp_path):
+    from typer.testing import CliRunner
+
+    from facesmith.cli import app
+
+    src = tmp_path / "utk"
+    save_photo(src / "70_0_1_2017.jpg", 1)
+    save_photo(src / "9_1_0_2017.jpg", 2)
+    toml = tmp_path / "prepare.toml"
+    toml.write_text(
+        'size = 32\naligned = true\nworkers = 1\ntemplates = ["sks, {age} {ethnicity} {gender}"]\n'
+    )
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["prepare", str(src), "-o", str(out), "--config", str(toml)])
+    assert result.exit_code == 0, result.output
+    assert [r["text"] for r in read_manifest(out)] == ["sks, senior Black man", "sks, child white girl"]
+    assert load_prepare_config(out / "prepare.toml").templates == ["sks, {age} {ethnicity} {gender}"]

@@ -364,7 +364,7 @@ def attribute_tags(attrs: Mapping) -> list[str]:
 
 def caption_from_template(template: str, attrs: Mapping, rng: random.Random | None = None) -> str:
     """Fill a user template: ``{caption}`` (the natural sentence), ``{subject}`` ("smiling young woman"),
-    ``{gender}`` (man/woman/person), ``{age}`` (age group, or "young"/"older"), ``{ethnicity}``, ``{tags}``
+    ``{gender}`` (man/woman, boy/girl under 18, or person), ``{age}`` (age group, or "young"/"older"), ``{ethnicity}``, ``{tags}``
     (comma-separated attribute tags). Unknown values become empty, and the doubled spaces and commas
     this leaves are tidied."""
     rng = rng or random.Random()
@@ -375,7 +375,9 @@ def caption_from_template(template: str, attrs: Mapping, rng: random.Random | No
         age = "young" if _on(attrs, "Young") else "older"
     else:
         age = ""
-    gender = {True: "man", False: "woman"}.get(_on(attrs, "Male"), "person") if "Male" in attrs else "person"
+    minor = years is not None and int(years) < 18
+    words = ("boy", "girl") if minor else ("man", "woman")
+    gender = (words[0] if _on(attrs, "Male") else words[1]) if "Male" in attrs else "person"
     ethnicity = attrs.get("ethnicity", "")
     values = {
         "caption": caption_from_attributes(attrs, rng) if "{caption}" in template else "",
