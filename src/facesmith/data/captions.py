@@ -364,9 +364,9 @@ def attribute_tags(attrs: Mapping) -> list[str]:
 
 def caption_from_template(template: str, attrs: Mapping, rng: random.Random | None = None) -> str:
     """Fill a user template: ``{caption}`` (the natural sentence), ``{subject}`` ("smiling young woman"),
-    ``{gender}`` (man/woman, boy/girl under 18, or person), ``{age}`` (age group, or "young"/"older"), ``{ethnicity}``, ``{tags}``
-    (comma-separated attribute tags). Unknown values become empty, and the doubled spaces and commas
-    this leaves are tidied."""
+    ``{gender}`` (man/woman, boy/girl under 18, or person), ``{age}`` (age group, or "young"/"older"),
+    ``{ethnicity}``, ``{tags}`` (comma-separated attribute tags). Unknown values become empty, and the
+    doubled spaces and commas this leaves are tidied."""
     rng = rng or random.Random()
     years = attrs.get("age")
     if years is not None:
