@@ -34,6 +34,12 @@ def write_dataset(
     return directory
 
 
+@pytest.fixture
+def make_dataset():
+    """`write_dataset` as a fixture: test modules never import a conftest by name (they shadow each other)."""
+    return write_dataset
+
+
 @pytest.fixture(scope="session")
 def faces(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("data") / "faces")

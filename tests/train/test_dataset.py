@@ -29,10 +29,8 @@ def test_buckets_follow_kohya_area_and_step():
     assert all(w % 64 == 0 and h % 64 == 0 and w * h <= 512 * 512 for w, h in buckets)
 
 
-def test_images_go_to_the_nearest_aspect_ratio(tmp_path):
-    from conftest import write_dataset
-
-    data = write_dataset(tmp_path / "d", count=3, size=[(100, 50), (50, 100), (60, 60)])
+def test_images_go_to_the_nearest_aspect_ratio(tmp_path, make_dataset):
+    data = make_dataset(tmp_path / "d", count=3, size=[(100, 50), (50, 100), (60, 60)])
     assigned = assign_buckets(read_dataset(data), [(64, 32), (32, 64), (48, 48)])
     assert assigned == {(64, 32): [0], (32, 64): [1], (48, 48): [2]}
 

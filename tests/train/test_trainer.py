@@ -208,10 +208,8 @@ def test_a_dataset_that_does_not_fit_the_model_fails_before_training(faces, sd15
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
-def test_bucketed_non_square_data_samples_and_tensorboard(tmp_path, sd15_folder):
-    from conftest import write_dataset
-
-    data = write_dataset(tmp_path / "data", count=4, size=[(64, 32), (32, 64), (64, 32), (48, 48)])
+def test_bucketed_non_square_data_samples_and_tensorboard(tmp_path, sd15_folder, make_dataset):
+    data = make_dataset(tmp_path / "data", count=4, size=[(64, 32), (32, 64), (64, 32), (48, 48)])
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(
         "# comment\na smiling face --n blurry --s 2 --d 7 --l 3\na sad face --s 2 --w 32 --h 64\n"

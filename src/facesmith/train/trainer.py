@@ -158,9 +158,8 @@ def _train(config: TrainConfig, progress: Progress | None) -> TrainResult:
         ema = EMAModel(params, decay=config.ema_decay)
     unet = accelerator.prepare(pipe.unet)
     text_encoder = accelerator.prepare(pipe.text_encoder) if train_text else pipe.text_encoder
-    optimizer = accelerator.prepare(
-        optimizer
-    )  # the LR schedule stays ours: Accelerate would step it per process
+    # The LR schedule stays unprepared: Accelerate would step it once per process.
+    optimizer = accelerator.prepare(optimizer)
 
     caption_rng = random.Random(f"facesmith-captions-{config.seed}-{rank}")
     noise_gen = torch.Generator().manual_seed(config.seed * 1000 + rank)
