@@ -31,3 +31,21 @@ def test_fd_on_images_in_mobilenet_space(face_dataset):
     real = extract_features(images, size=64)
     assert frechet_distance(real, real) == pytest.approx(0, abs=1e-3)
     assert frechet_distance(real, extract_features(darker, size=64)) > 1.0
+
+
+def _reference_fd(a, b):
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    eigenvalues = np.linalg.eigvals(s1 @ s2)  # real and >= 0 up to rounding: S1 S2 is similar to a PSD matrix
+    return (
+        ((a.mean(0) - b.mean(0)) ** 2).sum()
+        + np.trace(s1 + s2)
+        - 2 * np.sqrt(np.clip(eigenvalues.real, 0, None)).sum()
+    )
+
+
+@pytest.mark.parametrize("count", [20, 200])  # fewer samples than dimensions (nuclear norm) and more (eigh)
+def test_fd_matches_the_definition_on_both_paths(count):
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(count, 48))
+    b = rng.normal(size=(count + 5, 48)) @ rng.normal(size=(48, 48)) * 0.3 + 0.1
+    assert frechet_distance(a, b) == pytest.approx(_reference_fd(a, b), rel=1e-6)

@@ -12,7 +12,6 @@ not comparable to published Inception values.
 from __future__ import annotations
 
 import numpy as np
-from scipy import linalg
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -29,13 +28,11 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     if min(n, m) < a.shape[1]:
         cross = np.linalg.svd(ca @ cb.T, compute_uv=False).sum() / np.sqrt(n * m)
     else:
-        s1, s2 = ca.T @ ca / n, cb.T @ cb / m
-        covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-        if not np.isfinite(covmean).all():
-            # Near-singular products: regularise as the FID reference code does.
-            offset = np.eye(s1.shape[0]) * 1e-6
-            covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
-        cross = np.trace(covmean.real)
+        # Tr((S1 S2)^1/2) = Tr((S1^1/2 S2 S1^1/2)^1/2): a symmetric PSD matrix, so eigvalsh is stable.
+        w, v = np.linalg.eigh(ca.T @ ca / n)
+        root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        inner = root @ (cb.T @ cb / m) @ root
+        cross = np.sqrt(np.clip(np.linalg.eigvalsh(inner), 0, None)).sum()
     return max(float(((mu1 - mu2) ** 2).sum() + traces - 2 * cross), 0.0)
 
 
