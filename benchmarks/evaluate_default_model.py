@@ -4,7 +4,7 @@ Runs the `facesmith evaluate` stage (same code as the CLI) and prints the headli
 feature space. The packed faces are real photos under non-commercial research terms and stay in the
 git-ignored `.pack/` (see scripts/pack_default_data.py).
 
-    python benchmarks/evaluate_default_model.py --real .pack/celeba.npz --auto 40 --steps 20 -o outputs/eval-default
+    python benchmarks/evaluate_default_model.py --real .pack/celeba.npz --auto 20 --steps 12 --real-count 200
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model source [default: the embedded model]")
     parser.add_argument("--real", default=".pack/celeba.npz")
-    parser.add_argument("--auto", type=int, default=40)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--real-count", type=int, default=300)
+    parser.add_argument("--auto", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--sampler", default="DPM++ 2M")
+    parser.add_argument("--real-count", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-o", "--out", default="outputs/eval-default")
     args = parser.parse_args()
     config = EvaluateConfig(
-        model=args.model, real=args.real, auto=args.auto, steps=args.steps, real_count=args.real_count,
+        model=args.model, real=args.real, auto=args.auto, steps=args.steps, sampler=args.sampler, real_count=args.real_count,
         seed=args.seed, out_dir=args.out,
     )  # fmt: skip
     last = [0.0]

@@ -329,17 +329,18 @@ def _bar_progress(bar):
 @app.command()
 def evaluate(
     model: Annotated[
-        str | None, typer.Argument(help="Model source or a folder of images [default: built-in].")
+        str | None, typer.Argument(help="Model source or a folder of images (default: the built-in model).")
     ] = None,
     real: Annotated[str | None, typer.Option(help="Real faces: `facesmith prepare` folder or .npz.")] = None,
     prompts: Annotated[str | None, typer.Option(help="Text file, one prompt (one image) per line.")] = None,
     auto: Annotated[
-        int | None, typer.Option(help="N images from the built-in prompts [default: 40].")
+        int | None, typer.Option(help="N images from the built-in prompts [40].")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of image 0; image i uses seed+i.")] = None,
     out_dir: Annotated[str | None, typer.Option("-o", "--out", help="Report folder.")] = None,
     real_count: Annotated[int | None, typer.Option(help="Real faces per reference set [500].")] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps [30].")] = None,
+    sampler: Annotated[str | None, typer.Option(help="A1111 sampler name [DDIM].")] = None,
     classifier: Annotated[str | None, typer.Option(help="Attribute classifier folder.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
     config: Annotated[Path | None, typer.Option(help="Start from an evaluate.toml.")] = None,
@@ -352,7 +353,8 @@ def evaluate(
         base = load_evaluate_config(config) if config else EvaluateConfig()
         given = {
             "model": model, "real": real, "prompts": prompts, "auto": auto, "seed": seed, "out_dir": out_dir,
-            "real_count": real_count, "steps": steps, "classifier": classifier, "device": device,
+            "real_count": real_count, "steps": steps, "sampler": sampler, "classifier": classifier,
+            "device": device,
         }  # fmt: skip
         settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
         with _progress() as bar:
