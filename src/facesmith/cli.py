@@ -333,9 +333,7 @@ def evaluate(
     ] = None,
     real: Annotated[str | None, typer.Option(help="Real faces: `facesmith prepare` folder or .npz.")] = None,
     prompts: Annotated[str | None, typer.Option(help="Text file, one prompt (one image) per line.")] = None,
-    auto: Annotated[
-        int | None, typer.Option(help="N images from the built-in prompts [40].")
-    ] = None,
+    auto: Annotated[int | None, typer.Option(help="N images from the built-in prompts [40].")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of image 0; image i uses seed+i.")] = None,
     out_dir: Annotated[str | None, typer.Option("-o", "--out", help="Report folder.")] = None,
     real_count: Annotated[int | None, typer.Option(help="Real faces per reference set [500].")] = None,
