@@ -82,6 +82,15 @@ class PictureFolder:
         return str(path)
 
 
+def progress_bar(job, queue: JobQueue) -> str:
+    """An HTML <progress> bar and a line of text for `job`: its place in the queue, its step, or done."""
+    if job.future.done():
+        return f'<progress value="1" max="1"></progress> done: {job.total} steps'
+    if job.started_at is None:
+        return f'<progress max="1"></progress> waiting in the queue ({queue.snapshot()["waiting"]} waiting)'
+    return f'<progress value="{job.step}" max="{job.total}"></progress> step {job.step} of {job.total}'
+
+
 def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int):
     """The gr.Blocks page over `queue`; mount it with `gradio.mount_gradio_app`."""
     import gradio as gr
@@ -97,8 +106,9 @@ def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int
     def write_prompt(gender, age, hair, ethnicity, features):
         return prompt_from_controls(gender, age, hair, ethnicity, features)
 
-    def generate(prompt, negative, steps, cfg, sampler, seed, count, width, height, lora, lora_weight,
-                 progress=gr.Progress()):  # noqa: B008 - gradio's documented form  # fmt: skip
+    def generate(prompt, negative, steps, cfg, sampler, seed, count, width, height, lora, lora_weight):
+        """Stream the progress bar while the job waits and runs, then the gallery; a generator, so a
+        closed page closes it and its job is cancelled."""
         seed = int(seed) if seed is not None and int(seed) >= 0 else None
         config = GenerateConfig(prompt=prompt, negative=negative, steps=int(steps), cfg=float(cfg),
                                 sampler=sampler, seed=seed, count=int(count), width=int(width),
@@ -110,19 +120,24 @@ def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int
             job = queue.submit(config, {lora: float(lora_weight)} if lora in queue.loras else {})
         except FacesmithError as err:
             raise gr.Error(str(err)) from None
-        progress(0, desc="waiting in the queue")
-        while not job.future.done():
-            if job.started_at is not None and job.total:
-                progress(job.step / job.total, desc=f"step {job.step} of {job.total}")
-            time.sleep(0.1)
+        keep = (gr.update(),) * 5
         try:
+            shown = None
+            while not job.future.done():
+                state = (job.started_at is not None, job.step)
+                if state != shown:
+                    shown = state
+                    yield (*keep, progress_bar(job, queue))
+                time.sleep(0.1)
             pictures = job.future.result()
         except Exception as err:
             raise gr.Error(str(err)) from None
+        finally:
+            queue.cancel(job)  # a no-op once it finished; stops it if the page went away
         paths = [folder.save(job.id, i, p.seed, p.png) for i, p in enumerate(pictures)]
         gallery = [(path, f"seed {p.seed}") for path, p in zip(paths, pictures, strict=True)]
         parameters = [p.parameters for p in pictures]
-        return gallery, parameters[0], paths, pictures[0].seed, parameters
+        yield gallery, parameters[0], paths, pictures[0].seed, parameters, progress_bar(job, queue)
 
     def show_parameters(parameters: list[str], event: gr.SelectData):
         return parameters[event.index] if parameters and event.index < len(parameters) else ""
@@ -188,6 +203,7 @@ def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int
                                        info=None if len(loras) > 1 else "start the server with --lora FILE")  # fmt: skip
                     lora_weight = gr.Slider(-1, 2, value=1.0, step=0.05, label="LoRA weight")
                 generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
+                progress = gr.HTML(elem_id="progress")
                 upload = gr.File(label="Reproduce from a PNG (reads its metadata)", file_types=[".png"],
                                  type="filepath", elem_id="reproduce")  # fmt: skip
             with gr.Column(scale=4):
@@ -203,7 +219,7 @@ def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int
         generate_button.click(
             generate,
             [prompt, negative, steps, cfg, sampler, seed, count, width, height, lora, lora_weight],
-            [gallery, parameters, files, last_seed, all_parameters],
+            [gallery, parameters, files, last_seed, all_parameters, progress],
             concurrency_limit=None,  # the JobQueue orders the work; gradio only waits on it
         )
         gallery.select(show_parameters, all_parameters, parameters)
