@@ -1,5 +1,4 @@
-"""Tiny photos and dataset helpers for the data tests, built in code (imported by name: `conftest` is
-ambiguous when several test folders have one)."""
+"""Tiny photos and dataset helpers for the data tests, built in code."""
 
 from __future__ import annotations
 

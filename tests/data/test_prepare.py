@@ -9,13 +9,14 @@ import shutil
 
 import numpy as np
 import pytest
-from facefixtures import aligned_config, photo, read_manifest, read_report, save_photo
 from PIL import Image, ImageFilter
 
 from facesmith.data.captions import CELEBA_ATTRIBUTES
 from facesmith.data.config import PrepareConfig, load_prepare_config
 from facesmith.data.prepare import PROGRESS_FILE, run_prepare
 from facesmith.errors import FacesmithError
+
+from .facefixtures import aligned_config, photo, read_manifest, read_report, save_photo
 
 SIZE = (96, 96)
 

@@ -6,10 +6,11 @@ import io
 
 import numpy as np
 import pytest
-from facefixtures import photo, save_photo
 from PIL import Image, ImageFilter
 
 from facesmith.data.quality import BadImage, hamming, open_photo, phash, sharpness
+
+from .facefixtures import photo, save_photo
 
 
 @pytest.mark.parametrize("mode", ["CMYK", "L", "P", "RGBA", "LA", "I;16"])

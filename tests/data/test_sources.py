@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from facefixtures import save_photo
 
 from facesmith.data.captions import CELEBA_ATTRIBUTES
 from facesmith.data.sources import detect_format, read_celeba_table, read_source
 from facesmith.errors import FacesmithError
+
+from .facefixtures import save_photo
 
 
 def celeba_txt(folder, names, values):
