@@ -1,4 +1,4 @@
-"""TrainConfig: validation names the setting to fix, flags and TOML give back the same run."""
+"""TrainConfig (train/config.py): validation names the setting to fix, flags and TOML give back the same run."""
 
 from __future__ import annotations
 
