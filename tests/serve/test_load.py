@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import psutil
 
-REQUESTS, CONCURRENCY, WARM_UP = 60, 4, 8
+REQUESTS, CONCURRENCY, WARM_UP = 60, 4, 4
 REQUEST = {"prompt": "a photo of a face", "steps": 1, "width": 64, "height": 64, "sampler_name": "Euler"}
 
 

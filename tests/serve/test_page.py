@@ -127,13 +127,13 @@ def test_type_a_prompt_click_generate_and_see_an_image(page_server, browser, tmp
     # a longer run shows the progress bar with the step count
     steps = browser.find_element(By.CSS_SELECTOR, "#steps input[type=number]")
     steps.send_keys(Keys.CONTROL, "a")
-    steps.send_keys("60", Keys.TAB)
+    steps.send_keys("30", Keys.TAB)
     browser.find_element(By.CSS_SELECTOR, "#generate").click()
     bar = browser.find_element(By.CSS_SELECTOR, "#progress")
-    WebDriverWait(browser, 90, poll_frequency=0.05).until(lambda d: " of 60" in bar.text)
-    wait.until(lambda d: "done: 60 steps" in bar.text)
+    WebDriverWait(browser, 90, poll_frequency=0.05).until(lambda d: " of 30" in bar.text)
+    wait.until(lambda d: "done: 30 steps" in bar.text)
     shown = browser.find_element(By.CSS_SELECTOR, "#parameters textarea")
-    wait.until(lambda d: "Steps: 60," in shown.get_attribute("value"))
+    wait.until(lambda d: "Steps: 30," in shown.get_attribute("value"))
 
     # nothing left this machine: not from the browser, not from the server
     outside = {
