@@ -10,9 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import factory  # noqa: E402
-
-# Few steps keep every test fast; 64 px is the tiny models' native size.
-FAST = {"steps": 2, "width": factory.SIZE, "height": factory.SIZE}
+from factory import FAST  # noqa: E402,F401  (re-exported for older imports)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -14,6 +14,8 @@ import torch
 from facesmith.models.single_file import clip_tokenizer, shipped_config
 
 SIZE = 64  # pixels; latents are SIZE / 8
+# Few steps keep every test fast; 64 px is the tiny models' native size.
+FAST = {"steps": 2, "width": SIZE, "height": SIZE}
 
 
 def _clip_config(family: str, component: str, hidden: int = 32):

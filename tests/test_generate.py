@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import facesmith
-from conftest import FAST
 from facesmith.errors import FacesmithError
 from facesmith.generate import PromptTruncatedWarning, truncated_words
+from factory import FAST
 
 
 def pixels(image) -> np.ndarray:

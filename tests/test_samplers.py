@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import FAST
 from facesmith.errors import FacesmithError
 from facesmith.models.single_file import shipped_config
 from facesmith.samplers import SAMPLERS, check_sampler, make_scheduler
+from factory import FAST
 
 EXPECTED = {
     "DDIM": "DDIMScheduler",

@@ -8,9 +8,9 @@ from safetensors.torch import save_file
 
 import facesmith
 import factory
-from conftest import FAST
 from facesmith.errors import FacesmithError
 from facesmith.models.lora import LoraSpec, lora_format, parse_lora_spec
+from factory import FAST
 
 
 @pytest.fixture(scope="module")

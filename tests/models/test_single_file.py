@@ -9,7 +9,6 @@ from safetensors.torch import save_file
 
 import facesmith
 import factory
-from conftest import FAST
 from facesmith.errors import FacesmithError
 from facesmith.models.sd_layout import pipeline_to_original, save_original
 from facesmith.models.single_file import (
@@ -19,6 +18,7 @@ from facesmith.models.single_file import (
     pipeline_from_original,
     read_checkpoint,
 )
+from factory import FAST
 
 SHAPE_KEYS = [
     "block_out_channels",
