@@ -24,8 +24,26 @@ else:  # pragma: no cover - Python 3.10
 MAX_STEPS = 1000
 
 
+class StageConfig:
+    """What every stage's settings dataclass shares: a plain dict out, and a dict in that names
+    any unknown key (a typo in a TOML file must not be silently ignored)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, origin: str = "settings"):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise FacesmithError(
+                f"{origin}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+
 @dataclass
-class GenerateConfig:
+class GenerateConfig(StageConfig):
     """Everything that decides which images `facesmith generate` makes.
 
     `width`/`height` of None mean the model's native size; `seed` of None means a random seed, which is
@@ -80,19 +98,6 @@ class GenerateConfig:
         for spec in self.loras:
             parse_lora_spec(spec)
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], *, origin: str = "settings") -> GenerateConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise FacesmithError(
-                f"{origin}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
 
 
 def write_toml(values: dict[str, Any], path: str | Path) -> Path:

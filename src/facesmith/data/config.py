@@ -6,18 +6,16 @@ config that reproduces ``DIR``. The TOML writer and reader are facesmith.config'
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from facesmith.config import read_toml, write_toml
+from facesmith.config import StageConfig, read_toml, write_toml
 from facesmith.errors import FacesmithError
 
 
 @dataclass
-class PrepareConfig:
+class PrepareConfig(StageConfig):
     """Settings of one `facesmith prepare` run.
 
     ``format`` "auto" detects each source's format; ``workers`` 0 means one process per CPU core.
@@ -95,19 +93,6 @@ class PrepareConfig:
             if not Path(source).is_dir():
                 raise FacesmithError(f"source {source} is not a folder: give a folder of images")
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], *, origin: str = "settings") -> PrepareConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise FacesmithError(
-                f"{origin}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
 
 
 def save_prepare_config(config: PrepareConfig, path: str | Path) -> Path:
