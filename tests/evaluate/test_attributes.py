@@ -64,7 +64,6 @@ def _shared() -> Path:
 
 
 @pytest.mark.skipif(not (_shared() / "data" / "celeba").is_dir(), reason="shared CelebA data is absent")
-@pytest.mark.slow
 def test_on_real_celeba_faces_gender_beats_the_majority(tmp_path):
     import csv
 

@@ -16,7 +16,6 @@ from facesmith.evaluate.evaluation import (
 QUICK = {"real_count": 12, "feature_size": 64, "calibration_copies": 8, "steps": 2}
 
 
-@pytest.mark.slow
 def test_report_end_to_end_on_a_tiny_model(sd15_folder, face_dataset, tiny_classifier, tmp_path):
     config = EvaluateConfig(
         model=str(sd15_folder), real=str(face_dataset), auto=4, classifier=str(tiny_classifier),
@@ -48,7 +47,6 @@ def test_report_end_to_end_on_a_tiny_model(sd15_folder, face_dataset, tiny_class
     assert json.loads((out / "metrics.json").read_text())["counts"]["candidates"] == 4
 
 
-@pytest.mark.slow
 def test_image_folder_through_the_cli_reads_prompts_from_png_metadata(
     face_dataset, tiny_classifier, tmp_path
 ):

@@ -39,7 +39,6 @@ def _planted_audit(train, distinct):
     return generated, thresholds, result
 
 
-@pytest.mark.slow
 def test_audit_flags_a_planted_copy_and_an_edited_copy_and_passes_distinct_images():
     train, distinct = smooth_images(40, seed=0), smooth_images(6, seed=1)
     generated, thresholds, result = _planted_audit(train, distinct)
@@ -67,7 +66,6 @@ def _shared() -> Path:
 
 
 @pytest.mark.skipif(not (_shared() / "data" / "celeba").is_dir(), reason="shared CelebA data is absent")
-@pytest.mark.slow
 def test_on_real_faces_copies_are_flagged_and_other_people_pass():
     files = sorted((_shared() / "data" / "celeba" / "images").iterdir())[:46]
     faces = [Image.open(p).convert("RGB").resize((64, 64)) for p in files]
