@@ -81,3 +81,9 @@ def test_user_mistakes_are_one_line(tmp_path, face_dataset):
     )
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+def test_a_typo_in_evaluate_toml_is_named(tmp_path):
+    (tmp_path / "evaluate.toml").write_text('real = "faces"\nreal_cuont = 3\n')
+    with pytest.raises(FacesmithError, match="real_cuont"):
+        load_evaluate_config(tmp_path / "evaluate.toml")

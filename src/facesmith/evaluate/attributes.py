@@ -14,7 +14,6 @@ Transfer Better?"); the multi-task masked loss follows Rudd et al. 2016 (MOON) i
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from facesmith.config import write_toml
+from facesmith.config import StageConfig, write_toml
 from facesmith.data.captions import AGE_GROUPS, CELEBA_ATTRIBUTES, ETHNICITIES, age_group
 from facesmith.errors import FacesmithError
 from facesmith.evaluate.faceset import RealFace, read_faces
@@ -41,7 +40,7 @@ Progress = Callable[[str, int, int], None]
 
 
 @dataclass
-class AttributeTrainConfig:
+class AttributeTrainConfig(StageConfig):
     """`facesmith attributes train`: where faces come from and how the heads are fitted."""
 
     datasets: list[str] = field(default_factory=list)  # dataset dirs or packed .npz files
@@ -344,6 +343,5 @@ def train_attribute_classifier(config: AttributeTrainConfig, progress: Progress 
     state = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
     save_file(state, str(out / "attributes.safetensors"))
     (out / "attributes.json").write_text(json.dumps(info, indent=1) + "\n")
-    values = dataclasses.asdict(config)
-    write_toml(values, out / "attributes-train.toml")
+    write_toml(config.to_dict(), out / "attributes-train.toml")
     return info

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from facesmith.config import read_toml, write_toml
+from facesmith.config import StageConfig, read_toml, write_toml
 from facesmith.errors import FacesmithError
 from facesmith.evaluate import attributes as attr
 from facesmith.evaluate import diversity, memorization, realism
@@ -37,7 +37,7 @@ DEFAULT_AUTO = 40
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(StageConfig):
     """Everything that decides the numbers `facesmith evaluate` reports."""
 
     model: str | None = None  # model source (see `facesmith generate --model`), or a folder of images
@@ -75,15 +75,11 @@ class EvaluateConfig:
 
 
 def save_evaluate_config(config: EvaluateConfig, path: str | Path) -> Path:
-    return write_toml(dataclasses.asdict(config), path)
+    return write_toml(config.to_dict(), path)
 
 
 def load_evaluate_config(path: str | Path) -> EvaluateConfig:
-    values = read_toml(path)
-    known = {f.name for f in dataclasses.fields(EvaluateConfig)}
-    if set(values) - known:
-        raise FacesmithError(f"{path}: unknown setting(s) {', '.join(sorted(set(values) - known))}")
-    return EvaluateConfig(**values)
+    return EvaluateConfig.from_dict(read_toml(path), origin=str(path))
 
 
 # ----------------------------------------------------------------------------------------------------------
