@@ -110,7 +110,7 @@ def encode_latents(vae, images: np.ndarray, device: str, batch: int = 1024) -> t
             x = x.float().div(127.5).sub(1)
             if flip:
                 x = x.flip(3)
-            out.append(vae.encode(x).latents.to(torch.bfloat16))
+            out.append((vae.encode(x).latents * LATENT_SCALE).to(torch.bfloat16))
     return torch.cat(out)
 
 

@@ -99,8 +99,10 @@ def build_decoder(latent_channels: int = 32, width: int = 64) -> nn.Sequential:
 class TAEF2(ModelMixin, ConfigMixin):
     """TAEF2 as a pipeline VAE: ``encode`` takes [-1, 1] images, ``decode`` returns them.
 
-    ``scaling_factor`` multiplies raw TAEF2 latents so that the diffusion model
-    sees roughly unit variance; pipelines divide by it before ``decode``.
+    Like every diffusers VAE, ``encode`` returns raw latents and ``decode``
+    takes raw latents; callers apply ``(z - shift_factor) * scaling_factor``
+    (``facesmith.latents``, pipelines) so the diffusion model sees roughly
+    unit variance.
     ``block_out_channels`` has four entries only so that pipelines derive the
     8x ``vae_scale_factor`` from it, as they do for AutoencoderKL.
     """
@@ -122,19 +124,17 @@ class TAEF2(ModelMixin, ConfigMixin):
         self.decoder = build_decoder(latent_channels, width)
 
     def encode(self, x: torch.Tensor, return_dict: bool = True):
-        """Images in [-1, 1] -> scaled latents (pipelines read ``.latents``)."""
+        """Images in [-1, 1] -> raw latents (pipelines read ``.latents``)."""
         z = self.encoder(x.add(1).mul(0.5))
-        z = (z - self.config.shift_factor) * self.config.scaling_factor
         return AutoencoderTinyOutput(latents=z) if return_dict else (z,)
 
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator=None):
-        """Unscaled latents (as pipelines pass them) -> images in [-1, 1]."""
-        z = z + self.config.shift_factor
+        """Raw latents (pipelines pass ``latents / scaling_factor``) -> images in [-1, 1]."""
         x = self.decoder(z).clamp(0, 1).mul(2).sub(1)
         return DecoderOutput(sample=x) if return_dict else (x,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x).latents / self.config.scaling_factor).sample
+        return self.decode(self.encode(x).latents).sample
 
     @classmethod
     def from_taesd_files(cls, encoder_path: str | Path, decoder_path: str | Path, **config) -> TAEF2:

@@ -99,12 +99,6 @@ class LatentSource:
             x = load_pixels(self.images[item.index].path, self.sizes[item.index])
             pixels.append(x.flip(-1) if item.flip else x)
         x = torch.stack(pixels).to(self.device, self.dtype)
-        from facesmith.models.taef2 import TAEF2
-
-        if isinstance(self.vae, TAEF2):
-            # TAEF2.encode applies its scaling factor itself, so encode_image would scale twice; this is
-            # what scripts/train_default_model.py trained the default model on.
-            return self.vae.encode(x).latents.float()
         return encode_image(self.vae, x).float()
 
     def latents(self, items: list[BatchItem]) -> torch.Tensor:
