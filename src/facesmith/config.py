@@ -12,7 +12,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from facesmith.errors import FacesmithError
 
@@ -28,6 +28,9 @@ class StageConfig:
     """What every stage's settings dataclass shares: a plain dict out, and a dict in that names
     any unknown key (a typo in a TOML file must not be silently ignored)."""
 
+    # A stage with many settings points to its --help instead of listing them all.
+    settings_help: ClassVar[str | None] = None
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -36,9 +39,8 @@ class StageConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise FacesmithError(
-                f"{origin}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+            hint = f"see `{cls.settings_help}`" if cls.settings_help else f"known: {', '.join(sorted(known))}"
+            raise FacesmithError(f"{origin}: unknown setting(s) {', '.join(unknown)}; {hint}")
         return cls(**values)
 
 

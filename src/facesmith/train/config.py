@@ -11,9 +11,9 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from facesmith.config import read_toml, write_toml
+from facesmith.config import StageConfig, read_toml, write_toml
 from facesmith.errors import FacesmithError
 
 MODES = ("full", "lora")
@@ -25,8 +25,10 @@ PRECISIONS = ("no", "fp16", "bf16")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(StageConfig):
     """One training run. `model` None with `preset` set trains a preset model from scratch."""
+
+    settings_help: ClassVar[str] = "facesmith train --help"
 
     # What to train
     dataset: str = ""  # a dataset folder with metadata.jsonl (see README, "Dataset directory")
@@ -156,19 +158,6 @@ class TrainConfig:
         if self.keep_checkpoints < 1:
             raise FacesmithError("keep_checkpoints must be at least 1: the last good checkpoint is kept")
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], *, origin: str = "settings") -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise FacesmithError(
-                f"{origin}: unknown setting(s) {', '.join(unknown)}; see `facesmith train --help`"
-            )
-        return cls(**values)
 
 
 def save_train_config(config: TrainConfig, path: str | Path) -> Path:
