@@ -338,7 +338,12 @@ def evaluate(
     out_dir: Annotated[str | None, typer.Option("-o", "--out", help="Report folder.")] = None,
     real_count: Annotated[int | None, typer.Option(help="Real faces per reference set [500].")] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps [30].")] = None,
-    sampler: Annotated[str | None, typer.Option(help="A1111 sampler name [DDIM].")] = None,
+    sampler: Annotated[
+        str | None,
+        typer.Option(
+            help="A1111 sampler name [the model's own: Euler a for the default model, DDIM otherwise]."
+        ),
+    ] = None,
     classifier: Annotated[str | None, typer.Option(help="Attribute classifier folder.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
     config: Annotated[Path | None, typer.Option(help="Start from an evaluate.toml.")] = None,

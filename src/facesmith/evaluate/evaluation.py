@@ -49,7 +49,7 @@ class EvaluateConfig(StageConfig):
     real_count: int = 500  # real faces per reference set (held-out; training for memorization)
     steps: int = 30
     cfg: float = 7.5
-    sampler: str = "DDIM"
+    sampler: str | None = None  # None: the model's own choice, as in `facesmith generate`
     width: int | None = None
     height: int | None = None
     feature_size: int = 224
