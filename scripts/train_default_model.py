@@ -44,31 +44,17 @@ from PIL import Image
 from facesmith.data.captions import caption_from_attributes
 from facesmith.models.shards import save_sharded
 from facesmith.models.taef2 import load_taef2
+from facesmith.train.presets import (
+    LATENT_SCALE,
+    PRESETS,
+    RESOLUTION,
+    SCHEDULER_CONFIG,
+    UNET_CONFIG,
+)
 
-# Raw TAEF2 latents of the shared faces have std ~0.90; this makes it ~1.
-LATENT_SCALE = 1.1
-RESOLUTION = 128
+# The model's shape and noise schedule are the `face-small` preset of `facesmith train`.
+TINY_UNET_CONFIG = PRESETS["face-tiny"]
 MAX_TOKENS = 77
-
-UNET_CONFIG = dict(
-    sample_size=RESOLUTION // 8,
-    in_channels=32,
-    out_channels=32,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(128, 192, 224),
-    layers_per_block=2,
-    cross_attention_dim=384,
-    attention_head_dim=(2, 3, 4),  # diffusers' legacy name: heads per block (64-d heads)
-)
-TINY_UNET_CONFIG = dict(UNET_CONFIG, block_out_channels=(32, 32, 64), attention_head_dim=(1, 1, 2))
-SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    prediction_type="epsilon",
-)
 SAMPLE_PROMPTS = [
     "a photo of a smiling old man with a gray beard and glasses",
     "a portrait of a young woman with wavy blond hair",
