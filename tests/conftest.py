@@ -32,6 +32,16 @@ def sdxl_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def kohya_file(tmp_path_factory) -> Path:
+    """A Kohya-format LoRA for the tiny SD1.5 model."""
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("lora") / "kohya.safetensors"
+    save_file(factory.kohya_lora(factory.tiny_sd15(), seed=1), path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def sd15_file(tmp_path_factory) -> Path:
     from facesmith.models.sd_layout import save_original
 

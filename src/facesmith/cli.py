@@ -103,6 +103,9 @@ def generate(
     sampler: Annotated[str | None, typer.Option(help="A1111 sampler name, see `facesmith samplers`.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the first image; image i uses seed+i.")] = None,
     count: Annotated[int | None, typer.Option("-n", "--count", help="Number of images [default: 1].")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Images per pipeline call; >1 is faster on a GPU [default: 1].")
+    ] = None,
     width: Annotated[int | None, typer.Option(help="Multiple of 8 [default: the model's size].")] = None,
     height: Annotated[int | None, typer.Option(help="Multiple of 8 [default: the model's size].")] = None,
     model: Annotated[str | None, typer.Option(help="Diffusers folder or .safetensors file.")] = None,
@@ -114,6 +117,12 @@ def generate(
         str | None, typer.Option(help="cpu, cuda, cuda:1 ... [default: cuda if present].")
     ] = None,
     dtype: Annotated[str | None, typer.Option(help="fp32, fp16 or bf16 [default: fp32 on CPU].")] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="auto, eager, onnx (CPU) or compile [default: auto: compile on CUDA, onnx on CPU]."
+        ),
+    ] = None,
     trace: Annotated[bool | None, typer.Option("--trace", help="Also save a strip of predicted x0.")] = None,
     allow_pickle: Annotated[
         bool, typer.Option("--allow-pickle", help="Allow .ckpt/.pt pickles (they can run code).")
@@ -138,7 +147,7 @@ def generate(
             base = GenerateConfig()
         given = {
             "prompt": prompt, "negative": negative, "steps": steps, "cfg": cfg, "sampler": sampler,
-            "seed": seed, "count": count, "width": width, "height": height, "model": model,
+            "seed": seed, "count": count, "batch_size": batch_size, "engine": engine, "width": width, "height": height, "model": model,
             "loras": lora or None, "out_dir": out_dir, "device": device, "dtype": dtype, "trace": trace,
         }  # fmt: skip
         settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
@@ -272,7 +281,10 @@ def noise(
         folder = prepare_out_dir(out_dir)
         with _progress() as bar:
             bar.add_task("loading model and noising", total=None)
-            generator = FaceGenerator.load(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
+            # The forward process never runs the UNet: no engine to prepare for it.
+            generator = FaceGenerator.load(
+                model, device=device, dtype=dtype, allow_pickle=allow_pickle, engine="eager"
+            )
             frames = generator.forward_process(picture, slices=steps, seed=seed)
         path = folder / f"{image.stem}-noise.png"
         image_strip(frames).save(path)

@@ -37,7 +37,7 @@ from facesmith.models.loading import LoadedModel, load_model
 from facesmith.samplers import make_scheduler
 
 Progress = Callable[[int, int], None]
-LOAD_TIME_SETTINGS = ("model", "loras", "device", "dtype", "allow_pickle")
+LOAD_TIME_SETTINGS = ("model", "loras", "device", "dtype", "engine", "allow_pickle")
 DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
     "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
@@ -92,7 +92,9 @@ class FaceGenerator:
         dtype: str | None = None,
         loras: list[str] | tuple[str, ...] = (),
         allow_pickle: bool = False,
+        engine: str | None = None,
     ):
+        from facesmith.engines import engine_pipeline, resolve_engine
         from facesmith.models.lora import apply_loras, parse_lora_spec
 
         self.model = model
@@ -109,6 +111,10 @@ class FaceGenerator:
         self.base_scheduler_config = dict(self.pipe.scheduler.config)
         self.pipe.to(self.device, self.dtype)
         self.pipe.set_progress_bar_config(disable=True)
+        self.engine_name = engine
+        self.engine = resolve_engine(engine, self.pipe, self.device, self.dtype)
+        # `pipe` stays the model as loaded (saving, LoRA weights); `runner` is what samples, on the engine.
+        self.runner = engine_pipeline(self.pipe, self.engine, self.device)
 
     @classmethod
     def load(
@@ -119,9 +125,10 @@ class FaceGenerator:
         dtype: str | None = None,
         loras: list[str] | tuple[str, ...] = (),
         allow_pickle: bool = False,
+        engine: str | None = None,
     ) -> FaceGenerator:
         model = load_model(source, allow_pickle=allow_pickle)
-        return cls(model, device=device, dtype=dtype, loras=loras, allow_pickle=allow_pickle)
+        return cls(model, device=device, dtype=dtype, loras=loras, allow_pickle=allow_pickle, engine=engine)
 
     @property
     def native_size(self) -> tuple[int, int]:
@@ -152,8 +159,9 @@ class FaceGenerator:
             model=self.model.source,
             device=self.device_name,
             dtype=self.dtype_name,
+            engine=self.engine_name,
         )
-        pipe = self.pipe
+        pipe = self.runner
         pipe.scheduler = make_scheduler(config.sampler, self.base_scheduler_config)
         for label, text in (("prompt", config.prompt), ("negative prompt", config.negative)):
             cut = truncated_words(pipe.tokenizer, text)
@@ -165,12 +173,14 @@ class FaceGenerator:
                     stacklevel=2,
                 )
         images, trace = [], []
-        for i in range(config.count):
-            done = i * config.steps
+        for first in range(0, config.count, config.batch_size):
+            size = min(config.batch_size, config.count - first)
+            done = first * config.steps
 
-            def on_step(_pipe, step, _timestep, tensors, done=done):
+            def on_step(_pipe, step, _timestep, tensors, done=done, size=size):
                 if progress is not None:  # PNDM takes one extra step, so cap at the total
-                    progress(min(done + step + 1, done + config.steps), config.count * config.steps)
+                    finished = done + min(step + 1, config.steps) * size
+                    progress(finished, config.count * config.steps)
                 return tensors
 
             recorder = _TraceRecorder(pipe.scheduler) if config.trace else None
@@ -178,21 +188,24 @@ class FaceGenerator:
                 latents = pipe(
                     prompt=config.prompt,
                     negative_prompt=config.negative or None,
+                    num_images_per_prompt=size,
                     num_inference_steps=config.steps,
                     guidance_scale=config.cfg,
                     width=width,
                     height=height,
-                    # One image per call: batched UNet calls round differently in the last bits, and
-                    # image i of a batch must equal the image that seed s+i makes alone.
-                    generator=torch.Generator("cpu").manual_seed(seed + i),
+                    # Each image draws its noise from its own CPU generator seeded s+i, so image i is
+                    # the image seed s+i makes alone. With batch_size 1 (the default) that holds to the
+                    # bit; batched UNet calls round differently in the last bits.
+                    generator=[torch.Generator("cpu").manual_seed(seed + first + j) for j in range(size)],
                     output_type="latent",
                     callback_on_step_end=on_step,
                 ).images
                 images += to_pil(decode_latents(pipe.vae, latents))
                 if recorder is not None:
-                    trace.append(
-                        [to_pil(decode_latents(pipe.vae, x0))[0] for x0 in recorder.pick(config.trace_frames)]
-                    )
+                    frames = [
+                        to_pil(decode_latents(pipe.vae, x0)) for x0 in recorder.pick(config.trace_frames)
+                    ]
+                    trace += [[frame[j] for frame in frames] for j in range(size)]
         return Generation(images, [seed + i for i in range(config.count)], config, trace)
 
     # ------------------------------------------------------------------------------------------------------
@@ -235,6 +248,7 @@ def run_generate(
             dtype=config.dtype,
             loras=config.loras,
             allow_pickle=config.allow_pickle,
+            engine=config.engine,
         )
     result = generator.run(config, progress)
     used = result.config

@@ -45,11 +45,9 @@ def cached_sha256(files: list[Path]) -> str:
     The cache is `$FACESMITH_CACHE_DIR` or `~/.cache/facesmith`, `model-hashes.json`; an unwritable
     cache only costs the time.
     """
-    cache_dir = Path(
-        os.environ.get("FACESMITH_CACHE_DIR")
-        or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "facesmith"
-    )
-    cache_file = cache_dir.expanduser() / "model-hashes.json"
+    from facesmith.engines import cache_root
+
+    cache_file = cache_root() / "model-hashes.json"
     key = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
     try:
         cache = json.loads(cache_file.read_text())
