@@ -24,7 +24,7 @@ def _source(images, vae, tmp_path, size=32, mode="disk", flip=True):
 def test_disk_cache_is_keyed_on_vae_size_and_images(faces, sd15, tmp_path):
     vae, images = sd15.pipe.vae, read_dataset(faces)
     first = _source(images, vae, tmp_path)
-    assert first.cache_file.is_file() and len(first.cached) == 2 * len(images)
+    assert first.cache_file.is_file() and len(first.rows) == 2 * len(images)
     again = _source(images, vae, tmp_path)
     assert again.cache_file == first.cache_file
     items = [BatchItem(1, False), BatchItem(1, True)]

@@ -341,3 +341,30 @@ def test_fine_tune_on_faces_prepared_from_the_shared_data(prepared_celeba, sd15_
         )
     )
     assert result.steps == 2 and result.exports == [tmp_path / "run" / "lora.safetensors"]
+
+
+def test_compiled_training_is_refused_on_a_cpu(faces, sd15_folder, tmp_path):
+    """inductor's CPU backward gave wrong UNet gradients (NOTES.md): no silent bad training."""
+    settings = dict(TINY, dataset=str(faces), model=str(sd15_folder), max_steps=1, compile=True, cpu=True)
+    with pytest.raises(FacesmithError, match="compile = true trains on CUDA only"):
+        run_train(TrainConfig(**settings, output_dir=str(tmp_path / "run")))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compiled_unet_gradients_equal_eager_gradients_on_cuda():
+    """What `compile = true` trains with: inductor's backward of the UNet against eager's, in fp32."""
+    import copy
+
+    from factory import tiny_sd15
+
+    eager = tiny_sd15().unet.cuda().train()
+    compiled_copy = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_copy)
+    generator = torch.Generator("cuda").manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, device="cuda", generator=generator)
+    states = torch.randn(2, 77, 32, device="cuda", generator=generator)
+    t = torch.tensor([10, 700], device="cuda")
+    eager(x, t, states).sample.pow(2).mean().backward()
+    compiled(x, t, states).sample.pow(2).mean().backward()
+    for (name, a), b in zip(eager.named_parameters(), compiled_copy.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-6), name

@@ -65,6 +65,7 @@ class LatentSource:
         self.images, self.sizes, self.vae, self.device = images, sizes, vae, device
         self.dtype = next(vae.parameters()).dtype
         self.cached: dict[tuple[int, bool], torch.Tensor] = {}
+        self.rows: dict[tuple[int, bool], tuple[tuple[int, ...], int]] = {}
         self.cache_file: Path | None = None
         if mode == "none":
             return
@@ -77,6 +78,7 @@ class LatentSource:
                 for name, tensor in load_file(self.cache_file).items():
                     index, side = name.split(":")
                     self.cached[(int(index), side == "flip")] = tensor
+                self._pack()
                 return
         wanted = [(i, f) for i in range(len(images)) for f in ((False, True) if flip else (False,))]
         for done, (index, flipped) in enumerate(wanted, 1):
@@ -91,6 +93,31 @@ class LatentSource:
             tensors = {f"{i}:{'flip' if f else 'plain'}": t.contiguous() for (i, f), t in self.cached.items()}
             save_file(tensors, tmp, metadata={"key": key, "crop": CROP, "dtype": str(self.dtype)})
             os.replace(tmp, self.cache_file)
+        self._pack()
+
+    def _pack(self) -> None:
+        """One [N, C, h, w] table per latent shape, so a batch is one index_select and one copy.
+
+        On CUDA the tables live on the GPU when they take under a quarter of its free memory (SD1.5 at
+        512 px: 64 KiB a latent, 50k faces in 3.2 GB), else in pinned host memory, copied without
+        blocking: either way the step never waits on a pageable host-to-device copy.
+        """
+        by_shape: dict[tuple[int, ...], list[tuple[int, bool]]] = {}
+        for key, tensor in self.cached.items():
+            by_shape.setdefault(tuple(tensor.shape), []).append(key)
+        total = sum(t.numel() * t.element_size() for t in self.cached.values())
+        on_gpu = self.device.type == "cuda" and total < torch.cuda.mem_get_info(self.device)[0] / 4
+        self.rows: dict[tuple[int, bool], tuple[tuple[int, ...], int]] = {}
+        self.tables: dict[tuple[int, ...], torch.Tensor] = {}
+        for shape, keys in by_shape.items():
+            table = torch.stack([self.cached[k] for k in keys])
+            if on_gpu:
+                table = table.to(self.device)
+            elif self.device.type == "cuda":
+                table = table.pin_memory()
+            self.tables[shape] = table
+            self.rows.update({k: (shape, row) for row, k in enumerate(keys)})
+        self.cached.clear()
 
     @torch.no_grad()
     def _encode(self, items: list[BatchItem]) -> torch.Tensor:
@@ -103,8 +130,11 @@ class LatentSource:
 
     def latents(self, items: list[BatchItem]) -> torch.Tensor:
         """float32 scaled latents [B, C, h, w] on the training device."""
-        if self.cached:
-            return torch.stack([self.cached[(i.index, i.flip)] for i in items]).to(self.device).float()
+        if self.rows:
+            places = [self.rows[(i.index, i.flip)] for i in items]
+            table = self.tables[places[0][0]]  # a batch comes from one bucket: one shape
+            rows = torch.tensor([row for _, row in places]).to(table.device)
+            return table.index_select(0, rows).to(self.device, non_blocking=True).float()
         return self._encode(items)
 
 

@@ -79,6 +79,8 @@ class TrainConfig(StageConfig):
     gradient_accumulation: int = 1
     max_grad_norm: float = 1.0  # 0: no clipping
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the UNet (Accelerate's inductor backend); pays off on a GPU
+    allow_tf32: bool = True  # CUDA: TF32 matmuls and convs for what runs in fp32 (diffusers' --allow_tf32)
     mixed_precision: str | None = None  # None: bf16 on CUDA if supported, else fp32 ("no")
     seed: int = 0
     cpu: bool = False  # train on the CPU even when CUDA is present

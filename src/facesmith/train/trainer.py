@@ -97,13 +97,26 @@ def _train(config: TrainConfig, progress: Progress | None) -> TrainResult:
     # Accelerate keeps its settings in a process-wide singleton; a second run in the same process (the
     # Python API, a notebook) may use another precision. The distributed state itself is kept.
     AcceleratorState._reset_state()
+    if config.compile:
+        from facesmith.engines import configure_compile_cache
+
+        configure_compile_cache()  # inductor's caches persist, so a resumed chunk compiles from cache
+    if torch.cuda.is_available() and not config.cpu:
+        torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
+        torch.backends.cudnn.allow_tf32 = config.allow_tf32
     accelerator = Accelerator(
         mixed_precision=precision,
         cpu=config.cpu,
+        dynamo_backend="inductor" if config.compile else None,
         log_with="tensorboard" if config.tensorboard else None,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    if config.compile and device.type != "cuda":
+        raise FacesmithError(
+            "compile = true trains on CUDA only: on a CPU, torch's inductor gave wrong UNet gradients "
+            "(benchmarks/NOTES.md, 2026-11-25); set compile = false"
+        )
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_train_config(config, out / "train.toml")
@@ -374,8 +387,8 @@ def _train(config: TrainConfig, progress: Progress | None) -> TrainResult:
     if accelerator.is_main_process:
         from facesmith.train.export import export_full, export_kohya_lora
 
-        pipe.unet = accelerator.unwrap_model(unet)
-        pipe.text_encoder = accelerator.unwrap_model(text_encoder)
+        pipe.unet = accelerator.unwrap_model(unet, keep_torch_compile=False)
+        pipe.text_encoder = accelerator.unwrap_model(text_encoder, keep_torch_compile=False)
         info = {
             "resolution": resolution,
             "step": step,
