@@ -140,7 +140,9 @@ def main() -> None:
         median = statistics.median(values)
         print(f"{name:<24}{median:>10.2f}{median / base:>8.2f}{diffs[name]:>13}")
     for engine in ("eager", "onnx"):
-        print(f"cold `facesmith generate --engine {engine}` to first PNG: {cold_cli_seconds(args.steps, engine):.1f} s")
+        print(
+            f"cold `facesmith generate --engine {engine}` to first PNG: {cold_cli_seconds(args.steps, engine):.1f} s"
+        )
 
 
 if __name__ == "__main__":
