@@ -138,3 +138,23 @@ def test_gpu_fast_path_matches_stock_diffusers_within_bf16_tolerance():
             generator=torch.Generator("cpu").manual_seed(9),
         ).images[0]
     assert np.abs(pixels(fast) - pixels(stock)).mean() <= 2
+
+
+def test_a_tiny_preview_vae_decodes_instead_of_the_models_own(sd15_folder, tmp_path):
+    from diffusers import AutoencoderTiny
+
+    small = dict(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8))
+    small.update(num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4)
+    torch.manual_seed(0)
+    AutoencoderTiny(**small).save_pretrained(tmp_path / "taesd")
+    own = facesmith.load(sd15_folder, engine="eager").generate("a face", seed=2, **FAST)[0]
+    preview = facesmith.load(sd15_folder, engine="eager", vae=str(tmp_path / "taesd"))
+    image = preview.generate("a face", seed=2, **FAST)[0]
+    assert type(preview.pipe.vae).__name__ == "AutoencoderTiny"
+    assert image.size == own.size and np.abs(pixels(image) - pixels(own)).mean() > 1
+
+    AutoencoderTiny(**dict(small, latent_channels=16)).save_pretrained(tmp_path / "wide")
+    with pytest.raises(FacesmithError, match="works on 16 latent channels but this model's UNet makes 4"):
+        facesmith.load(sd15_folder, vae=str(tmp_path / "wide"))
+    with pytest.raises(FacesmithError, match="not a diffusers VAE folder"):
+        facesmith.load(sd15_folder, vae=str(tmp_path))

@@ -110,6 +110,9 @@ def generate(
     height: Annotated[int | None, typer.Option(help="Multiple of 8 [default: the model's size].")] = None,
     model: Annotated[str | None, typer.Option(help="Diffusers folder or .safetensors file.")] = None,
     lora: Annotated[list[str] | None, typer.Option(help="LoRA FILE[:WEIGHT]; repeat to stack.")] = None,
+    vae: Annotated[
+        str | None, typer.Option(help="Decode with this diffusers VAE folder (e.g. TAESD, a fast preview).")
+    ] = None,
     out_dir: Annotated[
         str | None, typer.Option("-o", "--out", help="Output folder [default: outputs].")
     ] = None,
@@ -148,7 +151,7 @@ def generate(
         given = {
             "prompt": prompt, "negative": negative, "steps": steps, "cfg": cfg, "sampler": sampler,
             "seed": seed, "count": count, "batch_size": batch_size, "engine": engine, "width": width, "height": height, "model": model,
-            "loras": lora or None, "out_dir": out_dir, "device": device, "dtype": dtype, "trace": trace,
+            "loras": lora or None, "vae": vae, "out_dir": out_dir, "device": device, "dtype": dtype, "trace": trace,
         }  # fmt: skip
         settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
         settings.allow_pickle = allow_pickle or base.allow_pickle

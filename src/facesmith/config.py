@@ -64,6 +64,7 @@ class GenerateConfig(StageConfig):
     height: int | None = None
     model: str | None = None
     loras: list[str] = field(default_factory=list)
+    vae: str | None = None  # a diffusers VAE folder to decode with, e.g. TAESD for fast previews
     out_dir: str = "outputs"
     device: str | None = None
     dtype: str | None = None

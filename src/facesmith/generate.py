@@ -37,7 +37,7 @@ from facesmith.models.loading import LoadedModel, load_model
 from facesmith.samplers import make_scheduler
 
 Progress = Callable[[int, int], None]
-LOAD_TIME_SETTINGS = ("model", "loras", "device", "dtype", "engine", "allow_pickle")
+LOAD_TIME_SETTINGS = ("model", "loras", "vae", "device", "dtype", "engine", "allow_pickle")
 DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
     "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
@@ -93,8 +93,10 @@ class FaceGenerator:
         loras: list[str] | tuple[str, ...] = (),
         allow_pickle: bool = False,
         engine: str | None = None,
+        vae: str | None = None,
     ):
         from facesmith.engines import engine_pipeline, resolve_engine
+        from facesmith.models.loading import load_vae
         from facesmith.models.lora import apply_loras, parse_lora_spec
 
         self.model = model
@@ -108,6 +110,9 @@ class FaceGenerator:
                 raise FacesmithError(f"LoRA file {spec.path} does not exist or is not a file")
         self.loras = [f"{spec.path.resolve()}:{spec.weight:g}" for spec in specs]
         apply_loras(self.pipe, specs, allow_pickle=allow_pickle)
+        self.vae = str(Path(vae).expanduser().resolve()) if vae else None
+        if vae:
+            self.pipe.vae = load_vae(vae, self.pipe.unet.config.in_channels)
         self.base_scheduler_config = dict(self.pipe.scheduler.config)
         self.pipe.to(self.device, self.dtype)
         self.pipe.set_progress_bar_config(disable=True)
@@ -126,9 +131,12 @@ class FaceGenerator:
         loras: list[str] | tuple[str, ...] = (),
         allow_pickle: bool = False,
         engine: str | None = None,
+        vae: str | None = None,
     ) -> FaceGenerator:
         model = load_model(source, allow_pickle=allow_pickle)
-        return cls(model, device=device, dtype=dtype, loras=loras, allow_pickle=allow_pickle, engine=engine)
+        return cls(
+            model, device=device, dtype=dtype, loras=loras, allow_pickle=allow_pickle, engine=engine, vae=vae
+        )
 
     @property
     def native_size(self) -> tuple[int, int]:
@@ -160,6 +168,7 @@ class FaceGenerator:
             device=self.device_name,
             dtype=self.dtype_name,
             engine=self.engine_name,
+            vae=self.vae,
         )
         pipe = self.runner
         pipe.scheduler = make_scheduler(config.sampler, self.base_scheduler_config)
@@ -249,6 +258,7 @@ def run_generate(
             loras=config.loras,
             allow_pickle=config.allow_pickle,
             engine=config.engine,
+            vae=config.vae,
         )
     result = generator.run(config, progress)
     used = result.config

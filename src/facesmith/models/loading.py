@@ -140,6 +140,43 @@ def load_diffusers_folder(path: Path):
         raise FacesmithError(f"cannot load the diffusers folder {path}: {first_line}") from err
 
 
+VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
+
+
+def load_vae(source: str | os.PathLike, latent_channels: int):
+    """A diffusers VAE folder (config.json + weights) to decode with instead of the model's own.
+
+    AutoencoderTiny folders (TAESD and the like) are the fast preview decoders A1111 users know; any
+    AutoencoderKL folder works too. Its latent channels must be the UNet's: an SD1.x/2.x VAE or TAESD
+    for SD models, the SDXL ones for SDXL.
+    """
+    path = Path(source).expanduser()
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FacesmithError(f"--vae {source}: not a diffusers VAE folder (no config.json); pass a folder")
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, OSError) as err:
+        raise FacesmithError(f"--vae {source}: config.json is not readable JSON ({err})") from err
+    class_name = config.get("_class_name")
+    if class_name not in VAE_CLASSES:
+        raise FacesmithError(
+            f"--vae {source} holds a {class_name}; facesmith decodes with {' or '.join(VAE_CLASSES)}"
+        )
+    if config.get("latent_channels", 4) != latent_channels:
+        raise FacesmithError(
+            f"--vae {source} works on {config.get('latent_channels', 4)} latent channels but this model's UNet "
+            f"makes {latent_channels}: pick a VAE of the model's family"
+        )
+    import diffusers
+
+    try:
+        return getattr(diffusers, class_name).from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FacesmithError(f"cannot load the VAE folder {source}: {first_line}") from err
+
+
 def _unet_files(folder: Path) -> list[Path]:
     unet = folder / "unet"
     files = sorted(unet.glob("*.safetensors")) or sorted(unet.glob("*.bin"))
