@@ -259,8 +259,11 @@ def api_router(queue: JobQueue, serve: ServeConfig, model: dict) -> APIRouter:
 
     @router.post("/txt2img", response_model=Txt2ImgResponse)
     async def txt2img(body: Txt2ImgRequest, request: Request):
-        """Generate `batch_size * n_iter` images; each is made alone from seed + i."""
+        """Generate `batch_size * n_iter` images from seeds seed + i; on a GPU `batch_size` at a time, as
+        in A1111, elsewhere one at a time (bit-exact to the single image of each seed)."""
         config, weights = request_config(body, serve, queue.loras, queue.generator.native_size)
+        if queue.generator.device.type == "cuda":
+            config.batch_size = body.batch_size
         try:
             job = queue.submit(config, weights)
         except QueueFull as err:
