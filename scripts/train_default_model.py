@@ -21,6 +21,10 @@ This script predates ``facesmith train`` (issue [train]); the settings here are
 what that command must reproduce for the default model.
 
     python scripts/train_default_model.py --pack .pack --state /root/fs --out $OUT --seconds 420
+
+A fresh GPU machine has no ``ckpt.pt``: continue from the last exported EMA shards (carried in, e.g. a
+copy of ``src/facesmith/weights/default_model``) with ``--init-from DIR``; steps count on from its
+``unet.json`` and the learning rate warms up again because Adam's moments start from zero.
 """
 
 from __future__ import annotations
@@ -191,6 +195,14 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="faces per source (tests)")
     parser.add_argument("--tiny", action="store_true", help="tiny UNet (CPU smoke test)")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="with no ckpt.pt in --state: start UNet and EMA from these fp16 EMA shards (e.g. the shipped "
+        "src/facesmith/weights/default_model), counting steps on from their unet.json; Adam restarts, "
+        "so the learning rate warms up again over --warmup steps",
+    )
     args = parser.parse_args()
 
     from diffusers import UNet2DConditionModel
@@ -225,6 +237,13 @@ def main() -> None:
     ckpt_path = args.state / "ckpt.pt"
     ckpt = torch.load(ckpt_path, map_location="cpu") if ckpt_path.exists() else None
     step = ckpt["step"] if ckpt else 0
+    init = None
+    if ckpt is None and args.init_from is not None:
+        from facesmith.models.shards import load_sharded
+
+        init, manifest = load_sharded(args.init_from, "unet")
+        step = int(manifest.get("step", 0))
+    warm_from = ckpt.get("warm_from", 0) if ckpt else step  # the step Adam's moments started at
     rng = random.Random(step)
 
     latents, states, owners = [], [], []
@@ -255,6 +274,11 @@ def main() -> None:
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["opt"])
         say(f"resumed at step {step}")
+    elif init is not None:
+        weights = {k: v.float() for k, v in init.items()}
+        unet.load_state_dict(weights, strict=True)
+        ema.load_state_dict(weights, strict=True)
+        say(f"initialised from {args.init_from} (EMA weights of step {step}); Adam starts afresh")
     n_params = sum(p.numel() for p in unet.parameters())
     say(f"unet {n_params / 1e6:.1f}M params")
     forward = unet if args.no_compile or device == "cpu" else torch.compile(unet)
@@ -292,7 +316,13 @@ def main() -> None:
     def save_checkpoint() -> None:
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save(
-            {"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step},
+            {
+                "unet": unet.state_dict(),
+                "ema": ema.state_dict(),
+                "opt": opt.state_dict(),
+                "step": step,
+                "warm_from": warm_from,
+            },
             tmp,
         )
         os.replace(tmp, ckpt_path)  # atomic: a kill mid-save keeps the old checkpoint
@@ -302,7 +332,7 @@ def main() -> None:
     t_loop, step0, losses = time.time(), step, []
     last_save = time.time()
     while time.time() - t_start < args.seconds:
-        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        lr = args.lr * min(1.0, (step - warm_from + 1) / args.warmup)
         for group in opt.param_groups:
             group["lr"] = lr
         losses.append(train_step())
