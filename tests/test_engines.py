@@ -126,7 +126,7 @@ def test_gpu_fast_path_matches_stock_diffusers_within_bf16_tolerance():
     generator = FaceGenerator(LoadedModel(tiny_sd15(), "tiny", None, []), device="cuda", dtype="bf16")
     assert generator.engine == "compile"
     fast = generator.generate("a face", seed=9, sampler="DDIM", steps=10)[0]
-    from diffusers import DDIMScheduler
+    from diffusers import DDIMScheduler, PNDMScheduler
 
     pipe = generator.pipe
     pipe.scheduler = DDIMScheduler.from_config(generator.base_scheduler_config)
@@ -138,6 +138,17 @@ def test_gpu_fast_path_matches_stock_diffusers_within_bf16_tolerance():
             generator=torch.Generator("cpu").manual_seed(9),
         ).images[0]
     assert np.abs(pixels(fast) - pixels(stock)).mean() <= 2
+    # Without CFG the sampler keeps the UNet's raw output across steps: CUDA-graph buffers must not leak.
+    pipe.scheduler = PNDMScheduler.from_config(generator.base_scheduler_config, skip_prk_steps=True)
+    with torch.inference_mode():
+        stock = pipe(
+            "a face",
+            num_inference_steps=6,
+            guidance_scale=1.0,
+            generator=torch.Generator("cpu").manual_seed(4),
+        )
+    fast = generator.generate("a face", seed=4, sampler="PNDM", steps=6, cfg=1.0)[0]
+    assert np.abs(pixels(fast) - pixels(stock.images[0])).mean() <= 2
 
 
 def test_a_tiny_preview_vae_decodes_instead_of_the_models_own(sd15_folder, tmp_path):

@@ -106,9 +106,29 @@ def engine_pipeline(pipe, engine: str, device: torch.device):
             inductor.coordinate_descent_tuning = True
         # "reduce-overhead" records the UNet call as a CUDA graph: one launch per step instead of
         # hundreds, which is what bounds eager batch-1 sampling (issue [gpu-speed]).
-        runner.unet = torch.compile(pipe.unet, mode="reduce-overhead" if device.type == "cuda" else None)
+        runner.unet = _compiled_unet(pipe.unet, "reduce-overhead" if device.type == "cuda" else None)
         runner.vae = _with_decoder(pipe.vae, torch.compile)
     return runner
+
+
+def _compiled_unet(unet, mode: str | None):
+    """A shallow copy of `unet` (same weights, config and submodules) whose forward is compiled.
+
+    CUDA graphs reuse their output buffers on the next replay; a sampler that keeps the raw output (PNDM
+    and DPM++ keep past outputs, and without CFG nothing copies it first) would find it overwritten. So the
+    output is cloned: one latent-sized copy per step.
+    """
+    compiled = torch.compile(unet.forward, mode=mode)
+
+    def forward(*args, **kwargs):
+        out = compiled(*args, **kwargs)
+        if isinstance(out, tuple):
+            return tuple(o.clone() for o in out)
+        return type(out)(sample=out.sample.clone())
+
+    clone = copy.copy(unet)
+    clone.forward = forward
+    return clone
 
 
 def _with_decoder(vae, wrap):
