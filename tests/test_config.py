@@ -10,7 +10,7 @@ from facesmith.errors import FacesmithError
 
 def test_defaults_are_the_documented_ones():
     config = GenerateConfig(prompt="a face")
-    assert (config.steps, config.cfg, config.sampler, config.count) == (50, 7.5, None, 1)
+    assert (config.steps, config.cfg, config.sampler, config.count) == (50, None, None, 1)
     assert config.validate() is config
 
 

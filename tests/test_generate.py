@@ -39,6 +39,7 @@ def test_run_records_the_seeds_and_size_used(sd15):
     result = sd15.run(GenerateConfig(prompt="a face", count=2, steps=2))
     assert result.seeds == [result.config.seed, result.config.seed + 1]
     assert (result.config.width, result.config.height) == sd15.native_size == (64, 64)
+    assert (result.config.sampler, result.config.cfg) == ("DDIM", 7.5)  # an SD model's own defaults
 
 
 def test_prompt_over_77_tokens_warns_with_the_cut_words(sd15):

@@ -99,7 +99,9 @@ def generate(
     ] = None,
     negative: Annotated[str | None, typer.Option("--negative", help="What to steer away from.")] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps, 1-1000 [default: 50].")] = None,
-    cfg: Annotated[float | None, typer.Option(help="Classifier-free guidance scale [default: 7.5].")] = None,
+    cfg: Annotated[
+        float | None, typer.Option(help="Classifier-free guidance scale [default: the model's, 7.5 for SD].")
+    ] = None,
     sampler: Annotated[str | None, typer.Option(help="A1111 sampler name, see `facesmith samplers`.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the first image; image i uses seed+i.")] = None,
     count: Annotated[int | None, typer.Option("-n", "--count", help="Number of images [default: 1].")] = None,

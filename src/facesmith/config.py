@@ -55,7 +55,7 @@ class GenerateConfig(StageConfig):
     prompt: str = ""
     negative: str = ""
     steps: int = 50  # as in the latent diffusion paper (Rombach et al. 2022), sampled with DDIM
-    cfg: float = 7.5
+    cfg: float | None = None  # None: the model's own choice (7.5, or 5 for the default model)
     sampler: str | None = None  # None: the model's own choice (DDIM, or Euler a for the default model)
     seed: int | None = None
     count: int = 1
@@ -90,7 +90,7 @@ class GenerateConfig(StageConfig):
                 raise FacesmithError(
                     f"--{name} {value} is not a positive multiple of 8: the VAE works on 8x8 pixel blocks"
                 )
-        if not math.isfinite(self.cfg) or self.cfg < 0:
+        if self.cfg is not None and (not math.isfinite(self.cfg) or self.cfg < 0):
             raise FacesmithError(f"--cfg {self.cfg} must be a finite number >= 0 (7.5 is typical)")
         if self.count < 1:
             raise FacesmithError(f"-n {self.count}: the image count must be at least 1")

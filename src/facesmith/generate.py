@@ -161,6 +161,7 @@ class FaceGenerator:
             config,
             seed=seed,
             sampler=config.sampler or self.model.default_sampler,
+            cfg=config.cfg if config.cfg is not None else self.model.default_cfg,
             width=width,
             height=height,
             loras=list(self.loras),

@@ -51,3 +51,15 @@ def test_a_face_detector_finds_faces_in_its_images(default_generator):
     images = default_generator.generate("a photo of a smiling woman", steps=10, seed=0, count=4)
     found = [len(detect_faces(image)) for image in images]
     assert sum(n == 1 for n in found) >= 3, f"faces found per image: {found}"
+
+
+def test_runs_with_its_own_sampler_and_guidance_unless_told(default_generator):
+    from facesmith.config import GenerateConfig
+    from facesmith.models.default_model import DEFAULT_MODEL_CFG
+
+    used = default_generator.run(GenerateConfig(prompt="a face", steps=2, seed=0)).config
+    assert (used.sampler, used.cfg) == ("Euler a", DEFAULT_MODEL_CFG)
+    told = default_generator.run(
+        GenerateConfig(prompt="a face", steps=2, seed=0, cfg=7.5, sampler="DDIM")
+    ).config
+    assert (told.sampler, told.cfg) == ("DDIM", 7.5)

@@ -48,7 +48,7 @@ class EvaluateConfig(StageConfig):
     out_dir: str = "evaluation"
     real_count: int = 500  # real faces per reference set (held-out; training for memorization)
     steps: int = 30
-    cfg: float = 7.5
+    cfg: float | None = None  # None: the model's own choice, as in `facesmith generate`
     sampler: str | None = None  # None: the model's own choice, as in `facesmith generate`
     width: int | None = None
     height: int | None = None

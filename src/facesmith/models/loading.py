@@ -30,6 +30,7 @@ class LoadedModel:
     source: str | None  # absolute path, or None for the default model
     weight_files: list[Path] = field(default_factory=list)  # hashed for "Model hash"
     default_sampler: str = "DDIM"  # used when a run names none
+    default_cfg: float = 7.5  # likewise for the guidance scale
     _hash: str | None = None
 
     def model_hash(self) -> str | None:
@@ -89,6 +90,7 @@ def load_model(source: str | os.PathLike | None, *, allow_pickle: bool = False) 
 def load_default_model() -> LoadedModel:
     """The model embedded in the package (`default_model.py` builds it; shards are sha256-checked)."""
     from facesmith.models.default_model import (
+        DEFAULT_MODEL_CFG,
         build_default_pipeline,
         default_model_files,
         is_default_model,
@@ -107,6 +109,7 @@ def load_default_model() -> LoadedModel:
         # Ancestral sampling hides much of this small model's distortion (compared by eye on a
         # grid of DDIM, DPM++ 2M, DPM++ 2M Karras and Euler a: see MODEL_CARD.md).
         default_sampler="Euler a",
+        default_cfg=DEFAULT_MODEL_CFG,
     )
 
 

@@ -49,7 +49,7 @@ class Txt2ImgRequest(BaseModel):
     prompt: str = ""
     negative_prompt: str = ""
     steps: int = GenerateConfig.steps
-    cfg_scale: float = GenerateConfig.cfg
+    cfg_scale: float | None = None  # None: the model's own choice
     sampler_name: str | None = Field(None, description="A1111 sampler name, see /sdapi/v1/samplers")
     sampler_index: str | None = Field(None, description="older name of sampler_name")
     scheduler: str | None = Field(
@@ -103,7 +103,7 @@ def request_config(
             f"{serve.max_batch} per request",
             body.batch_size,
         )
-    if not math.isfinite(body.cfg_scale) or body.cfg_scale < 0:
+    if body.cfg_scale is not None and (not math.isfinite(body.cfg_scale) or body.cfg_scale < 0):
         raise invalid("cfg_scale", "cfg_scale must be a finite number >= 0", body.cfg_scale)
     if body.seed != -1 and not 0 <= body.seed < 2**63:
         raise invalid("seed", "seed must be -1 (random) or in [0, 2^63)", body.seed)

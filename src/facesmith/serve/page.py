@@ -103,6 +103,8 @@ def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int
         getattr(queue.generator.model, "default_sampler", None) or GenerateConfig.sampler or "DDIM"
     )
 
+    default_cfg = getattr(queue.generator.model, "default_cfg", 7.5)
+
     def write_prompt(gender, age, hair, ethnicity, features):
         return prompt_from_controls(gender, age, hair, ethnicity, features)
 
@@ -187,7 +189,7 @@ def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int
                 with gr.Row():
                     steps = gr.Slider(1, max_steps, value=min(GenerateConfig.steps, max_steps), step=1,
                                       label="Steps", elem_id="steps")  # fmt: skip
-                    cfg = gr.Slider(0, 20, value=GenerateConfig.cfg, step=0.5, label="CFG scale")
+                    cfg = gr.Slider(0, 20, value=default_cfg, step=0.5, label="CFG scale")
                 with gr.Row():
                     sampler = gr.Dropdown(sampler_names(), value=default_sampler, label="Sampler")
                     count = gr.Slider(1, max_batch, value=1, step=1, label="Count")
