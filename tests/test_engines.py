@@ -169,3 +169,18 @@ def test_a_tiny_preview_vae_decodes_instead_of_the_models_own(sd15_folder, tmp_p
         facesmith.load(sd15_folder, vae=str(tmp_path / "wide"))
     with pytest.raises(FacesmithError, match="not a diffusers VAE folder"):
         facesmith.load(sd15_folder, vae=str(tmp_path))
+
+
+def test_an_unwritable_cache_falls_back_to_eager_under_auto_and_stops_an_explicit_onnx(
+    sd15_folder, tmp_path, monkeypatch
+):
+    from facesmith.generate import EngineFallbackWarning
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("FACESMITH_CACHE_DIR", str(blocker))
+    with pytest.warns(EngineFallbackWarning, match="sampling with eager torch"):
+        generator = facesmith.load(sd15_folder)
+    assert generator.engine == "eager" and generator.generate("a face", seed=1, **FAST)
+    with pytest.raises(FacesmithError, match="set FACESMITH_CACHE_DIR to a writable folder"):
+        facesmith.load(sd15_folder, engine="onnx")

@@ -45,6 +45,10 @@ DTYPES = {
 }  # fmt: skip
 
 
+class EngineFallbackWarning(UserWarning):
+    """`--engine auto` chose an engine that could not be set up here; the eager pipeline samples instead."""
+
+
 class PromptTruncatedWarning(UserWarning):
     """The prompt is longer than the text encoder reads; the message names the words that were cut."""
 
@@ -119,7 +123,19 @@ class FaceGenerator:
         self.engine_name = engine
         self.engine = resolve_engine(engine, self.pipe, self.device, self.dtype)
         # `pipe` stays the model as loaded (saving, LoRA weights); `runner` is what samples, on the engine.
-        self.runner = engine_pipeline(self.pipe, self.engine, self.device)
+        try:
+            self.runner = engine_pipeline(self.pipe, self.engine, self.device)
+        except Exception as err:
+            if (engine or "auto").lower() != "auto":
+                raise
+            # `auto` only ever asks for speed: if the engine can't be set up here, sample eagerly.
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            warnings.warn(
+                f"engine {self.engine} could not be prepared ({reason}); sampling with eager torch",
+                EngineFallbackWarning,
+                stacklevel=2,
+            )
+            self.engine, self.runner = "eager", self.pipe
 
     @classmethod
     def load(
