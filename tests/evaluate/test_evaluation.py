@@ -43,6 +43,7 @@ def test_report_end_to_end_on_a_tiny_model(sd15_folder, face_dataset, tiny_class
     assert 0 <= sets["model"]["near_copy_share"] <= 1
     report = (out / "report.md").read_text()
     assert "MobileNetV2-ImageNet pool-1280 @64px" in report and "upper bound" in report
+    assert "sampled with DDIM, CFG 7.5" in report  # the model's defaults, as they resolved
     assert load_evaluate_config(out / "evaluate.toml") == config
     assert json.loads((out / "metrics.json").read_text())["counts"]["candidates"] == 4
 

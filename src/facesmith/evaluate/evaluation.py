@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from facesmith.config import StageConfig, read_toml, write_toml
+from facesmith.config import GenerateConfig, StageConfig, read_toml, write_toml
 from facesmith.errors import FacesmithError
 from facesmith.evaluate import attributes as attr
 from facesmith.evaluate import diversity, memorization, realism
@@ -147,21 +147,24 @@ def generate_faces(
     generator = FaceGenerator.load(
         config.model, device=config.device, dtype=config.dtype, allow_pickle=config.allow_pickle
     )
-    images = []
+    images, used = [], None
     for i, (prompt, negative) in enumerate(plan):
-        images += generator.generate(
-            prompt,
-            negative=negative,
-            steps=config.steps,
-            cfg=config.cfg,
-            sampler=config.sampler,
-            seed=config.seed + i,
-            width=config.width,
-            height=config.height,
-        )
+        settings = {"prompt": prompt, "negative": negative, "steps": config.steps, "cfg": config.cfg,
+                    "sampler": config.sampler, "seed": config.seed + i, "width": config.width,
+                    "height": config.height}  # fmt: skip
+        result = generator.run(GenerateConfig.from_dict(settings, origin="evaluate"))
+        images += result.images
+        used = result.config
         if progress:
             progress("generating", i + 1, len(plan))
     model = {"name": generator.model.name, "hash": generator.model.model_hash(), "source": config.model}
+    if used is not None:  # what the model's defaults resolved to, for the report
+        model["sampling"] = {
+            "sampler": used.sampler,
+            "cfg": used.cfg,
+            "steps": used.steps,
+            "engine": generator.engine,
+        }
     return images, [p for p, _ in plan], model
 
 

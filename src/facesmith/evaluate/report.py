@@ -87,7 +87,15 @@ def write_report(
     lines = [
         "# facesmith evaluation",
         "",
-        f"- Model: `{model['name']}`" + (f" (hash {model['hash']})" if model.get("hash") else ""),
+        f"- Model: `{model['name']}`"
+        + (f" (hash {model['hash']})" if model.get("hash") else "")
+        + (
+            ", sampled with {sampler}, CFG {cfg:g}, {steps} steps (engine {engine})".format(
+                **model["sampling"]
+            )
+            if model.get("sampling")
+            else ""
+        ),
         f"- Real faces: `{metrics['real']}`: {counts['held_out_reference']} held-out faces as the reference, "
         f"{counts['training_reference']} training faces for the memorization audit.",
         f"- Every set has {counts['candidates']} images. Feature space of FD, KID, precision/recall, diversity "
