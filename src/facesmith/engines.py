@@ -7,7 +7,7 @@ pipeline, schedulers and seeds stay diffusers' and `generate.py`'s: an engine on
 - "onnx" (CPU): the UNet and the VAE decoder exported once with torch's TorchScript ONNX exporter and run
   by ONNX Runtime's CPU provider. Measured on the 2-core dev machine with the default model
   (benchmarks/default_model_cpu.py, benchmarks/NOTES.md): 35 ms against 52 ms per UNet step with CFG,
-  and 25 against 37 ms per decode; torch.compile gave nothing there after a 60 s warm-up. The export is
+  and 25 against 37 ms per decode; torch.compile gained 6% there, after a 33 s warm-up. The export is
   cached under `cache_root()/onnx`, keyed by a sha256 of the weights as they are (LoRAs included), the
   input shapes and the torch and onnxruntime versions, so a second process only opens the session.
   diffusers' own OnnxStableDiffusionPipeline is a separate pipeline with its own loop, callbacks and
@@ -76,7 +76,7 @@ def resolve_engine(name: str | None, pipe, device: torch.device, dtype: torch.dt
         if device.type != "cpu" or dtype != torch.float32:
             raise FacesmithError("--engine onnx runs on the CPU in fp32: use --device cpu --dtype fp32")
         if not onnxruntime_available():
-            raise FacesmithError("--engine onnx needs onnxruntime: pip install 'facesmith[onnx]'")
+            raise FacesmithError("--engine onnx needs onnxruntime: pip install onnxruntime, or use --engine eager")
         if not _exportable(pipe):
             raise FacesmithError(
                 "--engine onnx takes SD 1.x/2.x-style UNets under 2 GB in fp32; use --engine eager for this model"
