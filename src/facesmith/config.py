@@ -55,7 +55,7 @@ class GenerateConfig(StageConfig):
     prompt: str = ""
     negative: str = ""
     steps: int = 50  # as in the latent diffusion paper (Rombach et al. 2022), sampled with DDIM
-    cfg: float | None = None  # None: the model's own choice (7.5, or 5 for the default model)
+    cfg: float | None = None  # None: the model's own choice (7.5, or 2 for the default model)
     sampler: str | None = None  # None: the model's own choice (DDIM, or Euler a for the default model)
     seed: int | None = None
     count: int = 1

@@ -76,7 +76,9 @@ def resolve_engine(name: str | None, pipe, device: torch.device, dtype: torch.dt
         if device.type != "cpu" or dtype != torch.float32:
             raise FacesmithError("--engine onnx runs on the CPU in fp32: use --device cpu --dtype fp32")
         if not onnxruntime_available():
-            raise FacesmithError("--engine onnx needs onnxruntime: pip install onnxruntime, or use --engine eager")
+            raise FacesmithError(
+                "--engine onnx needs onnxruntime: pip install onnxruntime, or use --engine eager"
+            )
         if not _exportable(pipe):
             raise FacesmithError(
                 "--engine onnx takes SD 1.x/2.x-style UNets under 2 GB in fp32; use --engine eager for this model"
