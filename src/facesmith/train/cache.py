@@ -65,7 +65,8 @@ class LatentSource:
         self.images, self.sizes, self.vae, self.device = images, sizes, vae, device
         self.dtype = next(vae.parameters()).dtype
         self.cached: dict[tuple[int, bool], torch.Tensor] = {}
-        self.rows: dict[tuple[int, bool], tuple[tuple[int, ...], int]] = {}
+        self.rows: dict[tuple[int, bool], tuple[tuple[int, ...], int]] = {}  # -> (table shape, row)
+        self.tables: dict[tuple[int, ...], torch.Tensor] = {}
         self.cache_file: Path | None = None
         if mode == "none":
             return
@@ -107,8 +108,7 @@ class LatentSource:
             by_shape.setdefault(tuple(tensor.shape), []).append(key)
         total = sum(t.numel() * t.element_size() for t in self.cached.values())
         on_gpu = self.device.type == "cuda" and total < torch.cuda.mem_get_info(self.device)[0] / 4
-        self.rows: dict[tuple[int, bool], tuple[tuple[int, ...], int]] = {}
-        self.tables: dict[tuple[int, ...], torch.Tensor] = {}
+        self.rows, self.tables = {}, {}
         for shape, keys in by_shape.items():
             table = torch.stack([self.cached[k] for k in keys])
             if on_gpu:
