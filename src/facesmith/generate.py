@@ -154,6 +154,16 @@ class FaceGenerator:
             model, device=device, dtype=dtype, loras=loras, allow_pickle=allow_pickle, engine=engine, vae=vae
         )
 
+    @classmethod
+    def from_settings(cls, settings) -> FaceGenerator:
+        """Load what a stage's config names: its `model` and whichever LOAD_TIME_SETTINGS it has."""
+        options = {
+            name: getattr(settings, name)
+            for name in LOAD_TIME_SETTINGS
+            if name != "model" and getattr(settings, name, None) is not None
+        }
+        return cls.load(settings.model, **options)
+
     @property
     def native_size(self) -> tuple[int, int]:
         side = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
@@ -268,15 +278,7 @@ def run_generate(
     config.validate()
     out_dir = prepare_out_dir(config.out_dir)
     if generator is None:
-        generator = FaceGenerator.load(
-            config.model,
-            device=config.device,
-            dtype=config.dtype,
-            loras=config.loras,
-            allow_pickle=config.allow_pickle,
-            engine=config.engine,
-            vae=config.vae,
-        )
+        generator = FaceGenerator.from_settings(config)
     result = generator.run(config, progress)
     used = result.config
     first = next_image_number(out_dir)

@@ -144,9 +144,7 @@ def generate_faces(
         raise FacesmithError(
             f"{len(plan)} prompts: need at least {config.knn + 1} images for precision/recall"
         )
-    generator = FaceGenerator.load(
-        config.model, device=config.device, dtype=config.dtype, allow_pickle=config.allow_pickle
-    )
+    generator = FaceGenerator.from_settings(config)
     images, used = [], None
     for i, (prompt, negative) in enumerate(plan):
         settings = {"prompt": prompt, "negative": negative, "steps": config.steps, "cfg": config.cfg,

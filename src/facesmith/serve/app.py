@@ -186,13 +186,7 @@ def run_serve(config: ServeConfig, announce: Callable[[str], None] = print) -> N
     from facesmith.generate import FaceGenerator
 
     config.validate()
-    generator = FaceGenerator.load(
-        config.model,
-        device=config.device,
-        dtype=config.dtype,
-        loras=config.loras,
-        allow_pickle=config.allow_pickle,
-    )
+    generator = FaceGenerator.from_settings(config)
     app = build_app(generator, config)
     host = f"[{config.host}]" if ":" in config.host else config.host
     announce(
