@@ -34,6 +34,15 @@ class StageConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def save(self, path: str | Path) -> Path:
+        """Write the TOML that reproduces this stage's run (every output folder gets one)."""
+        return write_toml(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """Read a stage TOML back; an unknown key is named with the file it is in."""
+        return cls.from_dict(read_toml(path), origin=str(path))
+
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, origin: str = "settings"):
         known = {f.name for f in dataclasses.fields(cls)}
