@@ -1,18 +1,34 @@
-"""Atomic checkpoints: a half-written save is never picked up; old ones are pruned after the new lands."""
+"""Atomic checkpoints, and the training state they save and restore: a half-written save is never picked
+up, old ones are pruned after the new lands, a resume restores every counter and generator, and it is
+refused, naming the setting, under settings that would change the weights' layout or the data order."""
 
 from __future__ import annotations
+
+import random
 
 import pytest
 import torch
 
 from facesmith.errors import FacesmithError
-from facesmith.train.checkpoint import latest_checkpoint, load_checkpoint, resolve_resume, save_checkpoint
+from facesmith.train.checkpoint import (
+    TrainState,
+    latest_checkpoint,
+    load_checkpoint,
+    resolve_resume,
+    resume_training,
+    save_checkpoint,
+    save_training,
+    saved_counters,
+)
+from facesmith.train.config import TrainConfig
+from facesmith.train.dataset import BatchStream
 
 
 def _save(out, step, keep=2):
     return save_checkpoint(
         out,
         step,
+        config=TrainConfig(),
         trainable={"w": torch.full((2,), float(step))},
         ema=None,
         training={"step": step},
@@ -44,3 +60,88 @@ def test_keeps_the_newest_and_resolves_resume(tmp_path):
         resolve_resume(tmp_path, str(tmp_path / "nope"))
     with pytest.raises(FacesmithError, match="no random state for process 1"):
         load_checkpoint(latest_checkpoint(tmp_path), rank=1)
+
+
+# A tiny "model": two named tensors, AdamW, a cosine schedule and an EMA, as the trainer has them.
+def _learning(seed: int):
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    generator = torch.Generator().manual_seed(seed)
+    named = [(n, torch.nn.Parameter(torch.randn(3, generator=generator))) for n in ("a.weight", "b.bias")]
+    params = [p for _, p in named]
+    optimizer = torch.optim.AdamW(params, lr=0.1)
+    schedule = get_scheduler("cosine", optimizer, num_warmup_steps=1, num_training_steps=10)
+    return dict(named=named, optimizer=optimizer, schedule=schedule, ema=EMAModel(params, decay=0.9))
+
+
+def _state(config: TrainConfig) -> TrainState:
+    stream = BatchStream(
+        {(8, 8): list(range(5))}, batch_size=2, rank=0, processes=1, seed=config.seed, flip=True
+    )
+    return TrainState(data=stream, captions=random.Random(1), noise=torch.Generator().manual_seed(2))
+
+
+def _train_steps(state: TrainState, learning, steps: int) -> None:
+    params = [p for _, p in learning["named"]]
+    for _ in range(steps):
+        items = next(state.data)
+        x = torch.randn(3, generator=state.noise) + state.captions.random() + len(items)
+        sum(((p - x) ** 2).sum() for p in params).backward()
+        learning["optimizer"].step()
+        learning["schedule"].step()
+        learning["optimizer"].zero_grad()
+        learning["ema"].step(params)
+        state.step += 1
+        state.loss = float(x.sum())
+
+
+def test_resume_restores_every_counter_generator_and_tensor_a_straight_run_has(tmp_path):
+    config = TrainConfig(seed=4, ema_decay=0.9, keep_checkpoints=5)
+    straight, straight_learning = _state(config), _learning(0)
+    _train_steps(straight, straight_learning, 5)
+
+    first, first_learning = _state(config), _learning(0)
+    _train_steps(first, first_learning, 3)
+    first.bad_steps = 1
+    path = save_training(tmp_path, first, config, **first_learning)
+    assert first.data.seen == []  # the images since the last checkpoint went into process-0.json
+    assert saved_counters(path)["step"] == 3 and saved_counters(path)["bad_steps"] == 1
+
+    resumed, resumed_learning = _state(config), _learning(1)  # other initial weights: all overwritten
+    resume_training(path, resumed, config, **resumed_learning)
+    assert (resumed.step, resumed.data.epoch, resumed.data.position) == (
+        3,
+        first.data.epoch,
+        first.data.position,
+    )
+    assert (resumed.started_at, resumed.loss, resumed.bad_steps) == (first.started_at, first.loss, 1)
+    _train_steps(resumed, resumed_learning, 2)
+    assert resumed.loss == straight.loss and resumed.data.epoch == straight.data.epoch == 1
+    for (name, a), (_, b) in zip(straight_learning["named"], resumed_learning["named"], strict=True):
+        assert torch.equal(a, b), name
+    for a, b in zip(
+        straight_learning["ema"].shadow_params, resumed_learning["ema"].shadow_params, strict=True
+    ):
+        assert torch.equal(a, b)
+
+
+def test_resume_compares_typed_settings_and_names_what_changed(tmp_path):
+    config = TrainConfig(seed=4, lora_alpha=16.0, ema_decay=0.9)
+    state, learning = _state(config), _learning(0)
+    path = save_training(tmp_path, state, config, **learning)
+    # An int where the TOML has a float is the same setting (a string comparison saw "16" != "16.0").
+    same = TrainConfig(seed=4, lora_alpha=16, ema_decay=0.9, learning_rate=1.0)
+    resume_training(path, _state(same), same, **_learning(0))
+    changed = TrainConfig(seed=4, lora_alpha=16.0, ema_decay=0.9, batch_size=4, flip=True)
+    with pytest.raises(
+        FacesmithError, match=r"other settings \(batch_size 1 -> 4, flip False -> True\).*train.toml"
+    ):
+        resume_training(path, _state(changed), changed, **_learning(0))
+
+
+def test_a_checkpoint_without_its_settings_is_refused_with_the_way_out(tmp_path):
+    path = _save(tmp_path, 1)
+    (path / "train.toml").unlink()  # as checkpoints of facesmith before TrainState were
+    with pytest.raises(FacesmithError, match="no train.toml.*older facesmith.*new output_dir"):
+        load_checkpoint(path)

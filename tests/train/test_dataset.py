@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
+from facesmith.data.captions import caption_from_attributes
 from facesmith.errors import FacesmithError
-from facesmith.train.dataset import assign_buckets, epoch_batches, load_pixels, make_buckets, read_dataset
+from facesmith.train.config import TrainConfig
+from facesmith.train.dataset import (
+    BatchStream,
+    assign_buckets,
+    epoch_batches,
+    load_pixels,
+    make_buckets,
+    read_dataset,
+    training_caption,
+)
 
 
 def test_reads_train_rows_only_and_refuses_missing_images(faces, tmp_path):
@@ -45,6 +56,35 @@ def test_batch_order_is_seeded_per_epoch_and_every_batch_is_full():
     for batch in first:  # one bucket per batch
         assert len({i.index in assigned[(64, 32)] for i in batch}) == 1
     assert any(i.flip for batch in first for i in batch)
+
+
+def test_the_stream_rolls_over_epochs_gives_each_process_its_slice_and_seeks_back():
+    assigned = {(64, 64): list(range(5)), (64, 32): [5, 6]}
+    streams = [BatchStream(assigned, batch_size=1, rank=r, processes=2, seed=1, flip=False) for r in (0, 1)]
+    epoch0 = epoch_batches(assigned, 2, seed=1, epoch=0, flip=False)
+    assert streams[0].batches_per_epoch == len(epoch0) == 4
+    taken = [[next(stream) for _ in range(6)] for stream in streams]
+    for rank in (0, 1):
+        assert taken[rank][:4] == [batch[rank : rank + 1] for batch in epoch0]
+    epoch1 = epoch_batches(assigned, 2, seed=1, epoch=1, flip=False)
+    assert taken[0][4:] == [batch[:1] for batch in epoch1[:2]]
+    assert (streams[0].epoch, streams[0].position) == (1, 2)
+    assert streams[0].take_seen() == [b[0].index for b in taken[0]] and streams[0].seen == []
+    again = BatchStream(assigned, batch_size=1, rank=0, processes=2, seed=1, flip=False)
+    again.seek(1, 2)  # what a resume does: the order continues where the checkpoint stopped
+    assert next(again) == next(streams[0])
+
+
+def test_training_captions_follow_the_settings_and_the_generator(faces):
+    image = read_dataset(faces)[0]
+    assert training_caption(image, TrainConfig(), random.Random(0)) == image.text
+    assert training_caption(image, TrainConfig(caption_dropout=1.0), random.Random(0)) == ""
+    shuffled = TrainConfig(caption_shuffle=True, keep_tokens=1)
+    draws = [training_caption(image, shuffled, random.Random(seed)) for seed in range(20)]
+    assert all(d.startswith("a photo of a person, ") for d in draws) and len(set(draws)) > 1
+    assert draws == [training_caption(image, shuffled, random.Random(seed)) for seed in range(20)]
+    fresh = training_caption(image, TrainConfig(caption_from_attributes=True), random.Random(0))
+    assert fresh != image.text and fresh == caption_from_attributes(image.attributes, random.Random(0))
 
 
 def test_pixels_cover_and_centre_crop(faces):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from diffusers import DDPMScheduler
 
+from facesmith.errors import FacesmithError
 from facesmith.train.objective import diffusion_loss, sample_noise, target_for
 
 
@@ -20,6 +22,12 @@ def test_v_target_is_sqrt_a_eps_minus_sqrt_1_minus_a_x0():
     a = scheduler.alphas_cumprod[t].view(2, 1, 1, 1)
     torch.testing.assert_close(target_for(scheduler, x0, eps, t), a.sqrt() * eps - (1 - a).sqrt() * x0)
     assert target_for(_scheduler("epsilon"), x0, eps, t) is eps
+
+
+def test_a_sample_predicting_scheduler_is_a_one_line_user_error_naming_the_fix():
+    x0 = torch.randn(1, 4, 8, 8)
+    with pytest.raises(FacesmithError, match="predicts 'sample'.*set prediction_type to epsilon"):
+        target_for(_scheduler("sample"), x0, torch.randn_like(x0), torch.tensor([10]))
 
 
 def test_min_snr_weights_match_the_paper():

@@ -44,8 +44,9 @@ def test_resume_gives_the_same_weights_as_a_straight_run(faces, sd15_folder, tmp
     straight = run_train(TrainConfig(**settings, output_dir=str(tmp_path / "straight")))
     assert straight.steps == 4
 
-    def stop_at_half(step, total, logs):
-        if step == 2:
+    def stop_at_half(stage, done, total, **fields):
+        assert stage == "training" and total == 4 and {"loss", "lr"} <= set(fields)
+        if done == 2:
             raise Interrupted
 
     halves = tmp_path / "halves"

@@ -1,24 +1,33 @@
-"""Training checkpoints that survive a kill: written to a temporary folder, then renamed into place.
+"""Training checkpoints that survive a kill, and the training state they save and restore.
 
 A checkpoint is `OUTPUT_DIR/checkpoints/step-NNNNNN/` holding
 - `trainable.safetensors`: the weights that learn (the whole UNet, or only the LoRA layers), by name;
 - `ema.safetensors`: the EMA shadow weights, when EMA is on;
-- `training.pt`: optimizer and LR-schedule state, EMA counters, the data position and the config;
+- `train.toml`: the settings it was made with (the run's own `train.toml` as it was then), which the
+  resume check compares against as typed `TrainConfig` values;
+- `training.pt`: the `TrainState` counters (step, epoch, batch position, start time, last loss, skipped
+  steps), optimizer and LR-schedule state and the EMA step count;
 - `rng-R.pt`: process R's random states (caption RNG, noise generator, torch's global RNG, CUDA's);
 - `process-R.json`: process R's view: its sha256 of the trainable weights and the images it
   trained on since the previous checkpoint.
-`os.replace` of the finished temporary folder is atomic, so a kill during a save leaves the previous
-checkpoint whole and the partial one under a `.tmp` name that `latest_checkpoint` ignores. Older
-checkpoints beyond `keep` are removed only after the new one is in place.
+`save_training` and `resume_training` are the pair that write and read all of it; `save_checkpoint` and
+`load_checkpoint` are their file layer. `os.replace` of the finished temporary folder is atomic, so a kill
+during a save leaves the previous checkpoint whole and the partial one under a `.tmp` name that
+`latest_checkpoint` ignores. Older checkpoints beyond `keep` are removed only after the new one is in place.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import random
 import re
 import shutil
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +35,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from facesmith.errors import FacesmithError
+from facesmith.train.config import TrainConfig
+from facesmith.train.dataset import BatchStream
 
 PATTERN = re.compile(r"^step-(\d+)$")
 
@@ -52,6 +63,7 @@ def save_checkpoint(
     output_dir: Path,
     step: int,
     *,
+    config: TrainConfig,
     trainable: dict[str, torch.Tensor],
     ema: dict[str, torch.Tensor] | None,
     training: dict[str, Any],
@@ -78,6 +90,7 @@ def save_checkpoint(
         )
         if ema is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
+        config.save(tmp / "train.toml")
         torch.save(training, tmp / "training.pt")
     barrier()
     if is_main:
@@ -91,9 +104,14 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: Path, rank: int = 0) -> dict[str, Any]:
-    """{'trainable', 'ema' (or None), 'training', 'rng'} of a checkpoint folder."""
+    """{'config', 'trainable', 'ema' (or None), 'training', 'rng'} of a checkpoint folder."""
     if not (path / "training.pt").is_file():
         raise FacesmithError(f"{path} is not a complete facesmith checkpoint (no training.pt)")
+    if not (path / "train.toml").is_file():
+        raise FacesmithError(
+            f"{path} has no train.toml: it was made by an older facesmith, whose checkpoints cannot be "
+            "resumed; start a new output_dir"
+        )
     rng_file = path / f"rng-{rank}.pt"
     if not rng_file.is_file():
         raise FacesmithError(
@@ -101,11 +119,19 @@ def load_checkpoint(path: Path, rank: int = 0) -> dict[str, Any]:
         )
     ema_file = path / "ema.safetensors"
     return {
+        "config": TrainConfig.load(path / "train.toml"),
         "trainable": load_file(path / "trainable.safetensors"),
         "ema": load_file(ema_file) if ema_file.is_file() else None,
         "training": torch.load(path / "training.pt", map_location="cpu", weights_only=True),
         "rng": torch.load(rng_file, map_location="cpu", weights_only=True),
     }
+
+
+def saved_counters(path: Path) -> dict[str, Any]:
+    """The step, epoch, position, start time, last loss and skipped steps a checkpoint's training.pt holds;
+    memory-mapped, so the optimizer state beside them stays on disk."""
+    training = torch.load(path / "training.pt", map_location="cpu", weights_only=True, mmap=True)
+    return {k: training[k] for k in ("step", "epoch", "position", "started_at", "loss", "bad_steps")}
 
 
 def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
@@ -118,3 +144,155 @@ def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
     if not path.is_dir():
         raise FacesmithError(f"--resume {resume}: no such checkpoint folder (or use --resume latest)")
     return path
+
+
+# ----------------------------------------------------------------------------
+# The training state and its save/resume pair.
+
+# Settings a checkpoint can only be resumed under unchanged: they decide the weights' layout or the data order.
+RESUME_KEYS = (
+    "model", "preset", "mode", "lora_rank", "lora_alpha", "lora_conv", "train_text_encoder", "seed",
+    "batch_size", "gradient_accumulation", "resolution", "bucketing", "flip", "ema_decay", "optimizer",
+)  # fmt: skip
+
+
+@dataclass
+class TrainState:
+    """What the training loop carries from one optimizer step to the next, for one process.
+
+    A checkpoint saves all of it and a resume restores all of it; with the weights, optimizer, LR schedule
+    and EMA beside it, that is what makes a resumed run continue bit for bit.
+    """
+
+    data: BatchStream  # the epoch, the position in its batch order, this process's images since the last save
+    captions: random.Random  # caption shuffle, tag dropout, caption dropout and attribute captions
+    noise: torch.Generator  # noise, noise offset and timesteps (objective.sample_noise), on the CPU
+    step: int = 0  # optimizer steps done
+    started_at: float = field(default_factory=time.time)
+    loss: float = math.nan  # of the last step that updated the weights
+    bad_steps: int = 0  # steps skipped for a NaN/inf loss or gradient norm, over the whole run
+
+
+def save_training(
+    output_dir: Path,
+    state: TrainState,
+    config: TrainConfig,
+    *,
+    named: list[tuple[str, torch.Tensor]],
+    optimizer,
+    schedule,
+    ema,
+    rank: int = 0,
+    world: int = 1,
+    is_main: bool = True,
+    barrier: Callable[[], None] = lambda: None,
+) -> Path:
+    """Checkpoint `state` with the trainable weights, their EMA, the optimizer and the LR schedule at
+    `state.step`; every process calls it. `resume_training` reads back exactly this."""
+    rng = {
+        "captions": state.captions.getstate(),
+        "noise": state.noise.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    training = {
+        "step": state.step,
+        "epoch": state.data.epoch,
+        "position": state.data.position,
+        "started_at": state.started_at,
+        "loss": state.loss,
+        "bad_steps": state.bad_steps,
+        "optimizer": optimizer.state_dict(),
+        "lr_schedule": schedule.state_dict(),
+        "ema_step": ema.optimization_step if ema is not None else 0,
+    }
+    params = [p for _, p in named]
+    process = {
+        "rank": rank,
+        "processes": world,
+        "weights_sha256": _digest(params),
+        "images_seen": state.data.take_seen(),
+    }
+    return save_checkpoint(
+        output_dir,
+        state.step,
+        config=config,
+        trainable=dict(named),
+        ema={n: s for (n, _), s in zip(named, ema.shadow_params, strict=True)} if ema is not None else None,
+        training=training,
+        rng=rng,
+        process=process,
+        rank=rank,
+        is_main=is_main,
+        barrier=barrier,
+        keep=config.keep_checkpoints,
+    )
+
+
+def resume_training(
+    path: Path,
+    state: TrainState,
+    config: TrainConfig,
+    *,
+    named: list[tuple[str, torch.Tensor]],
+    optimizer,
+    schedule,
+    ema,
+    rank: int = 0,
+) -> None:
+    """Restore what `save_training` wrote into `state`, the weights, the optimizer, the LR schedule and
+    the EMA, after checking that the checkpoint was made under settings this run can continue."""
+    saved = load_checkpoint(path, rank)
+    check_resumable(path, saved, config, [n for n, _ in named])
+    with torch.no_grad():
+        for name, param in named:
+            param.copy_(saved["trainable"][name])
+    training = saved["training"]
+    optimizer.load_state_dict(training["optimizer"])
+    schedule.load_state_dict(training["lr_schedule"])
+    if ema is not None:
+        for (name, _), shadow in zip(named, ema.shadow_params, strict=True):
+            shadow.copy_(saved["ema"][name])
+        ema.optimization_step = training["ema_step"]
+    state.step, state.started_at = training["step"], training["started_at"]
+    state.loss, state.bad_steps = training["loss"], training["bad_steps"]
+    state.data.seek(training["epoch"], training["position"])
+    rng = saved["rng"]
+    state.captions.setstate(_tuples(rng["captions"]))
+    state.noise.set_state(rng["noise"])
+    torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available() and "cuda" in rng:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def check_resumable(path: Path, saved: dict[str, Any], config: TrainConfig, names: list[str]) -> None:
+    """FacesmithError unless `config` can continue the checkpoint `saved` (as `load_checkpoint` read it)."""
+    made_with: TrainConfig = saved["config"]
+    changed = [k for k in RESUME_KEYS if getattr(made_with, k) != getattr(config, k)]
+    if changed:
+        differences = ", ".join(f"{k} {getattr(made_with, k)} -> {getattr(config, k)}" for k in changed)
+        raise FacesmithError(
+            f"checkpoint {path} was made with other settings ({differences}): resume with the settings "
+            f"it was made with ({path / 'train.toml'}), or start a new output_dir"
+        )
+    missing = sorted(set(names) - set(saved["trainable"]))
+    if missing:
+        raise FacesmithError(
+            f"checkpoint {path} does not match this run ({len(missing)} trainable tensors missing, "
+            f"e.g. {missing[0]}): resume with the settings in its train.toml"
+        )
+    if config.ema_decay > 0 and saved["ema"] is None:
+        raise FacesmithError(f"checkpoint {path} has no EMA weights: resume with ema_decay = 0")
+
+
+def _digest(params: list[torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for p in params:
+        digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _tuples(value: Any) -> Any:
+    """random.Random.setstate needs tuples; a checkpoint may hand back lists."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value

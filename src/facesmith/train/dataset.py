@@ -11,7 +11,9 @@ is a resolution x resolution square.
 
 The batch order is a pure function of (seed, epoch), so a resumed run only needs the epoch and the batch
 index to continue exactly where it stopped. Each batch is a *global* batch (per-process size x number of
-processes) from one bucket; process r trains on its r-th slice. Latents are `cache.py`'s business.
+processes) from one bucket; process r trains on its r-th slice. `BatchStream` walks that order epoch after
+epoch for one process, and `training_caption` draws the caption a step sees (Kohya's caption ops, from
+`facesmith.data.caption_ops`). Latents are `cache.py`'s business.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from facesmith.data.caption_ops import process_caption
+from facesmith.data.captions import caption_from_attributes
 from facesmith.errors import FacesmithError
+from facesmith.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,69 @@ def epoch_batches(
             batches.append([BatchItem(i, flip and rng.random() < 0.5) for i in chunk])
     rng.shuffle(batches)
     return batches
+
+
+class BatchStream:
+    """One process's micro-batches, epoch after epoch, in the seeded order of `epoch_batches`.
+
+    `epoch` and `position` (the next global batch of the epoch) are all a checkpoint needs to continue
+    the order exactly; `seen` collects the images this process trained on since the last `take_seen`.
+    """
+
+    def __init__(
+        self,
+        assigned: dict[tuple[int, int], list[int]],
+        *,
+        batch_size: int,
+        rank: int,
+        processes: int,
+        seed: int,
+        flip: bool,
+    ) -> None:
+        self.assigned, self.batch_size, self.rank = assigned, batch_size, rank
+        self.global_batch, self.seed, self.flip = batch_size * processes, seed, flip
+        self.seen: list[int] = []
+        self.seek(0, 0)
+
+    def seek(self, epoch: int, position: int) -> None:
+        self.epoch, self.position = epoch, position
+        self.batches = epoch_batches(self.assigned, self.global_batch, self.seed, epoch, self.flip)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.batches)  # the same every epoch: it depends only on the bucket sizes
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> list[BatchItem]:
+        if self.position >= len(self.batches):
+            self.seek(self.epoch + 1, 0)
+        batch = self.batches[self.position]
+        self.position += 1
+        mine = batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        self.seen.extend(item.index for item in mine)
+        return mine
+
+    def take_seen(self) -> list[int]:
+        seen, self.seen = self.seen, []
+        return seen
+
+
+def training_caption(image: FaceImage, config: TrainConfig, rng: random.Random) -> str:
+    """The caption one training step sees for `image`: its own text, or a fresh caption from its
+    attributes with `caption_from_attributes`, then Kohya's dropout, tag dropout and shuffle."""
+    text = image.text
+    if config.caption_from_attributes and image.attributes:
+        text = caption_from_attributes(image.attributes, rng)
+    return process_caption(
+        text,
+        rng,
+        dropout_rate=config.caption_dropout,
+        tag_dropout_rate=config.caption_tag_dropout,
+        shuffle=config.caption_shuffle,
+        keep_tokens=config.keep_tokens,
+    )
 
 
 def load_pixels(path: Path, size: tuple[int, int]) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Several training processes on one machine: `--num-processes N` relaunches the run N times.
 
 On CUDA through `accelerate launch --multi_gpu`, on the CPU through torch's elastic launcher (gloo), each
-process reading OUTPUT_DIR/train.toml; `trainer.py` then splits every global batch across them.
+process reading OUTPUT_DIR/train.toml; `trainer.py` then splits every global batch across them. This module
+only launches: what the processes made is read back from the run folder (`trainer.read_result`).
 DeepSpeed, FSDP and multi-node runs are Accelerate's own: `accelerate launch --config_file ...`.
 """
 
@@ -15,12 +16,10 @@ from pathlib import Path
 import torch
 
 from facesmith.errors import FacesmithError
-from facesmith.train.checkpoint import latest_checkpoint
-from facesmith.train.config import TrainConfig, save_train_config
-from facesmith.train.trainer import TrainResult
+from facesmith.train.config import TrainConfig
 
 
-def launch_processes(config: TrainConfig) -> TrainResult:
+def launch_processes(config: TrainConfig) -> None:
     """Run the same training in `num_processes` processes: `accelerate launch --multi_gpu` on CUDA,
     torch's elastic launcher (gloo) on the CPU. Each process reads OUTPUT_DIR/train.toml.
 
@@ -29,7 +28,7 @@ def launch_processes(config: TrainConfig) -> TrainResult:
     """
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = save_train_config(config, out / "train.toml")
+    path = config.save(out / "train.toml")
     n = str(config.num_processes)
     program = ["-m", "facesmith.cli", "train", "--config", str(path)]
     if config.cpu or not torch.cuda.is_available():
@@ -46,7 +45,3 @@ def launch_processes(config: TrainConfig) -> TrainResult:
         raise FacesmithError(
             f"the {n} training processes failed (exit status {status}); see their output above"
         )
-    last = latest_checkpoint(out)
-    exports = [p for p in (out / "lora.safetensors", out / "model", out / "model.safetensors") if p.exists()]
-    steps = int(last.name.split("-")[1]) if last else 0
-    return TrainResult(out, steps, exports=exports, checkpoint=last)

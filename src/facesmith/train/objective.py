@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from facesmith.errors import FacesmithError
+
 
 def sample_noise(
     latents: torch.Tensor, generator: torch.Generator, noise_scheduler, noise_offset: float = 0.0
@@ -31,12 +33,16 @@ def sample_noise(
 def target_for(
     noise_scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
 ) -> torch.Tensor:
+    """What the UNet learns to predict under the scheduler's `prediction_type`: the noise, or v."""
     kind = noise_scheduler.config.prediction_type
     if kind == "epsilon":
         return noise
     if kind == "v_prediction":
         return noise_scheduler.get_velocity(latents, noise, timesteps)
-    raise ValueError(f"cannot train prediction_type {kind!r}")
+    raise FacesmithError(
+        f"the model's noise scheduler predicts {kind!r}, which facesmith cannot train: "
+        "set prediction_type to epsilon or v_prediction"
+    )
 
 
 def diffusion_loss(

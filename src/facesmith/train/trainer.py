@@ -2,9 +2,11 @@
 
 The loop is diffusers' `train_text_to_image.py` on Accelerate (mixed precision, DDP across processes,
 TensorBoard through its trackers), with Kohya's training features from the other modules of this
-package. What makes it resumable bit for bit: the batch order is a function of (seed, epoch), all noise
-and caption randomness comes from two generators whose states are checkpointed, and a checkpoint is
-only ever written after a whole optimizer step. The run folder:
+package, laid out in sections as NVlabs/edm's `training_loop.py` is. What makes it resumable bit for bit:
+the batch order is a function of (seed, epoch), all noise and caption randomness comes from two
+generators in the checkpointed `TrainState`, and a checkpoint is only ever written after a whole
+optimizer step. The run folder, which `read_result` reads back whether the run was in this process or
+in `--num-processes` launched ones:
 
     OUTPUT_DIR/train.toml             the settings that reproduce the run
     OUTPUT_DIR/checkpoints/step-N/    atomic checkpoints (checkpoint.py)
@@ -20,31 +22,24 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from facesmith.errors import FacesmithError
-from facesmith.train.config import TrainConfig, save_train_config
-
-Progress = Callable[[int, int, dict[str, float]], None]
+from facesmith.progress import Progress
+from facesmith.train.config import TrainConfig
 
 LIKELY_NAN_CAUSES = (
     "a learning rate too high for this optimizer, fp16 overflow (use mixed_precision bf16 or no), "
     "or a corrupt image; lower learning_rate or set max_grad_norm"
 )
-# Settings a checkpoint can only be resumed under unchanged: they decide the weights' layout or the data order.
-RESUME_KEYS = (
-    "model", "preset", "mode", "lora_rank", "lora_alpha", "lora_conv", "train_text_encoder", "seed",
-    "batch_size", "gradient_accumulation", "resolution", "bucketing", "flip", "ema_decay", "optimizer",
-)  # fmt: skip
 OOM_ADVICE = (
     "out of GPU memory: lower batch_size (raise gradient_accumulation to keep the effective batch), "
     "resolution, or use mode lora, gradient_checkpointing = true, mixed_precision bf16, optimizer adamw8bit"
 )
+EXPORTS = ("lora.safetensors", "model", "model.safetensors")
 
 
 @dataclass
@@ -64,36 +59,253 @@ def run_train(config: TrainConfig, progress: Progress | None = None) -> TrainRes
     if config.num_processes > 1 and "WORLD_SIZE" not in os.environ:
         from facesmith.train.launch import launch_processes
 
-        return launch_processes(config)
-    try:
-        return _train(config, progress)
-    except torch.cuda.OutOfMemoryError:
-        raise FacesmithError(OOM_ADVICE) from None
+        launch_processes(config)
+    else:
+        try:
+            _train(config, progress)
+        except torch.cuda.OutOfMemoryError:
+            raise FacesmithError(OOM_ADVICE) from None
+    return read_result(Path(config.output_dir))
 
 
-def _mixed_precision(config: TrainConfig) -> str:
-    if config.mixed_precision is not None:
-        return config.mixed_precision
-    if not config.cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
+def read_result(output_dir: Path) -> TrainResult:
+    """What a run left in its folder: the newest checkpoint's counters, the exports and the sample grids."""
+    from facesmith.train.checkpoint import latest_checkpoint, saved_counters
+
+    last = latest_checkpoint(output_dir)
+    counters = saved_counters(last) if last else {"step": 0, "loss": math.nan, "bad_steps": 0}
+    return TrainResult(
+        output_dir,
+        counters["step"],
+        exports=[output_dir / name for name in EXPORTS if (output_dir / name).exists()],
+        checkpoint=last,
+        samples=sorted((output_dir / "samples").glob("step-*.png")),
+        final_loss=counters["loss"],
+        bad_steps=counters["bad_steps"],
+    )
 
 
-def _train(config: TrainConfig, progress: Progress | None) -> TrainResult:
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import ProjectConfiguration
-
-    from facesmith.data.caption_ops import process_caption
+def _train(config: TrainConfig, progress: Progress | None) -> None:
     from facesmith.train import checkpoint as ckpt
     from facesmith.train.cache import LatentSource, TextStateCache, encode_text
-    from facesmith.train.dataset import assign_buckets, epoch_batches, make_buckets, read_dataset
+    from facesmith.train.dataset import BatchStream, read_dataset, training_caption
     from facesmith.train.model import build_model, check_fits
     from facesmith.train.objective import diffusion_loss, sample_noise, target_for
     from facesmith.train.optim import make_lr_schedule, make_optimizer
 
+    # -- Initialize: Accelerate and the run folder.
     out = Path(config.output_dir)
-    precision = _mixed_precision(config)
+    accelerator, precision = _accelerator(config, out)
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / "train.toml")
+
+    # -- Load the dataset and the model, checked against each other before anything trains.
+    images = read_dataset(config.dataset)
+    model = build_model(config)
+    pipe = model.pipe
+    resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    assigned = _buckets(images, config, resolution)
+    check_fits(model, set(assigned))
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+    pipe.vae.to(device, weight_dtype if config.cache_latents == "none" else torch.float32)
+    pipe.unet.to(device)
+    train_text = config.train_text_encoder
+    pipe.text_encoder.to(device, torch.float32 if train_text else weight_dtype)
+    latents_of = LatentSource(
+        images,
+        {i: bucket for bucket, indices in assigned.items() for i in indices},
+        pipe.vae,
+        mode=config.cache_latents,
+        flip=config.flip,
+        device=device,
+        cache_dir=Path(config.cache_dir) if config.cache_dir else out / "cache",
+    )
+    # Whole-caption dropout alone keeps captions fixed: "" is one more caption to cache.
+    varying = config.caption_shuffle or config.caption_tag_dropout > 0 or config.caption_from_attributes
+    text_cache = None
+    if config.cache_text_encoder and not train_text and not varying:
+        text_cache = TextStateCache(pipe.tokenizer, pipe.text_encoder, device)
+
+    # -- Set up the optimisation and the training state.
+    named = model.trainable()
+    params = [p for _, p in named]
+    state = ckpt.TrainState(
+        data=BatchStream(
+            assigned,
+            batch_size=config.batch_size,
+            rank=rank,
+            processes=world,
+            seed=config.seed,
+            flip=config.flip,
+        ),
+        captions=random.Random(f"facesmith-captions-{config.seed}-{rank}"),
+        noise=torch.Generator().manual_seed(config.seed * 1000 + rank),
+    )
+    total = config.max_steps or 10**12
+    if config.max_epochs:
+        epoch_steps = config.max_epochs * state.data.batches_per_epoch / config.gradient_accumulation
+        total = min(total, math.ceil(epoch_steps))
+    optimizer = make_optimizer(params, config, device)
+    schedule = make_lr_schedule(optimizer, config, total)
+    ema = None
+    if config.ema_decay > 0:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(params, decay=config.ema_decay)
+    unet = accelerator.prepare(pipe.unet)
+    text_encoder = accelerator.prepare(pipe.text_encoder) if train_text else pipe.text_encoder
+    # The LR schedule stays unprepared: Accelerate would step it once per process.
+    optimizer = accelerator.prepare(optimizer)
+    learning = dict(named=named, optimizer=optimizer, schedule=schedule, ema=ema)
+
+    # -- Resume from a checkpoint.
+    resume_from = ckpt.resolve_resume(out, config.resume)
+    if resume_from is not None:
+        ckpt.resume_training(resume_from, state, config, **learning, rank=rank)
+    if config.tensorboard:
+        accelerator.init_trackers("facesmith", config={k: str(v) for k, v in config.to_dict().items()})
+    prompts = None
+    if config.sample_prompts:
+        from facesmith.train.sampling import read_prompt_file
+
+        prompts = read_prompt_file(config.sample_prompts)
+
+    # -- Train.
+    scheduler = model.noise_scheduler
+    bad_streak = 0
+    tick = time.time()
+    while state.step < total:
+        # Accumulate gradients over gradient_accumulation micro-batches; DDP syncs only on the last.
+        micro_losses = []
+        for micro in range(config.gradient_accumulation):
+            items = next(state.data)
+            latents = latents_of.latents(items)
+            captions = [training_caption(images[i.index], config, state.captions) for i in items]
+            noise, timesteps = sample_noise(latents, state.noise, scheduler, config.noise_offset)
+            noisy = scheduler.add_noise(latents, noise, timesteps)
+            target = target_for(scheduler, latents, noise, timesteps)
+            with contextlib.ExitStack() as stack:
+                if micro < config.gradient_accumulation - 1:
+                    stack.enter_context(accelerator.no_sync(unet))
+                    if train_text:
+                        stack.enter_context(accelerator.no_sync(text_encoder))
+                with accelerator.autocast():
+                    if text_cache is not None:
+                        states = text_cache(captions)
+                    elif train_text:
+                        states = encode_text(pipe.tokenizer, text_encoder, captions, device)
+                    else:
+                        with torch.no_grad():
+                            states = encode_text(pipe.tokenizer, text_encoder, captions, device)
+                    prediction = unet(noisy, timesteps, states).sample
+                loss = diffusion_loss(prediction, target, timesteps, scheduler, config.min_snr_gamma)
+                accelerator.backward(loss / config.gradient_accumulation)
+            micro_losses.append(loss.detach())
+        loss_value = accelerator.reduce(torch.stack(micro_losses).mean(), "mean").item()
+
+        # Skip a step whose loss or gradient norm is NaN/inf; stop after max_bad_steps in a row.
+        grad_norm = math.nan
+        if math.isfinite(loss_value) and config.max_grad_norm > 0:
+            grad_norm = float(accelerator.clip_grad_norm_(params, config.max_grad_norm))
+        # Under fp16 Accelerate trains through torch's GradScaler, which raises the loss scale until the
+        # scaled gradients overflow: the norm of that step is inf, and `optimizer.step()` (GradScaler.step)
+        # skips the update by itself and lowers the scale. That is the scaler's normal probing, not a
+        # diverged run, so only a non-finite loss counts as a bad step there.
+        finite = math.isfinite(loss_value) and (
+            math.isfinite(grad_norm) or config.max_grad_norm == 0 or precision == "fp16"
+        )
+        if not finite:
+            optimizer.zero_grad(set_to_none=True)
+            bad_streak += 1
+            state.bad_steps += 1
+            accelerator.print(
+                f"warning: step {state.step + 1}: loss {loss_value}, grad norm {grad_norm}; skipped"
+            )
+            if config.tensorboard:
+                accelerator.log({"skipped_steps": state.bad_steps}, step=state.step)
+            if bad_streak >= config.max_bad_steps:
+                kept = ckpt.latest_checkpoint(out)
+                raise FacesmithError(
+                    f"the loss was NaN or inf for {bad_streak} steps in a row at step {state.step + 1}; "
+                    f"likely causes: {LIKELY_NAN_CAUSES}. The last good checkpoint is "
+                    f"{kept if kept else 'none (no checkpoint was saved yet)'}"
+                )
+            continue
+        bad_streak = 0
+
+        # Update the weights and the EMA.
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(params)
+        state.step += 1
+        state.loss = loss_value
+
+        # Log, checkpoint, sample and report.
+        step = state.step
+        logs = {"loss": loss_value, "lr": schedule.get_last_lr()[0], "epoch": state.data.epoch}
+        if math.isfinite(grad_norm):
+            logs["grad_norm"] = grad_norm
+        if config.tensorboard and (step % config.log_every == 0 or step == total):
+            accelerator.log(logs, step=step)
+        if step % config.save_every == 0 or step == total:
+            ckpt.save_training(
+                out,
+                state,
+                config,
+                **learning,
+                rank=rank,
+                world=world,
+                is_main=accelerator.is_main_process,
+                barrier=accelerator.wait_for_everyone,
+            )
+        if prompts and ((config.sample_every and step % config.sample_every == 0) or step == total):
+            if accelerator.is_main_process:
+                _sample(accelerator, pipe, prompts, config, resolution, device, step, out)
+            accelerator.wait_for_everyone()
+        if progress is not None and accelerator.is_main_process:
+            progress("training", step, total, **logs, steps_per_s=1 / max(1e-9, time.time() - tick))
+        tick = time.time()
+
+    # -- Export (the EMA weights when EMA is on).
+    accelerator.wait_for_everyone()
+    if ema is not None:
+        ema.copy_to(params)
+    if accelerator.is_main_process:
+        from facesmith.train.export import export_full, export_kohya_lora
+
+        pipe.unet = accelerator.unwrap_model(unet, keep_torch_compile=False)
+        pipe.text_encoder = accelerator.unwrap_model(text_encoder, keep_torch_compile=False)
+        info = {
+            "resolution": resolution,
+            "step": state.step,
+            "epoch": state.data.epoch,
+            "total_steps": total,
+            "images": len(images),
+            "mixed_precision": precision,
+            "started_at": state.started_at,
+        }
+        if config.mode == "lora":
+            export_kohya_lora(model, config, out / "lora.safetensors", info)
+        else:
+            export_full(model, config, out, info)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+def _accelerator(config: TrainConfig, out: Path):
+    """(Accelerator, its mixed precision) for this run, after the process-wide settings it needs."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import ProjectConfiguration
+
+    precision = config.mixed_precision
+    if precision is None:
+        bf16 = not config.cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        precision = "bf16" if bf16 else "no"
     # Accelerate keeps its settings in a process-wide singleton; a second run in the same process (the
     # Python API, a notebook) may use another precision. The distributed state itself is kept.
     AcceleratorState._reset_state()
@@ -111,301 +323,22 @@ def _train(config: TrainConfig, progress: Progress | None) -> TrainResult:
         log_with="tensorboard" if config.tensorboard else None,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    if config.compile and device.type != "cuda":
+    if config.compile and accelerator.device.type != "cuda":
         raise FacesmithError(
             "compile = true trains on CUDA only: on a CPU, torch's inductor gave wrong UNet gradients "
             "(benchmarks/NOTES.md, 2026-11-25); set compile = false"
         )
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_train_config(config, out / "train.toml")
+    return accelerator, precision
 
-    # -- data and model, checked against each other before anything trains
-    images = read_dataset(config.dataset)
-    model = build_model(config)
-    pipe = model.pipe
-    resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    if config.bucketing:
-        buckets = make_buckets(resolution, config.bucket_step, config.min_bucket_side, config.max_bucket_side)
-        assigned = assign_buckets(images, buckets)
-    else:
-        assigned = {(resolution, resolution): list(range(len(images)))}
-    sizes = {i: bucket for bucket, indices in assigned.items() for i in indices}
-    check_fits(model, set(assigned))
 
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-    pipe.vae.to(device, weight_dtype if config.cache_latents == "none" else torch.float32)
-    pipe.unet.to(device)
-    train_text = config.train_text_encoder
-    pipe.text_encoder.to(device, torch.float32 if train_text else weight_dtype)
-    latents_of = LatentSource(
-        images,
-        sizes,
-        pipe.vae,
-        mode=config.cache_latents,
-        flip=config.flip,
-        device=device,
-        cache_dir=Path(config.cache_dir) if config.cache_dir else out / "cache",
-    )
-    # Whole-caption dropout alone keeps captions fixed: "" is one more caption to cache.
-    varying = config.caption_shuffle or config.caption_tag_dropout > 0 or config.caption_from_attributes
-    text_cache = None
-    if config.cache_text_encoder and not train_text and not varying:
-        text_cache = TextStateCache(pipe.tokenizer, pipe.text_encoder, device)
+def _buckets(images, config: TrainConfig, resolution: int) -> dict[tuple[int, int], list[int]]:
+    """{(width, height): image indices}: aspect-ratio buckets, or one resolution x resolution square."""
+    from facesmith.train.dataset import assign_buckets, make_buckets
 
-    # -- optimisation
-    named = model.trainable()
-    params = [p for _, p in named]
-    global_batch = config.batch_size * world
-    batches_per_epoch = len(epoch_batches(assigned, global_batch, config.seed, 0, config.flip))
-    total = config.max_steps or 10**12
-    if config.max_epochs:
-        total = min(total, math.ceil(config.max_epochs * batches_per_epoch / config.gradient_accumulation))
-    optimizer = make_optimizer(params, config, device)
-    schedule = make_lr_schedule(optimizer, config, total)
-    ema = None
-    if config.ema_decay > 0:
-        from diffusers.training_utils import EMAModel
-
-        ema = EMAModel(params, decay=config.ema_decay)
-    unet = accelerator.prepare(pipe.unet)
-    text_encoder = accelerator.prepare(pipe.text_encoder) if train_text else pipe.text_encoder
-    # The LR schedule stays unprepared: Accelerate would step it once per process.
-    optimizer = accelerator.prepare(optimizer)
-
-    caption_rng = random.Random(f"facesmith-captions-{config.seed}-{rank}")
-    noise_gen = torch.Generator().manual_seed(config.seed * 1000 + rank)
-    step, epoch, position, bad_streak, bad_total = 0, 0, 0, 0, 0
-    started_at = time.time()
-
-    resume_from = ckpt.resolve_resume(out, config.resume)
-    if resume_from is not None:
-        state = ckpt.load_checkpoint(resume_from, rank)
-        missing = sorted({n for n, _ in named} - set(state["trainable"]))
-        if missing:
-            raise FacesmithError(
-                f"checkpoint {resume_from} does not match this run ({len(missing)} trainable tensors missing, "
-                f"e.g. {missing[0]}): resume with the settings in its training.pt"
-            )
-        with torch.no_grad():
-            for name, param in named:
-                param.copy_(state["trainable"][name])
-        training = state["training"]
-        made_with = training.get("config", {})
-        changed = [k for k in RESUME_KEYS if k in made_with and made_with[k] != str(getattr(config, k))]
-        if changed:
-            differences = ", ".join(f"{k} {made_with[k]} -> {getattr(config, k)}" for k in changed)
-            raise FacesmithError(
-                f"checkpoint {resume_from} was made with other settings ({differences}): resume with the "
-                "settings of its run (OUTPUT_DIR/train.toml), or start a new output_dir"
-            )
-        optimizer.load_state_dict(training["optimizer"])
-        schedule.load_state_dict(training["lr_schedule"])
-        if ema is not None:
-            if state["ema"] is None:
-                raise FacesmithError(
-                    f"checkpoint {resume_from} has no EMA weights: resume with ema_decay = 0"
-                )
-            for (name, _), shadow in zip(named, ema.shadow_params, strict=True):
-                shadow.copy_(state["ema"][name])
-            ema.optimization_step = training["ema_step"]
-        step, epoch, position = training["step"], training["epoch"], training["position"]
-        started_at = training["started_at"]
-        rng = state["rng"]
-        caption_rng.setstate(_tuples(rng["captions"]))
-        noise_gen.set_state(rng["noise"])
-        torch.set_rng_state(rng["torch"])
-        if torch.cuda.is_available() and "cuda" in rng:
-            torch.cuda.set_rng_state_all(rng["cuda"])
-
-    if config.tensorboard:
-        accelerator.init_trackers("facesmith", config={k: str(v) for k, v in config.to_dict().items()})
-    prompts = None
-    if config.sample_prompts:
-        from facesmith.train.sampling import read_prompt_file
-
-        prompts = read_prompt_file(config.sample_prompts)
-
-    batches = epoch_batches(assigned, global_batch, config.seed, epoch, config.flip)
-    seen: list[int] = []  # image indices this process trained on since the last checkpoint
-
-    def next_items():
-        nonlocal epoch, position, batches
-        if position >= len(batches):
-            epoch, position = epoch + 1, 0
-            batches = epoch_batches(assigned, global_batch, config.seed, epoch, config.flip)
-        batch = batches[position]
-        position += 1
-        mine = batch[rank * config.batch_size : (rank + 1) * config.batch_size]
-        seen.extend(item.index for item in mine)
-        return mine
-
-    def caption_of(index: int) -> str:
-        image = images[index]
-        text = image.text
-        if config.caption_from_attributes and image.attributes:
-            from facesmith.data.captions import caption_from_attributes
-
-            text = caption_from_attributes(image.attributes, caption_rng)
-        return process_caption(
-            text,
-            caption_rng,
-            dropout_rate=config.caption_dropout,
-            tag_dropout_rate=config.caption_tag_dropout,
-            shuffle=config.caption_shuffle,
-            keep_tokens=config.keep_tokens,
-        )
-
-    def save(at: int) -> Path:
-        rng = {
-            "captions": caption_rng.getstate(),
-            "noise": noise_gen.get_state(),
-            "torch": torch.get_rng_state(),
-        }
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        training = {
-            "optimizer": optimizer.state_dict(),
-            "lr_schedule": schedule.state_dict(),
-            "ema_step": ema.optimization_step if ema is not None else 0,
-            "step": at,
-            "epoch": epoch,
-            "position": position,
-            "started_at": started_at,
-            "config": {k: str(v) for k, v in config.to_dict().items()},
-        }
-        return ckpt.save_checkpoint(
-            out,
-            at,
-            trainable={n: p for n, p in named},
-            ema={n: s for (n, _), s in zip(named, ema.shadow_params, strict=True)}
-            if ema is not None
-            else None,
-            training=training,
-            rng=rng,
-            process={
-                "rank": rank,
-                "processes": world,
-                "weights_sha256": _digest(params),
-                "images_seen": seen,
-            },
-            rank=rank,
-            is_main=accelerator.is_main_process,
-            barrier=accelerator.wait_for_everyone,
-            keep=config.keep_checkpoints,
-        )
-
-    result = TrainResult(out, step)
-    if resume_from is not None:
-        result.checkpoint = resume_from
-    last_loss = math.nan
-    tick = time.time()
-    while step < total:
-        # -- one optimizer step over gradient_accumulation micro-batches
-        micro_losses = []
-        for micro in range(config.gradient_accumulation):
-            items = next_items()
-            latents = latents_of.latents(items)
-            captions = [caption_of(i.index) for i in items]
-            noise, timesteps = sample_noise(latents, noise_gen, model.noise_scheduler, config.noise_offset)
-            noisy = model.noise_scheduler.add_noise(latents, noise, timesteps)
-            target = target_for(model.noise_scheduler, latents, noise, timesteps)
-            sync = micro == config.gradient_accumulation - 1
-            with contextlib.ExitStack() as stack:
-                if not sync:
-                    stack.enter_context(accelerator.no_sync(unet))
-                    if train_text:
-                        stack.enter_context(accelerator.no_sync(text_encoder))
-                with accelerator.autocast():
-                    if text_cache is not None:
-                        states = text_cache(captions)
-                    elif train_text:
-                        states = encode_text(pipe.tokenizer, text_encoder, captions, device)
-                    else:
-                        with torch.no_grad():
-                            states = encode_text(pipe.tokenizer, text_encoder, captions, device)
-                    prediction = unet(noisy, timesteps, states).sample
-                loss = diffusion_loss(
-                    prediction, target, timesteps, model.noise_scheduler, config.min_snr_gamma
-                )
-                accelerator.backward(loss / config.gradient_accumulation)
-            micro_losses.append(loss.detach())
-        loss_value = accelerator.reduce(torch.stack(micro_losses).mean(), "mean").item()
-        grad_norm = math.nan
-        if math.isfinite(loss_value) and config.max_grad_norm > 0:
-            grad_norm = float(accelerator.clip_grad_norm_(params, config.max_grad_norm))
-        finite = math.isfinite(loss_value) and (
-            math.isfinite(grad_norm) or config.max_grad_norm == 0 or precision == "fp16"
-        )
-        if not finite:
-            # NaN/inf guard: skip the update, keep the last good checkpoint, stop after a streak.
-            optimizer.zero_grad(set_to_none=True)
-            bad_streak += 1
-            bad_total += 1
-            accelerator.print(f"warning: step {step + 1}: loss {loss_value}, grad norm {grad_norm}; skipped")
-            if config.tensorboard:
-                accelerator.log({"skipped_steps": bad_total}, step=step)
-            if bad_streak >= config.max_bad_steps:
-                kept = ckpt.latest_checkpoint(out)
-                raise FacesmithError(
-                    f"the loss was NaN or inf for {bad_streak} steps in a row at step {step + 1}; "
-                    f"likely causes: {LIKELY_NAN_CAUSES}. The last good checkpoint is "
-                    f"{kept if kept else 'none (no checkpoint was saved yet)'}"
-                )
-            continue
-        bad_streak = 0
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(params)
-        step += 1
-        last_loss = loss_value
-        logs = {"loss": loss_value, "lr": schedule.get_last_lr()[0], "epoch": epoch}
-        if math.isfinite(grad_norm):
-            logs["grad_norm"] = grad_norm
-        if config.tensorboard and (step % config.log_every == 0 or step == total):
-            accelerator.log(logs, step=step)
-        if step % config.save_every == 0 or step == total:
-            result.checkpoint = save(step)
-            seen.clear()
-        if prompts and ((config.sample_every and step % config.sample_every == 0) or step == total):
-            if accelerator.is_main_process:
-                result.samples.append(
-                    _sample(accelerator, pipe, prompts, config, resolution, device, step, out)
-                )
-            accelerator.wait_for_everyone()
-        if progress is not None and accelerator.is_main_process:
-            progress(step, total, {**logs, "it/s": 1 / max(1e-9, time.time() - tick)})
-        tick = time.time()
-
-    # -- export (EMA weights if EMA is on)
-    accelerator.wait_for_everyone()
-    if ema is not None:
-        ema.copy_to(params)
-    if accelerator.is_main_process:
-        from facesmith.train.export import export_full, export_kohya_lora
-
-        pipe.unet = accelerator.unwrap_model(unet, keep_torch_compile=False)
-        pipe.text_encoder = accelerator.unwrap_model(text_encoder, keep_torch_compile=False)
-        info = {
-            "resolution": resolution,
-            "step": step,
-            "epoch": epoch,
-            "total_steps": total,
-            "images": len(images),
-            "mixed_precision": precision,
-            "started_at": started_at,
-        }
-        if config.mode == "lora":
-            result.exports = [export_kohya_lora(model, config, out / "lora.safetensors", info)]
-        else:
-            result.exports = export_full(model, config, out, info)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    result.steps, result.final_loss, result.bad_steps = step, last_loss, bad_total
-    return result
+    if not config.bucketing:
+        return {(resolution, resolution): list(range(len(images)))}
+    buckets = make_buckets(resolution, config.bucket_step, config.min_bucket_side, config.max_bucket_side)
+    return assign_buckets(images, buckets)
 
 
 def _sample(
@@ -430,17 +363,3 @@ def _sample(
         tracker = accelerator.get_tracker("tensorboard", unwrap=True)
         tracker.add_image("samples", np.asarray(grid), step, dataformats="HWC")
     return path
-
-
-def _digest(params: list[torch.Tensor]) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for p in params:
-        digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _tuples(value: Any) -> Any:
-    """random.Random.setstate needs tuples; a checkpoint may hand back lists."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
