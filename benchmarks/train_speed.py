@@ -93,7 +93,7 @@ def facesmith_rate(
     window = (steps - 5, steps - 1)  # profiled steps; the timed ones end before them
     profiler = None
 
-    def progress(step, total, logs):
+    def progress(stage, step, total, **fields):
         nonlocal profiler
         times.append(time.perf_counter())
         if busy is None:
