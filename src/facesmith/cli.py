@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 # Config dataclasses only, so `--help` stays fast and can quote their defaults.
-from facesmith.config import NoiseConfig, StageConfig, flag_summary, parse_flags
+from facesmith.config import MAX_STEPS, GenerateConfig, NoiseConfig, StageConfig, flag_summary, parse_flags
 from facesmith.errors import FacesmithError
 from facesmith.serve.config import ServeConfig
 from facesmith.terminal import Bars, err, guarded, out
@@ -52,7 +52,9 @@ def generate(
         str | None, typer.Argument(help="What to draw, e.g. 'a photo of a smiling woman'.")
     ] = None,
     negative: Annotated[str | None, typer.Option("--negative", help="What to steer away from.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Denoising steps, 1-1000 [default: 50].")] = None,
+    steps: Annotated[
+        int | None, typer.Option(help=f"Denoising steps, 1-{MAX_STEPS} [default: {GenerateConfig.steps}].")
+    ] = None,
     cfg: Annotated[
         float | None, typer.Option(help="Classifier-free guidance scale [default: the model's, 7.5 for SD].")
     ] = None,
@@ -94,7 +96,6 @@ def generate(
     """Generate face images from a text prompt; each PNG carries its recipe."""
 
     def work():
-        from facesmith.config import GenerateConfig
         from facesmith.generate import run_generate
         from facesmith.metadata import config_from_png
 
