@@ -284,3 +284,21 @@ def tiny_attribute_classifier(out: Path, dataset: Path, epochs: int = 15) -> Pat
         )
     )
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command-line results
+
+
+def one_line_error(result, fragment: str) -> None:
+    """A CliRunner result that is a user mistake: exit status 2, no traceback, one `error:` line naming
+    `fragment` on stderr."""
+    assert result.exit_code == 2, result.output
+    assert (
+        "Traceback" not in result.output
+        and result.exception is None
+        or isinstance(result.exception, SystemExit)
+    )
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert fragment in lines[0], lines[0]

@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from facesmith.cli import app
+from factory import one_line_error
 
 runner = CliRunner()
 FAST = ["--steps", "2"]
@@ -19,18 +20,6 @@ FAST = ["--steps", "2"]
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, fragment: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert (
-        "Traceback" not in result.output
-        and result.exception is None
-        or isinstance(result.exception, SystemExit)
-    )
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert fragment in lines[0], lines[0]
 
 
 def test_generate_info_and_from_reproduce_the_image(sd15_folder, tmp_path):
@@ -225,3 +214,14 @@ def test_installed_command_prints_one_line_and_exits_2(tmp_path):
     assert [line for line in process.stderr.splitlines() if line.strip()] == [
         f"error: model {tmp_path / 'none'} does not exist: pass a diffusers folder or a .safetensors file"
     ]
+
+
+def test_one_generate_validates_its_settings_once(sd15_folder, tmp_path, monkeypatch):
+    from facesmith.config import GenerateConfig
+
+    checked = []
+    validate = GenerateConfig.validate
+    monkeypatch.setattr(GenerateConfig, "validate", lambda self: checked.append(self) or validate(self))
+    result = invoke("generate", "a face", "--model", sd15_folder, "-n", 2, "-o", tmp_path, *FAST)
+    assert result.exit_code == 0, result.output
+    assert len(checked) == 1  # at the stage boundary, run_generate; not again in the CLI or the sampler

@@ -1,10 +1,10 @@
-"""GenerateConfig: defaults, validation of every bad setting, TOML round trip."""
+"""StageConfig and GenerateConfig: defaults, validation of every bad setting, TOML round trip, flags."""
 
 from __future__ import annotations
 
 import pytest
 
-from facesmith.config import GenerateConfig, load_generate_config, save_generate_config
+from facesmith.config import GenerateConfig, NoiseConfig, parse_flags
 from facesmith.errors import FacesmithError
 
 
@@ -38,11 +38,39 @@ def test_toml_round_trip(tmp_path):
     config = GenerateConfig(
         prompt='a "quoted"\nface', negative="x", seed=5, loras=["a.safetensors:0.5"], width=64
     )
-    path = save_generate_config(config, tmp_path / "generate.toml")
-    assert load_generate_config(path) == config
+    assert GenerateConfig.load(config.save(tmp_path / "generate.toml")) == config
 
 
 def test_unknown_toml_keys_are_refused(tmp_path):
     (tmp_path / "bad.toml").write_text('prompt = "a face"\nstepz = 3\n')
     with pytest.raises(FacesmithError, match="unknown setting.*stepz"):
-        load_generate_config(tmp_path / "bad.toml")
+        GenerateConfig.load(tmp_path / "bad.toml")
+
+
+def test_flags_are_read_by_field_type_with_booleans_and_none():
+    from facesmith.train.config import TrainConfig
+
+    flags = ["--max-steps=5", "--flip", "--no-tensorboard", "--resolution", "none"]
+    flags += ["--learning_rate", "2e-4", "--mode", "lora"]
+    values = parse_flags(TrainConfig, flags)
+    assert values == {"max_steps": 5, "flip": True, "tensorboard": False, "resolution": None,
+                      "learning_rate": 2e-4, "mode": "lora"}  # fmt: skip
+    with pytest.raises(FacesmithError, match="unknown setting --max-stepz; see `facesmith train --help`"):
+        parse_flags(TrainConfig, ["--max-stepz", "3"])
+    with pytest.raises(FacesmithError, match="--batch-size 'two' is not a valid int"):
+        parse_flags(TrainConfig, ["--batch-size", "two"])
+    with pytest.raises(FacesmithError, match="--seed needs a value"):
+        parse_flags(TrainConfig, ["--seed"])
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"image": ""}, "no IMAGE"),
+        ({"steps": 0}, r"--steps 0 is outside \[1, 1000\]"),
+        ({"steps": 1001}, "1001"),
+    ],
+)
+def test_noise_settings_are_checked_before_any_model_loads(changes, message):
+    with pytest.raises(FacesmithError, match=message):
+        NoiseConfig(**({"image": "face.png"} | changes)).validate()

@@ -113,20 +113,6 @@ def test_forward_process_goes_from_image_to_noise(sd15):
     assert distance[0] == 0 and distance[-1] > distance[1] > 0
 
 
-def test_device_and_dtype_choice():
-    from facesmith.generate import choose_device, choose_dtype
-
-    assert choose_dtype(torch.device("cpu")) == torch.float32
-    assert choose_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
-    with pytest.raises(FacesmithError, match="dtype"):
-        choose_dtype(torch.device("cpu"), "fp8")
-    with pytest.raises(FacesmithError, match="device"):
-        choose_device("toaster")
-    if not torch.cuda.is_available():
-        with pytest.raises(FacesmithError, match="CUDA is not available"):
-            choose_device("cuda")
-
-
 def test_import_is_light():
     import subprocess
     import sys

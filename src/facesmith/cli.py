@@ -1,92 +1,46 @@
 """The `facesmith` command line: parse, build a config, call a stage, print.
 
-Every command is thin: options become a config dataclass (or a path), one stage function does the work,
-and the result is printed. A FacesmithError becomes one red line on stderr and exit status 2; facesmith's
-own warnings (a cut prompt, a NaN VAE decode) become yellow lines. Library chatter is silenced.
+Every command is thin: `_settings` makes its config dataclass (a TOML or the defaults, then the options
+that were given: every option defaults to None, so the dataclass holds the only default), one stage
+function validates it and does the work, and the result is printed. What reaches the terminal (progress
+bars, one-line errors and warnings) is `terminal.py`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
+import math
 import os
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+# Config dataclasses only, so `--help` stays fast and can quote their defaults.
+from facesmith.config import MAX_STEPS, GenerateConfig, NoiseConfig, StageConfig, flag_summary, parse_flags
 from facesmith.errors import FacesmithError
-from facesmith.train.config import flag_summary  # dataclasses only: keeps `--help` fast
+from facesmith.serve.config import ServeConfig
+from facesmith.terminal import Bars, err, guarded, out
+from facesmith.train.config import TrainConfig
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Generate faces with Stable Diffusion, offline. Run `facesmith COMMAND --help` for details.",
 )
-out = Console()
-err = Console(stderr=True)
 
 
 def main() -> None:
     app()
 
 
-def _guarded(work: Callable[[], Any], models: bool = True) -> Any:
-    """Run `work`, turning user mistakes into one red line and exit status 2."""
-    _quiet_libraries(models)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            warnings.showwarning = _show_warning
-            for category in _facesmith_warnings():
-                warnings.simplefilter("always", category)
-            return work()
-    except FacesmithError as error:
-        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-
-
-def _facesmith_warnings() -> list[type[Warning]]:
-    from facesmith.generate import PromptTruncatedWarning
-    from facesmith.latents import VaeUpcastWarning
-
-    return [PromptTruncatedWarning, VaeUpcastWarning]
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
-
-
-def _quiet_libraries(models: bool = True) -> None:
-    """Keep library logs and their own progress bars off the terminal; facesmith shows its own."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for name in ("diffusers", "transformers", "accelerate", "peft"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    if models:
-        import diffusers.utils.logging
-        import transformers.utils.logging
-
-        diffusers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.disable_progress_bar()
-
-
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    )
+def _settings(cls: type[StageConfig], toml: Path | None, given: dict[str, Any], base=None):
+    """`base` (else the TOML at `toml`, else `cls`'s defaults) with the `given` options on top; an option
+    given as None was not given (every option's default), so the dataclass keeps its own default."""
+    if base is None:
+        base = cls.load(toml) if toml is not None else cls()
+    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -98,7 +52,9 @@ def generate(
         str | None, typer.Argument(help="What to draw, e.g. 'a photo of a smiling woman'.")
     ] = None,
     negative: Annotated[str | None, typer.Option("--negative", help="What to steer away from.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Denoising steps, 1-1000 [default: 50].")] = None,
+    steps: Annotated[
+        int | None, typer.Option(help=f"Denoising steps, 1-{MAX_STEPS} [default: {GenerateConfig.steps}].")
+    ] = None,
     cfg: Annotated[
         float | None, typer.Option(help="Classifier-free guidance scale [default: the model's, 7.5 for SD].")
     ] = None,
@@ -130,8 +86,8 @@ def generate(
     ] = None,
     trace: Annotated[bool | None, typer.Option("--trace", help="Also save a strip of predicted x0.")] = None,
     allow_pickle: Annotated[
-        bool, typer.Option("--allow-pickle", help="Allow .ckpt/.pt pickles (they can run code).")
-    ] = False,
+        bool | None, typer.Option("--allow-pickle", help="Allow .ckpt/.pt pickles (they can run code).")
+    ] = None,
     from_image: Annotated[
         Path | None, typer.Option("--from", help="Reproduce a PNG made by facesmith or A1111.")
     ] = None,
@@ -140,35 +96,23 @@ def generate(
     """Generate face images from a text prompt; each PNG carries its recipe."""
 
     def work():
-        from facesmith.config import GenerateConfig, load_generate_config
         from facesmith.generate import run_generate
         from facesmith.metadata import config_from_png
 
-        if from_image is not None:
-            base = config_from_png(from_image)
-        elif config is not None:
-            base = load_generate_config(config)
-        else:
-            base = GenerateConfig()
         given = {
             "prompt": prompt, "negative": negative, "steps": steps, "cfg": cfg, "sampler": sampler,
             "seed": seed, "count": count, "batch_size": batch_size, "engine": engine, "width": width, "height": height, "model": model,
             "loras": lora or None, "vae": vae, "out_dir": out_dir, "device": device, "dtype": dtype, "trace": trace,
+            "allow_pickle": allow_pickle,
         }  # fmt: skip
-        settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
-        settings.allow_pickle = allow_pickle or base.allow_pickle
-        settings.validate()
-        with _progress() as bar:
-            task = bar.add_task("loading model", total=None)
-
-            def progress(step: int, total: int) -> None:
-                bar.update(task, description="sampling", completed=step, total=total)
-
-            paths = run_generate(settings, progress=progress)
+        base = config_from_png(from_image) if from_image is not None else None
+        settings = _settings(GenerateConfig, config, given, base=base)
+        with Bars() as bars:
+            paths = run_generate(settings, progress=bars)
         for path in paths:
             out.print(str(path), highlight=False)
 
-    _guarded(work)
+    guarded(work)
 
 
 @app.command()
@@ -190,35 +134,19 @@ def prepare(
     """Turn face photos into an aligned, captioned dataset folder (metadata.jsonl, report.md)."""
 
     def work():
-        import time
-
-        from rich.progress import TextColumn, TimeRemainingColumn
-
-        from facesmith.data.config import PrepareConfig, load_prepare_config
+        from facesmith.data.config import PrepareConfig
         from facesmith.data.prepare import run_prepare
 
-        base = load_prepare_config(config) if config is not None else PrepareConfig()
         given = {
             "sources": [str(s) for s in sources] if sources else None, "out_dir": out_dir, "size": size,
             "aligned": aligned, "format": format, "workers": workers,
         }  # fmt: skip
-        settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
-        with _progress() as bar:
-            bar.columns = (*bar.columns, TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-            task = bar.add_task("preparing", total=None, rate="")
-            start: list = []
-
-            def progress(n: int, total: int) -> None:
-                start.append((n, time.perf_counter())) if not start else None
-                (n0, t0), now = start[0], time.perf_counter()
-                rate = f"{(n - n0) / (now - t0):.1f} img/s" if now > t0 and n > n0 else ""
-                bar.update(task, completed=n, total=total, rate=rate)
-
-            folder = run_prepare(settings, progress=progress)
+        with Bars() as bars:
+            folder = run_prepare(_settings(PrepareConfig, config, given), progress=bars)
         summary = json.loads((folder / "report.json").read_text())
         out.print(f"{folder}: kept {summary['kept']} of {summary['total']}; see {folder / 'report.md'}")
 
-    _guarded(work, models=False)
+    guarded(work, models=False)
 
 
 @app.command()
@@ -253,49 +181,40 @@ def info(image: Annotated[Path, typer.Argument(help="A PNG written by facesmith 
             out.rule("facesmith")
             out.print_json(json.dumps(settings))
 
-    _guarded(work, models=False)
+    guarded(work, models=False)
 
 
 @app.command()
 def noise(
     image: Annotated[Path, typer.Argument(help="The image to push through the forward process.")],
-    steps: Annotated[int, typer.Option(help="Noised slices, evenly spaced in t.")] = 8,
+    steps: Annotated[int | None, typer.Option(help=f"Noised slices [default: {NoiseConfig.steps}].")] = None,
     model: Annotated[str | None, typer.Option(help="Diffusers folder or .safetensors file.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
-    out_dir: Annotated[str, typer.Option("-o", "--out", help="Output folder.")] = "outputs",
+    seed: Annotated[
+        int | None, typer.Option(help=f"Seed of the noise [default: {NoiseConfig.seed}].")
+    ] = None,
+    out_dir: Annotated[
+        str | None, typer.Option("-o", "--out", help="Output folder [default: outputs].")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="fp32, fp16 or bf16.")] = None,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow pickled checkpoints.")] = False,
+    allow_pickle: Annotated[
+        bool | None, typer.Option("--allow-pickle", help="Allow pickled checkpoints.")
+    ] = None,
 ) -> None:
     """Save the forward (noising) process of IMAGE: encoded, noised in slices, each slice decoded."""
 
     def work():
-        from PIL import Image, UnidentifiedImageError
+        from facesmith.generate import run_noise
 
-        from facesmith.generate import FaceGenerator, image_strip, prepare_out_dir
-
-        if not 1 <= steps <= 1000:
-            raise FacesmithError(f"--steps {steps} is outside [1, 1000]")
-        try:
-            picture = Image.open(image)
-            picture.load()
-        except FileNotFoundError:
-            raise FacesmithError(f"image {image} does not exist") from None
-        except (OSError, UnidentifiedImageError) as error:
-            raise FacesmithError(f"cannot read image {image}: {error}") from None
-        folder = prepare_out_dir(out_dir)
-        with _progress() as bar:
-            bar.add_task("loading model and noising", total=None)
-            # The forward process never runs the UNet: no engine to prepare for it.
-            generator = FaceGenerator.load(
-                model, device=device, dtype=dtype, allow_pickle=allow_pickle, engine="eager"
-            )
-            frames = generator.forward_process(picture, slices=steps, seed=seed)
-        path = folder / f"{image.stem}-noise.png"
-        image_strip(frames).save(path)
+        given = {
+            "image": str(image), "steps": steps, "model": model, "seed": seed, "out_dir": out_dir,
+            "device": device, "dtype": dtype, "allow_pickle": allow_pickle,
+        }  # fmt: skip
+        with Bars() as bars:
+            path = run_noise(_settings(NoiseConfig, None, given), progress=bars)
         out.print(str(path), highlight=False)
 
-    _guarded(work)
+    guarded(work)
 
 
 @app.command()
@@ -305,42 +224,43 @@ def serve(
     ] = None,
     lora: Annotated[list[str] | None, typer.Option(help="LoRA FILE[:WEIGHT] to offer; repeat.")] = None,
     host: Annotated[
-        str, typer.Option(help="Address to bind; 0.0.0.0 opens it to the network.")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 7860,
+        str | None, typer.Option(help=f"0.0.0.0 opens it to the network [{ServeConfig.host}].")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help=f"TCP port [{ServeConfig.port}].")] = None,
     api_auth: Annotated[str | None, typer.Option(help="user:pass[,user2:pass2]: HTTP Basic auth.")] = None,
-    max_batch: Annotated[int, typer.Option(help="Most images per request.")] = 8,
-    max_steps: Annotated[int, typer.Option(help="Most denoising steps per image.")] = 150,
-    max_size: Annotated[int, typer.Option(help="Most pixels per side.")] = 1024,
-    max_queue: Annotated[int, typer.Option(help="Most jobs waiting; more get HTTP 503.")] = 64,
+    max_batch: Annotated[
+        int | None, typer.Option(help=f"Most images per request [{ServeConfig.max_batch}].")
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help=f"Most steps per image [{ServeConfig.max_steps}].")
+    ] = None,
+    max_size: Annotated[
+        int | None, typer.Option(help=f"Most pixels per side [{ServeConfig.max_size}].")
+    ] = None,
+    max_queue: Annotated[
+        int | None, typer.Option(help=f"Most jobs waiting [{ServeConfig.max_queue}].")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="fp32, fp16 or bf16.")] = None,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow pickled checkpoints.")] = False,
+    allow_pickle: Annotated[
+        bool | None, typer.Option("--allow-pickle", help="Allow pickled checkpoints.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="Start from a serve.toml.")] = None,
 ) -> None:
     """Serve a web page and an AUTOMATIC1111-compatible API (/sdapi/v1) for one model."""
 
     def work():
-        from facesmith.serve import ServeConfig, run_serve
+        from facesmith.serve import run_serve
 
-        config = ServeConfig(
-            model=model, loras=lora or [], device=device, dtype=dtype, allow_pickle=allow_pickle,
-            host=host, port=port, api_auth=api_auth, max_batch=max_batch, max_steps=max_steps,
-            max_size=max_size, max_queue=max_queue,
-        )  # fmt: skip
-        run_serve(config, announce=lambda line: err.print(line, highlight=False, soft_wrap=True))
+        given = {
+            "model": model, "loras": lora or None, "device": device, "dtype": dtype, "allow_pickle": allow_pickle,
+            "host": host, "port": port, "api_auth": api_auth, "max_batch": max_batch, "max_steps": max_steps,
+            "max_size": max_size, "max_queue": max_queue,
+        }  # fmt: skip
+        settings = _settings(ServeConfig, config, given)
+        run_serve(settings, announce=lambda line: err.print(line, highlight=False, soft_wrap=True))
 
-    _guarded(work)
-
-
-def _bar_progress(bar):
-    tasks: dict[str, int] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total)
-        bar.update(tasks[stage], completed=done, total=total)
-
-    return progress
+    guarded(work)
 
 
 @app.command()
@@ -368,17 +288,16 @@ def evaluate(
     """Score a model (or image folder): realism, attribute faithfulness, diversity, memorization."""
 
     def work():
-        from facesmith.evaluate.evaluation import EvaluateConfig, load_evaluate_config, run_evaluate
+        from facesmith.evaluate.evaluation import EvaluateConfig, run_evaluate
 
-        base = load_evaluate_config(config) if config else EvaluateConfig()
         given = {
             "model": model, "real": real, "prompts": prompts, "auto": auto, "seed": seed, "out_dir": out_dir,
             "real_count": real_count, "steps": steps, "sampler": sampler, "classifier": classifier,
             "device": device,
         }  # fmt: skip
-        settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
-        with _progress() as bar:
-            metrics = run_evaluate(settings, progress=_bar_progress(bar))
+        settings = _settings(EvaluateConfig, config, given)
+        with Bars() as bars:
+            metrics = run_evaluate(settings, progress=bars)
         model_set = metrics["sets"]["model"]
         out.print(
             f"{metrics['feature_space']}: FD {model_set['fd']:.2f}, precision {model_set['precision']:.3f}, "
@@ -388,7 +307,7 @@ def evaluate(
         )
         out.print(str(Path(settings.out_dir) / "report.md"), highlight=False)
 
-    _guarded(work)
+    guarded(work)
 
 
 attributes_app = typer.Typer(no_args_is_help=True, help="The face attribute classifier: train, predict.")
@@ -398,13 +317,15 @@ app.add_typer(attributes_app, name="attributes")
 @attributes_app.command("train")
 def attributes_train(
     datasets: Annotated[list[str], typer.Argument(help="`facesmith prepare` folders or packed .npz files.")],
-    out_dir: Annotated[str, typer.Option("-o", "--out", help="Classifier folder.")] = "attribute-classifier",
-    epochs: Annotated[int, typer.Option(help="Passes over the training faces.")] = 10,
+    out_dir: Annotated[str | None, typer.Option("-o", "--out", help="Classifier folder.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the training faces.")] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many faces per dataset.")] = None,
     cache: Annotated[
         str | None, typer.Option(help="Reuse/keep the frozen feature maps in this .npy.")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the heads and the batch order.")] = 0,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the heads and the batch order [default: 0].")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
 ) -> None:
     """Train the attribute heads; print held-out accuracy per attribute (majority rate beside it)."""
@@ -414,24 +335,20 @@ def attributes_train(
 
         from facesmith.evaluate.attributes import AttributeTrainConfig, train_attribute_classifier
 
-        config = AttributeTrainConfig(
-            datasets=datasets,
-            out_dir=out_dir,
-            epochs=epochs,
-            limit=limit,
-            cache=cache,
-            seed=seed,
-            device=device,
-        )
-        with _progress() as bar:
-            info = train_attribute_classifier(config, progress=_bar_progress(bar))
+        given = {
+            "datasets": datasets, "out_dir": out_dir, "epochs": epochs, "limit": limit, "cache": cache,
+            "seed": seed, "device": device,
+        }  # fmt: skip
+        config = _settings(AttributeTrainConfig, None, given)
+        with Bars() as bars:
+            info = train_attribute_classifier(config, progress=bars)
         table = Table("attribute", "held-out accuracy", "majority", "faces")
         for name, s in info["held_out"].items():
             table.add_row(name, f"{s['accuracy']:.3f}", f"{s['majority']:.3f}", str(s["count"]))
         out.print(table)
-        out.print(out_dir, highlight=False)
+        out.print(config.out_dir, highlight=False)
 
-    _guarded(work, models=False)
+    guarded(work, models=False)
 
 
 @attributes_app.command("predict")
@@ -465,13 +382,13 @@ def attributes_predict(
                 row["caption"] = caption_from_attributes(caption_attributes(attrs), random.Random(0))
             out.print(json.dumps(row), highlight=False, soft_wrap=True)
 
-    _guarded(work, models=False)
+    guarded(work, models=False)
 
 
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     epilog="Every setting is also a flag (--flip / --no-flip for switches; see the README's Training "
-    "section). Settings and defaults:  " + flag_summary(),
+    "section). Settings and defaults:  " + flag_summary(TrainConfig),
 )
 def train(
     ctx: typer.Context,
@@ -485,53 +402,26 @@ def train(
     """Fine-tune (full or LoRA) or train a preset from scratch on a dataset folder; flags override the TOML."""
 
     def work():
-        from facesmith.train.config import TrainConfig, apply_flags, load_train_config
         from facesmith.train.presets import RECIPES
         from facesmith.train.trainer import run_train
 
         if recipe is not None and recipe not in RECIPES:
             raise FacesmithError(f"unknown recipe {recipe!r}: pick one of {', '.join(RECIPES)}")
-        base = load_train_config(config) if config else TrainConfig(**RECIPES.get(recipe, {}))
-        settings = apply_flags(base, list(ctx.args)).validate()
+        base = TrainConfig(**RECIPES[recipe]) if recipe is not None and config is None else None
+        settings = _settings(TrainConfig, config, {}, base=base)
+        # Flags are given values even when they say "none" (`--resolution none`), so they go on as they are.
+        settings = dataclasses.replace(settings, **parse_flags(TrainConfig, list(ctx.args)))
         # Under a multi-process launch only the first process draws the bar and names the files.
         quiet = os.environ.get("RANK", "0") != "0"
-        with _train_progress(disable=quiet) as bar:
-            task = bar.add_task("preparing", total=None)
-
-            def progress(step: int, total: int, logs: dict[str, float]) -> None:
-                bar.update(task, description="training", completed=step, total=total, loss=logs["loss"])
-
-            result = run_train(settings, progress=progress)
+        with Bars(disable=quiet) as bars:
+            result = run_train(settings, progress=bars)
         if not quiet:
-            loss = "" if result.final_loss != result.final_loss else f", last loss {result.final_loss:.4f}"
+            loss = "" if math.isnan(result.final_loss) else f", last loss {result.final_loss:.4f}"
             err.print(f"trained {result.steps} steps{loss}", highlight=False)
         for path in [] if quiet else result.exports:
             out.print(str(path), highlight=False, soft_wrap=True)
 
-    _guarded(work)
-
-
-def _train_progress(disable: bool = False):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    from rich.text import Text
-
-    class Rate(TextColumn):
-        def render(self, task) -> Text:
-            speed, loss = task.speed, task.fields.get("loss")
-            rate = f"{speed:.2f} it/s" if speed else "-- it/s"
-            return Text(rate + (f"  loss {loss:.4f}" if loss is not None else ""))
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        Rate(""),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=disable,
-    )
+    guarded(work)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Configuration dataclasses for facesmith's stages, and their TOML form.
 
 Each stage takes one dataclass whose defaults are the documented behaviour; every output directory gets
-the TOML that reproduces it. This module owns `GenerateConfig` (the `facesmith generate` stage) and the
-small TOML writer; the stages themselves live in their own modules.
+the TOML that reproduces it. This module owns `StageConfig` (what every stage's dataclass shares: the
+TOML form, unknown-key checks, `--key value` flags read by field type), `GenerateConfig` (`facesmith
+generate`), `NoiseConfig` (`facesmith noise`) and the small TOML writer; the stages themselves live in
+their own modules.
 """
 
 from __future__ import annotations
@@ -116,6 +118,97 @@ class GenerateConfig(StageConfig):
         return self
 
 
+@dataclass
+class NoiseConfig(StageConfig):
+    """`facesmith noise`: IMAGE pushed through the forward process, `steps` slices evenly spaced in t."""
+
+    image: str = ""
+    steps: int = 8
+    model: str | None = None
+    seed: int = 0  # seed of the noise
+    out_dir: str = "outputs"
+    device: str | None = None
+    dtype: str | None = None
+    allow_pickle: bool = False
+
+    def validate(self) -> NoiseConfig:
+        """Raise FacesmithError naming the first setting a person has to fix; return self."""
+        if not self.image:
+            raise FacesmithError("no IMAGE given: name the image to push through the forward process")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise FacesmithError(f"--steps {self.steps} is outside [1, {MAX_STEPS}]")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Settings as `--key value` flags (`facesmith train` takes every TrainConfig field this way)
+
+
+def parse_flags(cls: type[StageConfig], flags: list[str]) -> dict[str, Any]:
+    """{field: value} for `--key value` / `--key=value` / `--flag` / `--no-flag` over `cls`'s fields.
+
+    Keys may use - or _. Values are read by the field's type: numbers, true/false for booleans, "none"
+    for optional fields (so a returned None is a given value, not a missing one).
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hint = f"; see `{cls.settings_help}` for the keys" if cls.settings_help else ""
+    values: dict[str, Any] = {}
+    i = 0
+    while i < len(flags):
+        flag = flags[i]
+        if not flag.startswith("--"):
+            raise FacesmithError(f"unexpected argument {flag!r}: settings are given as --key value")
+        key, _, inline = flag[2:].partition("=")
+        key = key.replace("-", "_")
+        negated = key.startswith("no_") and key[3:] in fields and fields[key[3:]].type == "bool"
+        name = key[3:] if negated else key
+        if name not in fields:
+            raise FacesmithError(f"unknown setting --{flag[2:]}{hint}")
+        kind = str(fields[name].type)
+        if kind == "bool" and not inline and (i + 1 == len(flags) or flags[i + 1].startswith("--")):
+            values[name] = not negated
+            i += 1
+            continue
+        if inline:
+            raw = inline
+        elif i + 1 < len(flags):
+            raw, i = flags[i + 1], i + 1
+        else:
+            raise FacesmithError(f"--{flag[2:]} needs a value")
+        values[name] = _parse_value(name, kind, raw)
+        i += 1
+    return values
+
+
+def flag_summary(cls: type[StageConfig]) -> str:
+    """Every setting of `cls` as `--key default`, for a command's --help."""
+    defaults = cls()
+    return "  ".join(
+        f"--{f.name.replace('_', '-')} {getattr(defaults, f.name)!s}" for f in dataclasses.fields(cls)
+    )
+
+
+def _parse_value(name: str, kind: str, raw: str) -> Any:
+    if "None" in kind and raw.lower() == "none":
+        return None
+    try:
+        if kind.startswith("bool"):
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise FacesmithError(f"--{name.replace('_', '-')} {raw!r} is not a valid {kind.split()[0]}") from None
+    return raw
+
+
+# ----------------------------------------------------------------------------------------------------------
+# TOML
+
+
 def write_toml(values: dict[str, Any], path: str | Path) -> Path:
     """Write a flat table of str/int/float/bool/list values as TOML; None values are left out."""
     lines = [f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None]
@@ -132,14 +225,6 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise FacesmithError(f"cannot read {path}: {err.strerror or err}") from err
     except tomllib.TOMLDecodeError as err:
         raise FacesmithError(f"{path} is not valid TOML: {err}") from err
-
-
-def save_generate_config(config: GenerateConfig, path: str | Path) -> Path:
-    return write_toml(config.to_dict(), path)
-
-
-def load_generate_config(path: str | Path) -> GenerateConfig:
-    return GenerateConfig.from_dict(read_toml(path), origin=str(path))
 
 
 def _toml_value(value: Any) -> str:

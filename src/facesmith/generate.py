@@ -9,7 +9,8 @@ UNet, VAE, scheduler), and owns what facesmith adds around it:
 - the 77-token limit: facesmith truncates, as diffusers does, and warns naming the words that were cut;
 - `trace`: the predicted clean image x0 at evenly spaced steps; `forward_process`: an image noised by
   the training schedule q(x_t | x_0) (Ho et al. 2020, eq. 4) and decoded, as the paper's figures show.
-`run_generate` is the stage behind `facesmith generate`: config in, PNGs with metadata out.
+`run_generate` is the stage behind `facesmith generate` (config in, PNGs with `metadata.py`'s recipe
+out) and `run_noise` the one behind `facesmith noise`. Device, dtype and output folder are `runtime.py`'s.
 """
 
 from __future__ import annotations
@@ -20,29 +21,24 @@ import functools
 import math
 import secrets
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from facesmith.config import GenerateConfig, save_generate_config
+from facesmith.config import MAX_STEPS, GenerateConfig, NoiseConfig
 from facesmith.errors import FacesmithError
 from facesmith.latents import decode_latents, encode_image, to_pil
-from facesmith.metadata import format_parameters, write_png
+from facesmith.metadata import recipe, write_png
 from facesmith.models.loading import LoadedModel, load_model
+from facesmith.progress import Progress
+from facesmith.runtime import choose_device, choose_dtype, prepare_out_dir
 from facesmith.samplers import make_scheduler
 
-Progress = Callable[[int, int], None]
 LOAD_TIME_SETTINGS = ("model", "loras", "vae", "device", "dtype", "engine", "allow_pickle")
-DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-}  # fmt: skip
 
 
 class EngineFallbackWarning(UserWarning):
@@ -59,30 +55,6 @@ class Generation:
     seeds: list[int]
     config: GenerateConfig  # with the seed, width and height that were used
     trace: list[list[Image.Image]] = field(default_factory=list)  # per image: x0 predictions, first to last
-
-
-def choose_device(name: str | None = None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise FacesmithError(f"--device {name} is not a device torch knows (try cpu or cuda)") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FacesmithError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise FacesmithError(f"--device {name}: MPS is not available on this machine; use --device cpu")
-    return device
-
-
-def choose_dtype(device: torch.device, name: str | None = None) -> torch.dtype:
-    if name is not None:
-        if name.lower() not in DTYPES:
-            raise FacesmithError(f"--dtype {name} is unknown: choose fp32, fp16 or bf16")
-        return DTYPES[name.lower()]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float16 if device.type == "mps" else torch.float32
 
 
 class FaceGenerator:
@@ -179,8 +151,12 @@ class FaceGenerator:
         return self.run(config).images
 
     def run(self, config: GenerateConfig, progress: Progress | None = None) -> Generation:
-        """Sample `config.count` images; `progress(step, total)` is called after every denoising step."""
-        config.validate()
+        """Check `config`, then sample `config.count` images (see `sample`)."""
+        return self.sample(config.validate(), progress)
+
+    def sample(self, config: GenerateConfig, progress: Progress | None = None) -> Generation:
+        """Sample `config.count` images from a config that was validated where it came in (`run`,
+        `run_generate`, the server); `progress("sampling", step, total)` follows every denoising step."""
         width, height = config.width or self.native_size[0], config.height or self.native_size[1]
         seed = config.seed if config.seed is not None else secrets.randbelow(2**32)
         config = dataclasses.replace(
@@ -216,7 +192,7 @@ class FaceGenerator:
             def on_step(_pipe, step, _timestep, tensors, done=done, size=size):
                 if progress is not None:  # PNDM takes one extra step, so cap at the total
                     finished = done + min(step + 1, config.steps) * size
-                    progress(finished, config.count * config.steps)
+                    progress("sampling", finished, config.count * config.steps)
                 return tensors
 
             recorder = _TraceRecorder(pipe.scheduler) if config.trace else None
@@ -250,8 +226,8 @@ class FaceGenerator:
         each slice decoded; the first frame is the clean reconstruction (t = 0)."""
         from diffusers import DDPMScheduler
 
-        if slices < 1 or slices > 1000:
-            raise FacesmithError(f"--steps {slices} is outside [1, 1000]")
+        if not 1 <= slices <= MAX_STEPS:
+            raise FacesmithError(f"--steps {slices} is outside [1, {MAX_STEPS}]")
         width, height = (max(8, side - side % 8) for side in image.size)
         pixels = np.asarray(image.convert("RGB").resize((width, height), Image.LANCZOS), dtype=np.float32)
         x = torch.from_numpy(pixels / 127.5 - 1).permute(2, 0, 1)[None].to(self.device, self.pipe.vae.dtype)
@@ -278,49 +254,46 @@ def run_generate(
     config.validate()
     out_dir = prepare_out_dir(config.out_dir)
     if generator is None:
+        if progress is not None:
+            progress("loading model", 0, None)
         generator = FaceGenerator.from_settings(config)
-    result = generator.run(config, progress)
-    used = result.config
+    result = generator.sample(config, progress)
+    used = dataclasses.replace(result.config, out_dir=str(out_dir))
     first = next_image_number(out_dir)
     written = []
     for i, (image, seed) in enumerate(zip(result.images, result.seeds, strict=True)):
-        one = dataclasses.replace(used, seed=seed, count=1, trace=False, out_dir=str(out_dir))
-        parameters = format_parameters(
-            one,
-            seed=seed,
-            width=used.width,
-            height=used.height,
-            model_name=generator.model.name,
-            model_hash=generator.model.model_hash(),
-        )
-        settings = {
-            "config": one.to_dict(),
-            "model_name": generator.model.name,
-            "model_hash": generator.model.model_hash(),
-        }
-        path = write_png(image, out_dir / f"{first + i:05d}-{seed}.png", parameters, settings)
-        written.append(path)
+        name = f"{first + i:05d}-{seed}"
+        written.append(write_png(image, out_dir / f"{name}.png", recipe(used, generator.model, seed)))
         if result.trace:
-            strip = image_strip(result.trace[i])
-            strip.save(out_dir / f"{first + i:05d}-{seed}-trace.png")
-            written.append(out_dir / f"{first + i:05d}-{seed}-trace.png")
-    save_generate_config(dataclasses.replace(used, out_dir=str(out_dir)), out_dir / "generate.toml")
+            image_strip(result.trace[i]).save(out_dir / f"{name}-trace.png")
+            written.append(out_dir / f"{name}-trace.png")
+    used.save(out_dir / "generate.toml")
     return written
 
 
-def prepare_out_dir(path: str | Path) -> Path:
-    """Create `path` and prove it writable before any compute is spent."""
-    out_dir = Path(path).expanduser()
+def run_noise(config: NoiseConfig, progress: Progress | None = None) -> Path:
+    """`facesmith noise`: IMAGE encoded, noised in `steps` slices, each decoded, saved as one strip."""
+    config.validate()
+    image = Path(config.image)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".facesmith-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise FacesmithError(
-            f"output directory {out_dir} is not writable ({err.strerror or err}): pick another -o"
-        ) from err
-    return out_dir
+        picture = Image.open(image)
+        picture.load()
+    except FileNotFoundError:
+        raise FacesmithError(f"image {image} does not exist") from None
+    except (OSError, UnidentifiedImageError) as error:
+        raise FacesmithError(f"cannot read image {image}: {error}") from None
+    out_dir = prepare_out_dir(config.out_dir)
+    if progress is not None:
+        progress("loading model and noising", 0, None)
+    # The forward process never runs the UNet: no engine to prepare for it.
+    generator = FaceGenerator.load(
+        config.model, device=config.device, dtype=config.dtype, allow_pickle=config.allow_pickle,
+        engine="eager",
+    )  # fmt: skip
+    frames = generator.forward_process(picture, slices=config.steps, seed=config.seed)
+    path = out_dir / f"{image.stem}-noise.png"
+    image_strip(frames).save(path)
+    return path
 
 
 def next_image_number(out_dir: Path) -> int:

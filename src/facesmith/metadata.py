@@ -7,16 +7,24 @@ read it:
     Negative prompt: blurry
     Steps: 50, Sampler: DDIM, CFG scale: 7.5, Seed: 42, Size: 512x512, Model hash: 0123456789, Model: sd15
 
-The `facesmith` chunk is JSON holding the full GenerateConfig for that one image (its own seed, count 1),
-which is what `facesmith generate --from` reads. Images from A1111 itself, with only `parameters`, are
-read through `parse_parameters`.
+The `facesmith` chunk is JSON, laid out here and nowhere else:
+
+    {"config": {...the full GenerateConfig of that one image: its own seed, count 1...},
+     "model_name": "sd15", "model_hash": "0123456789"}
+
+which is what `facesmith generate --from` reads. `recipe` makes both chunks for one image and
+`png_bytes` the PNG that carries them; `facesmith generate`, the server and anything else that writes
+an image go through those two, and `config_from_png`/`prompt_from_png` read them back. Images from
+A1111 itself, with only `parameters`, are read through `parse_parameters`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +35,25 @@ PARAMETERS_KEY = "parameters"
 JSON_KEY = "facesmith"
 
 
-def format_parameters(
-    config: GenerateConfig, *, seed: int, width: int, height: int, model_name: str, model_hash: str | None
-) -> str:
-    """A1111's `parameters` text for one image made with `config` and `seed`."""
+@dataclass(frozen=True)
+class Recipe:
+    """The two text chunks of one image: A1111's `parameters` text and facesmith's JSON."""
+
+    parameters: str
+    settings: dict[str, Any]
+
+
+def recipe(config: GenerateConfig, model, seed: int) -> Recipe:
+    """Both chunks for the image that `seed` made in a run of `config` (as resolved by the run: sampler,
+    CFG, size); `model` is the LoadedModel it ran on (its name and short hash are recorded)."""
+    one = dataclasses.replace(config, seed=seed, count=1, trace=False)
+    model_hash = model.model_hash()
+    settings = {"config": one.to_dict(), "model_name": model.name, "model_hash": model_hash}
+    return Recipe(format_parameters(one, model_name=model.name, model_hash=model_hash), settings)
+
+
+def format_parameters(config: GenerateConfig, *, model_name: str, model_hash: str | None) -> str:
+    """A1111's `parameters` text for the one image `config` describes (its seed, width and height)."""
     lines = [config.prompt]
     if config.negative:
         lines.append(f"Negative prompt: {config.negative}")
@@ -38,8 +61,8 @@ def format_parameters(
         "Steps": config.steps,
         "Sampler": config.sampler,
         "CFG scale": f"{config.cfg:g}",
-        "Seed": seed,
-        "Size": f"{width}x{height}",
+        "Seed": config.seed,
+        "Size": f"{config.width}x{config.height}",
         "Model hash": model_hash,
         "Model": model_name,
     }
@@ -50,15 +73,22 @@ def format_parameters(
     return "\n".join(lines)
 
 
-def write_png(image, path: str | Path, parameters: str, settings: dict[str, Any]) -> Path:
-    """Save `image` as PNG with the `parameters` and JSON `facesmith` text chunks."""
+def png_bytes(image, recipe: Recipe) -> bytes:
+    """`image` as PNG bytes carrying both chunks of `recipe`."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
-    info.add_text(PARAMETERS_KEY, parameters)
-    info.add_text(JSON_KEY, json.dumps(settings, sort_keys=True))
+    info.add_text(PARAMETERS_KEY, recipe.parameters)
+    info.add_text(JSON_KEY, json.dumps(recipe.settings, sort_keys=True))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def write_png(image, path: str | Path, recipe: Recipe) -> Path:
+    """Save `image` at `path` as `png_bytes` makes it."""
     path = Path(path)
-    image.save(path, pnginfo=info)
+    path.write_bytes(png_bytes(image, recipe))
     return path
 
 
@@ -87,14 +117,23 @@ def read_png(path: str | Path) -> tuple[str | None, dict[str, Any] | None]:
 def config_from_png(path: str | Path) -> GenerateConfig:
     """The GenerateConfig that reproduces the image at `path` (facesmith JSON, else A1111 parameters)."""
     parameters, settings = read_png(path)
-    if settings is not None:
-        config = GenerateConfig.from_dict(settings["config"], origin=f"{path} metadata")
+    if _config_in(settings):
+        config = GenerateConfig.from_dict(_config_in(settings), origin=f"{path} metadata")
         # An image is a recipe, not a permission: a PNG from elsewhere must not switch on unpickling,
         # and the device belongs to the machine, not the recipe.
         return dataclasses.replace(config, allow_pickle=False, device=None)
     if parameters is not None:
         return config_from_parameters(parameters)
     raise FacesmithError(f"{path} carries no generation metadata (no `parameters` or `facesmith` chunk)")
+
+
+def prompt_from_png(path: str | Path) -> str:
+    """The prompt an image was made with (facesmith JSON, else A1111 parameters); '' when it has none."""
+    parameters, settings = read_png(path)
+    prompt = _config_in(settings).get("prompt")
+    if prompt:
+        return prompt
+    return parse_parameters(parameters)[0] if parameters else ""
 
 
 def parse_parameters(text: str) -> tuple[str, str, dict[str, str]]:
@@ -138,6 +177,12 @@ def config_from_parameters(text: str) -> GenerateConfig:
     except ValueError as err:
         raise FacesmithError(f"cannot read the A1111 parameters {fields}: {err}") from err
     return config
+
+
+def _config_in(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The GenerateConfig fields inside a facesmith JSON chunk (see `recipe` for the layout); {} if none."""
+    config = settings.get("config") if isinstance(settings, dict) else None
+    return config if isinstance(config, dict) else {}
 
 
 def _quote(text: str) -> str:

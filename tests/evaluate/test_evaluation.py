@@ -5,12 +5,7 @@ from typer.testing import CliRunner
 
 from facesmith.cli import app
 from facesmith.errors import FacesmithError
-from facesmith.evaluate.evaluation import (
-    EvaluateConfig,
-    load_evaluate_config,
-    run_evaluate,
-    save_evaluate_config,
-)
+from facesmith.evaluate.evaluation import EvaluateConfig, folder_images, run_evaluate
 
 # Small everything: 64 px features, few real faces, few calibration copies.
 QUICK = {"real_count": 12, "feature_size": 64, "calibration_copies": 8, "steps": 2}
@@ -44,7 +39,7 @@ def test_report_end_to_end_on_a_tiny_model(sd15_folder, face_dataset, tiny_class
     report = (out / "report.md").read_text()
     assert "MobileNetV2-ImageNet pool-1280 @64px" in report and "upper bound" in report
     assert "sampled with DDIM, CFG 7.5" in report  # the model's defaults, as they resolved
-    assert load_evaluate_config(out / "evaluate.toml") == config
+    assert EvaluateConfig.load(out / "evaluate.toml") == config
     assert json.loads((out / "metrics.json").read_text())["counts"]["candidates"] == 4
 
 
@@ -52,15 +47,15 @@ def test_image_folder_through_the_cli_reads_prompts_from_png_metadata(
     face_dataset, tiny_classifier, tmp_path
 ):
     import factory
-    from facesmith.metadata import write_png
+    from facesmith.metadata import Recipe, write_png
 
     folder = tmp_path / "made-elsewhere"
     folder.mkdir()
     for i in range(5):
         face = factory.synthetic_face({"Eyeglasses": 1}, seed=900 + i)
-        write_png(face, folder / f"{i}.png", "a photo of a person wearing glasses\nSteps: 20", {})
+        write_png(face, folder / f"{i}.png", Recipe("a photo of a person wearing glasses\nSteps: 20", {}))
     settings = EvaluateConfig(real=str(face_dataset), classifier=str(tiny_classifier), **QUICK)
-    save_evaluate_config(settings, tmp_path / "evaluate.toml")
+    settings.save(tmp_path / "evaluate.toml")
     result = CliRunner().invoke(
         app, ["evaluate", str(folder), "--config", str(tmp_path / "evaluate.toml"), "-o", str(tmp_path / "r")]
     )
@@ -87,4 +82,28 @@ def test_user_mistakes_are_one_line(tmp_path, face_dataset):
 def test_a_typo_in_evaluate_toml_is_named(tmp_path):
     (tmp_path / "evaluate.toml").write_text('real = "faces"\nreal_cuont = 3\n')
     with pytest.raises(FacesmithError, match="real_cuont"):
-        load_evaluate_config(tmp_path / "evaluate.toml")
+        EvaluateConfig.load(tmp_path / "evaluate.toml")
+
+
+def test_a_folder_of_facesmith_pngs_is_judged_against_the_prompts_they_were_made_with(tmp_path):
+    # Regression: evaluate looked the prompt up at the JSON chunk's top level, where generate never puts
+    # it; an image whose A1111 text was stripped then counted as asking for nothing.
+    import dataclasses
+
+    from PIL import Image
+
+    from facesmith.config import GenerateConfig
+    from facesmith.metadata import recipe, write_png
+
+    class Model:
+        name = "sd15"
+
+        def model_hash(self) -> str:
+            return "0123456789"
+
+    config = GenerateConfig(prompt="a photo of a smiling woman", cfg=7.5, sampler="DDIM", width=8, height=8)
+    chunks = dataclasses.replace(recipe(config, Model(), seed=1), parameters="")
+    write_png(Image.new("RGB", (8, 8)), tmp_path / "00001-1.png", chunks)
+    Image.new("RGB", (8, 8)).save(tmp_path / "00002-plain.png")
+    images, prompts = folder_images(tmp_path)
+    assert len(images) == 2 and prompts == ["a photo of a smiling woman", ""]

@@ -10,8 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from facesmith.cli import app as cli
-from facesmith.errors import FacesmithError
-from facesmith.serve.app import ServeConfig, credentials
+from facesmith.serve.config import ServeConfig
 
 from .conftest import start_server, stop_server
 
@@ -69,13 +68,6 @@ def test_the_server_listens_on_loopback_only_by_default(server):
         c.laddr.ip for c in psutil.Process(server.process.pid).net_connections("inet") if c.status == "LISTEN"
     ]
     assert listening and set(listening) == {"127.0.0.1"}
-
-
-def test_credentials_follow_a1111s_flag():
-    assert credentials("a:b, c:d:e") == [("a", "b"), ("c", "d:e")]
-    for bad in ("nopassword", ":x", "a:"):
-        with pytest.raises(FacesmithError, match="user:pass"):
-            credentials(bad)
 
 
 @pytest.mark.parametrize(

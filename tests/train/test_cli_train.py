@@ -5,37 +5,29 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from facesmith.cli import app
-from facesmith.train.config import TrainConfig, load_train_config, save_train_config
+from facesmith.train.config import TrainConfig
+from factory import one_line_error
 
 runner = CliRunner()
 
 
-def _one_line_error(result, fragment: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
-
-
 def test_toml_and_flags_train_a_lora_and_record_the_settings(faces, sd15_folder, tmp_path):
-    toml = save_train_config(
-        TrainConfig(
-            dataset=str(faces), model=str(sd15_folder), mode="lora", resolution=64, tensorboard=False
-        ),
-        tmp_path / "in.toml",
-    )
+    toml = TrainConfig(
+        dataset=str(faces), model=str(sd15_folder), mode="lora", resolution=64, tensorboard=False
+    ).save(tmp_path / "in.toml")
     run = tmp_path / "run"
     result = runner.invoke(
         app, ["train", "--config", str(toml), "--output-dir", str(run), "--max-steps", "1"]
     )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(run / "lora.safetensors")
-    saved = load_train_config(run / "train.toml")
+    saved = TrainConfig.load(run / "train.toml")
     assert (saved.max_steps, saved.mode, saved.output_dir) == (1, "lora", str(run))
 
 
 def test_user_mistakes_are_one_line(faces, tmp_path):
-    _one_line_error(runner.invoke(app, ["train", "--dataset", str(faces), "--max-stepz", "3"]), "--max-stepz")
-    _one_line_error(runner.invoke(app, ["train", "--recipe", "huge"]), "unknown recipe 'huge'")
-    _one_line_error(runner.invoke(app, ["train", "--dataset", str(tmp_path)]), "no metadata.jsonl")
+    one_line_error(runner.invoke(app, ["train", "--dataset", str(faces), "--max-stepz", "3"]), "--max-stepz")
+    one_line_error(runner.invoke(app, ["train", "--recipe", "huge"]), "unknown recipe 'huge'")
+    one_line_error(runner.invoke(app, ["train", "--dataset", str(tmp_path)]), "no metadata.jsonl")
     missing = runner.invoke(app, ["train", "--dataset", str(faces), "--model", str(tmp_path / "none")])
-    _one_line_error(missing, "does not exist")
+    one_line_error(missing, "does not exist")

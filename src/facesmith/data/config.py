@@ -1,7 +1,7 @@
 """PrepareConfig: everything that decides which dataset `facesmith prepare` builds, and its TOML form.
 
 Defaults are the documented behaviour (README, "Preparing a dataset"); ``DIR/prepare.toml`` holds the
-config that reproduces ``DIR``. The TOML writer and reader are facesmith.config's.
+config that reproduces ``DIR``, written and read by ``PrepareConfig.save``/``load`` (StageConfig's).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from facesmith.config import StageConfig, read_toml, write_toml
+from facesmith.config import StageConfig
 from facesmith.errors import FacesmithError
 
 
@@ -93,11 +93,3 @@ class PrepareConfig(StageConfig):
             if not Path(source).is_dir():
                 raise FacesmithError(f"source {source} is not a folder: give a folder of images")
         return self
-
-
-def save_prepare_config(config: PrepareConfig, path: str | Path) -> Path:
-    return write_toml(config.to_dict(), path)
-
-
-def load_prepare_config(path: str | Path) -> PrepareConfig:
-    return PrepareConfig.from_dict(read_toml(path), origin=str(path))

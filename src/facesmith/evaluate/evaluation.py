@@ -17,22 +17,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from facesmith.config import GenerateConfig, StageConfig, read_toml, write_toml
+from facesmith.config import GenerateConfig, StageConfig
 from facesmith.errors import FacesmithError
 from facesmith.evaluate import attributes as attr
 from facesmith.evaluate import diversity, memorization, realism
 from facesmith.evaluate.faceset import IMAGE_SUFFIXES, read_faces
 from facesmith.evaluate.faithfulness import AUTO_PROMPTS, RULES, expectations, faithfulness
 from facesmith.evaluate.features import extract_features, feature_space
+from facesmith.metadata import prompt_from_png
+from facesmith.progress import Progress
+from facesmith.runtime import choose_device, prepare_out_dir
 
-Progress = Callable[[str, int, int], None]
 DEFAULT_AUTO = 40
 
 
@@ -74,14 +75,6 @@ class EvaluateConfig(StageConfig):
         return self
 
 
-def save_evaluate_config(config: EvaluateConfig, path: str | Path) -> Path:
-    return write_toml(config.to_dict(), path)
-
-
-def load_evaluate_config(path: str | Path) -> EvaluateConfig:
-    return EvaluateConfig.from_dict(read_toml(path), origin=str(path))
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Where the candidate faces come from.
 
@@ -110,22 +103,13 @@ def read_prompts(path: str | Path) -> list[str]:
 
 def folder_images(folder: str | Path) -> tuple[list[Image.Image], list[str]]:
     """Images of a folder and their prompts (from facesmith or A1111 PNG metadata; '' when absent)."""
-    from facesmith.metadata import parse_parameters, read_png
-
     images, prompts = [], []
     for path in sorted(Path(folder).iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         with Image.open(path) as image:
             images.append(image.convert("RGB"))
-        prompt = ""
-        if path.suffix.lower() == ".png":
-            parameters, settings = read_png(path)
-            if settings and settings.get("prompt"):
-                prompt = settings["prompt"]
-            elif parameters:
-                prompt = parse_parameters(parameters)[0]
-        prompts.append(prompt)
+        prompts.append(prompt_from_png(path) if path.suffix.lower() == ".png" else "")
     return images, prompts
 
 
@@ -194,7 +178,6 @@ def run_evaluate(config: EvaluateConfig, progress: Progress | None = None) -> di
     """Evaluate, write report.md, metrics.json, PNGs and evaluate.toml to out_dir; return the metrics."""
     from facesmith.data.faces import detect_faces
     from facesmith.evaluate.report import write_report
-    from facesmith.generate import choose_device, prepare_out_dir
 
     config.validate()
     out = prepare_out_dir(config.out_dir)
@@ -315,6 +298,6 @@ def run_evaluate(config: EvaluateConfig, progress: Progress | None = None) -> di
     for i, image in enumerate(generated):
         image.save(images_dir / f"{i:05d}.png")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
-    save_evaluate_config(config, out / "evaluate.toml")
+    config.save(out / "evaluate.toml")
     write_report(out, metrics, generated, prompts, train_images, audits["model"])
     return metrics

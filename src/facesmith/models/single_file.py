@@ -27,7 +27,6 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 TOKENIZER_DIR = Path(__file__).parent.parent / "weights" / "clip_tokenizer"
 SAFE_SUFFIXES = {".safetensors"}
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
-FAMILIES = ("sd1", "sd2", "sdxl")
 
 
 def shipped_config(family: str, component: str) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from facesmith.samplers import SAMPLERS, check_sampler
 from facesmith.serve.jobs import Job, JobCancelled, JobQueue, Picture, QueueFull
 
 if TYPE_CHECKING:
-    from facesmith.serve.app import ServeConfig
+    from facesmith.serve.config import ServeConfig
 
 LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?>")  # A1111's extra-network syntax, <lora:name:weight>
 DISCONNECT_POLL_S = 0.25

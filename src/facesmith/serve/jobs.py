@@ -4,7 +4,7 @@ Owns: `JobQueue`, a worker thread that takes `Job`s in arrival order and runs `F
 the step progress that `/sdapi/v1/progress` and the page's progress bar read; cancellation (a job whose
 client went away is dropped before it starts, or stopped at its next denoising step, so the queue moves
 on); per-job LoRA weights; and turning the images into PNG bytes that carry facesmith's metadata
-(`metadata.py`'s two chunks, exactly as `facesmith generate` writes them). HTTP and the page are
+(`metadata.recipe` and `metadata.png_bytes`, the same two functions `facesmith generate` writes with). HTTP and the page are
 `api.py`'s and `page.py`'s business; both submit here, so the page and the API share one queue.
 
 One worker per queue, because a diffusers pipeline is not re-entrant: the scheduler and LoRA weights are
@@ -14,10 +14,7 @@ per-pipeline state, and two jobs on one device only compete for the same compute
 from __future__ import annotations
 
 import collections
-import dataclasses
-import io
 import itertools
-import json
 import threading
 import time
 from concurrent.futures import Future
@@ -25,7 +22,7 @@ from dataclasses import dataclass, field
 
 from facesmith.config import GenerateConfig
 from facesmith.errors import FacesmithError
-from facesmith.metadata import JSON_KEY, PARAMETERS_KEY, format_parameters
+from facesmith.metadata import png_bytes, recipe
 
 
 class JobCancelled(Exception):
@@ -162,7 +159,7 @@ class JobQueue:
                 job.future.set_exception(error)
 
     def _run(self, job: Job) -> list[Picture]:
-        def progress(step: int, total: int) -> None:
+        def progress(stage: str, step: int, total: int | None, **fields: float) -> None:
             job.step, job.total = step, total
             if job.cancel.is_set():
                 raise JobCancelled(f"job {job.id} was interrupted at step {step} of {total}")
@@ -219,21 +216,8 @@ class lora_weights_applied:  # noqa: N801 - used as a context manager, reads as 
 
 def pictures_from(generator, result) -> list[Picture]:
     """PNG bytes with A1111's `parameters` chunk and facesmith's JSON chunk, as `run_generate` writes."""
-    from PIL.PngImagePlugin import PngInfo
-
-    used = result.config
-    name, model_hash = generator.model.name, generator.model.model_hash()
     pictures = []
     for image, seed in zip(result.images, result.seeds, strict=True):
-        one = dataclasses.replace(used, seed=seed, count=1, trace=False)
-        parameters = format_parameters(
-            one, seed=seed, width=used.width, height=used.height, model_name=name, model_hash=model_hash
-        )
-        settings = {"config": one.to_dict(), "model_name": name, "model_hash": model_hash}
-        info = PngInfo()
-        info.add_text(PARAMETERS_KEY, parameters)
-        info.add_text(JSON_KEY, json.dumps(settings, sort_keys=True))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG", pnginfo=info)
-        pictures.append(Picture(buffer.getvalue(), seed, parameters, settings))
+        chunks = recipe(result.config, generator.model, seed)
+        pictures.append(Picture(png_bytes(image, chunks), seed, chunks.parameters, chunks.settings))
     return pictures

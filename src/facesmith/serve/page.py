@@ -98,12 +98,8 @@ def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int
     folder = PictureFolder()
     native = queue.generator.native_size[0]
     loras = [NO_LORA, *queue.loras]
-    # the model's own sampler (the default model's is not DDIM) is what the page starts with
-    default_sampler = (
-        getattr(queue.generator.model, "default_sampler", None) or GenerateConfig.sampler or "DDIM"
-    )
-
-    default_cfg = getattr(queue.generator.model, "default_cfg", 7.5)
+    # the model's own sampler and CFG (the default model's are not DDIM and 7.5) are what the page starts with
+    default_sampler, default_cfg = queue.generator.model.default_sampler, queue.generator.model.default_cfg
 
     def write_prompt(gender, age, hair, ethnicity, features):
         return prompt_from_controls(gender, age, hair, ethnicity, features)

@@ -2,18 +2,18 @@
 
 Defaults follow what Kohya's sd-scripts and diffusers' `train_text_to_image.py` users expect (AdamW at
 1e-4, constant LR, batch 1, fp32 unless asked). The run folder gets `train.toml`, which `--config` reads
-back to make the same run again. The training itself is `trainer.py`'s.
+back to make the same run again (`TrainConfig.save`/`load`); every field is also a command-line flag
+(`facesmith.config.parse_flags`). The training itself is `trainer.py`'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from facesmith.config import StageConfig, read_toml, write_toml
+from facesmith.config import StageConfig
 from facesmith.errors import FacesmithError
 
 MODES = ("full", "lora")
@@ -160,70 +160,3 @@ class TrainConfig(StageConfig):
         if self.keep_checkpoints < 1:
             raise FacesmithError("keep_checkpoints must be at least 1: the last good checkpoint is kept")
         return self
-
-
-def save_train_config(config: TrainConfig, path: str | Path) -> Path:
-    return write_toml(config.to_dict(), path)
-
-
-def load_train_config(path: str | Path) -> TrainConfig:
-    return TrainConfig.from_dict(read_toml(path), origin=str(path))
-
-
-def apply_flags(config: TrainConfig, flags: list[str]) -> TrainConfig:
-    """`--key value` / `--flag` / `--no-flag` command-line pairs over a config; keys may use - or _.
-
-    Values are read by the field's type: numbers, true/false for booleans, "none" for optional fields.
-    """
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    values: dict[str, Any] = {}
-    i = 0
-    while i < len(flags):
-        flag = flags[i]
-        if not flag.startswith("--"):
-            raise FacesmithError(f"unexpected argument {flag!r}: settings are given as --key value")
-        key, _, inline = flag[2:].partition("=")
-        key = key.replace("-", "_")
-        negated = key.startswith("no_") and key[3:] in fields and fields[key[3:]].type == "bool"
-        name = key[3:] if negated else key
-        if name not in fields:
-            raise FacesmithError(f"unknown setting --{flag[2:]}; see `facesmith train --help` for the keys")
-        kind = str(fields[name].type)
-        if kind == "bool" and not inline and (i + 1 == len(flags) or flags[i + 1].startswith("--")):
-            values[name] = not negated
-            i += 1
-            continue
-        if inline:
-            raw = inline
-        elif i + 1 < len(flags):
-            raw, i = flags[i + 1], i + 1
-        else:
-            raise FacesmithError(f"--{flag[2:]} needs a value")
-        values[name] = _parse_value(name, kind, raw)
-        i += 1
-    return dataclasses.replace(config, **values)
-
-
-def _parse_value(name: str, kind: str, raw: str) -> Any:
-    if "None" in kind and raw.lower() == "none":
-        return None
-    try:
-        if kind.startswith("bool"):
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("true", "1", "yes")
-        if kind.startswith("int"):
-            return int(raw)
-        if kind.startswith("float"):
-            return float(raw)
-    except ValueError:
-        raise FacesmithError(f"--{name.replace('_', '-')} {raw!r} is not a valid {kind.split()[0]}") from None
-    return raw
-
-
-def flag_summary() -> str:
-    """Every setting as `--key default`, for `facesmith train --help`."""
-    defaults = TrainConfig()
-    return "  ".join(
-        f"--{f.name.replace('_', '-')} {getattr(defaults, f.name)!s}" for f in dataclasses.fields(TrainConfig)
-    )

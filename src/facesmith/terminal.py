@@ -1,0 +1,127 @@
+"""What facesmith's commands show on the terminal: results on stdout, progress bars and one-line errors
+and warnings on stderr, and no library chatter.
+
+`guarded` runs a command's work: a FacesmithError becomes one red line and exit status 2, facesmith's
+own warnings (a cut prompt, a NaN VAE decode) become yellow lines, every other warning and library log
+is silenced. `Bars` is the `facesmith.progress` interface drawn as rich progress bars. The commands
+themselves are `cli.py`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from facesmith.errors import FacesmithError
+
+out = Console()
+err = Console(stderr=True)
+
+
+def guarded(work: Callable[[], Any], models: bool = True) -> Any:
+    """Run `work`, turning user mistakes into one red line and exit status 2."""
+    _quiet_libraries(models)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            warnings.showwarning = _show_warning
+            for category in _facesmith_warnings():
+                warnings.simplefilter("always", category)
+            return work()
+    except FacesmithError as error:
+        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _facesmith_warnings() -> list[type[Warning]]:
+    from facesmith.generate import PromptTruncatedWarning
+    from facesmith.latents import VaeUpcastWarning
+
+    return [PromptTruncatedWarning, VaeUpcastWarning]
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def _quiet_libraries(models: bool = True) -> None:
+    """Keep library logs and their own progress bars off the terminal; facesmith shows its own."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("diffusers", "transformers", "accelerate", "peft"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if models:
+        import diffusers.utils.logging
+        import transformers.utils.logging
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
+
+
+class Bars:
+    """The command line's `facesmith.progress.Progress`: one rich bar per stage name, on stderr.
+
+    Beside the count it shows a `loss` field when one is given, and for the stages in RATES a rate and
+    an ETA measured from the first report the stage made (a resumed run starts past 0).
+    """
+
+    RATES = {"preparing": "img/s", "training": "it/s"}
+
+    def __init__(self, disable: bool = False):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bars = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=disable,
+        )
+        self.tasks: dict[str, int] = {}
+        self.first: dict[str, tuple[int, float]] = {}  # (done, time) of each stage's first report
+        self.waiting: set[str] = set()  # stages whose length is not known (yet)
+
+    def __enter__(self) -> Bars:
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bars.__exit__(*exc)
+
+    def __call__(self, stage: str, done: int, total: int | None, **fields: float) -> None:
+        if stage not in self.tasks:
+            for waiting in self.waiting:  # a stage of unknown length was only a "please wait"
+                self.bars.update(self.tasks[waiting], visible=False)
+            self.tasks[stage] = self.bars.add_task(stage, total=total, note="")
+            self.first[stage] = (done, time.perf_counter())
+        if total is None:
+            self.waiting.add(stage)
+        else:
+            self.waiting.discard(stage)
+        self.bars.update(
+            self.tasks[stage], completed=done, total=total, note=self._note(stage, done, total, fields)
+        )
+
+    def _note(self, stage: str, done: int, total: int | None, fields: dict[str, float]) -> str:
+        parts = []
+        (done0, t0), now = self.first[stage], time.perf_counter()
+        if stage in self.RATES and done > done0 and now > t0:
+            rate = (done - done0) / (now - t0)
+            parts.append(f"{rate:.1f} {self.RATES[stage]}")
+            if total is not None:
+                left = (total - done) / rate
+                parts.append(f"ETA {int(left // 60)}:{int(left % 60):02d}")
+        if fields.get("loss") is not None:
+            parts.append(f"loss {fields['loss']:.4f}")
+        return "  ".join(parts)
