@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from facesmith.data.captions import celeba_attributes, utkface_attributes
+from facesmith.attributes.schema import celeba_attributes, utkface_attributes
 
 SIZE = 128
 # CelebA align&cropped at 89x109: an 80-px square around the face.

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny models saved once per session, as diffusers folders and single files."""
+"""Shared fixtures: tiny models saved once per session, as diffusers folders and single files, and the
+shared real face photos (skipped where they are absent)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,15 @@ def _private_cache(tmp_path_factory):
     import os
 
     os.environ["FACESMITH_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The shared (non-commercial, never committed) face photos' data folder: celeba/, utkface/."""
+    root = factory.shared_data_dir()
+    if root is None:
+        pytest.skip("shared face data not found (set FACESMITH_SHARED)")
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +66,17 @@ def sd15(sd15_folder):
     import facesmith
 
     return facesmith.load(sd15_folder)
+
+
+@pytest.fixture(scope="session")
+def face_dataset(tmp_path_factory) -> Path:
+    """48 synthetic labelled faces in a dataset folder, a quarter held out."""
+    return factory.synthetic_face_dataset(tmp_path_factory.mktemp("faces") / "dataset", count=48)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory, face_dataset) -> Path:
+    """The attribute classifier's heads trained briefly on `face_dataset` (evaluate and attributes tests)."""
+    return factory.tiny_attribute_classifier(
+        tmp_path_factory.mktemp("classifier") / "attributes", face_dataset
+    )

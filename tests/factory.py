@@ -1,12 +1,17 @@
-"""The one factory for test models: tiny random-weight Stable Diffusion pipelines, built in code.
+"""The one factory for test fixtures: tiny random-weight models, photos and datasets, built in code.
 
-Shapes follow the real families' shipped configs (`facesmith/models/configs`) with sizes shrunk, so the
-same conventions hold (SD1: 8 heads, SDXL: 64-dim heads, CLIP: 64-dim heads, GroupNorm 32). Images are
-64x64 px (8x8 latents), so a 2-step generation takes well under a second on 2 CPU cores.
+Models: shapes follow the real families' shipped configs (`facesmith/models/configs`) with sizes shrunk,
+so the same conventions hold (SD1: 8 heads, SDXL: 64-dim heads, CLIP: 64-dim heads, GroupNorm 32). Images
+are 64x64 px (8x8 latents), so a 2-step generation takes well under a second on 2 CPU cores.
+
+Data: noise photos for prepare, colour-field and cartoon-face datasets written through `data.manifest`,
+and `shared_data_dir`, the one place tests look for the shared (never committed) real face photos.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 
 import torch
@@ -204,6 +209,64 @@ def peft_lora(pipe, path: Path, rank: int = 4, seed: int = 0) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Photos and datasets.
+
+
+def shared_data_dir() -> Path | None:
+    """The shared real face photos: $FACESMITH_SHARED/data, else <repo>/../shared/data; None if absent."""
+    for root in (os.environ.get("FACESMITH_SHARED"), Path(__file__).resolve().parents[1].parent / "shared"):
+        if root and (Path(root) / "data").is_dir():
+            return Path(root) / "data"
+    return None
+
+
+def photo(seed: int, size: tuple[int, int] = (48, 48), mode: str = "RGB"):
+    """A sharp noise photo with its own perceptual hash per seed: it passes prepare's quality gates in
+    --aligned mode (which needs no face); face detection is tested on the shared data."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (size[1] // 4 + 1, size[0] // 4 + 1, 3), dtype=np.uint8)
+    image = Image.fromarray(coarse).resize(size, Image.Resampling.NEAREST)
+    fine = rng.integers(-40, 40, (size[1], size[0], 3))
+    image = Image.fromarray(np.uint8(np.clip(np.asarray(image, dtype=int) + fine, 0, 255)))
+    return image if mode == "RGB" else image.convert(mode)
+
+
+def save_photo(path: Path, seed: int, size: tuple[int, int] = (48, 48), **options) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    photo(seed, size).save(path, **options)
+    return path
+
+
+def colour_field_dataset(
+    directory: Path, count: int = 4, size=(40, 40), captions: list[str] | None = None
+) -> Path:
+    """A training dataset folder: `count` smooth random colour fields standing in for faces, all in the
+    train split, plus one val row; `size` is one (w, h) or one per image."""
+    import numpy as np
+    from PIL import Image
+
+    from facesmith.data.manifest import ManifestRow, image_name, write_manifest
+
+    rng = np.random.default_rng(0)
+    (directory / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        w, h = size if isinstance(size, tuple) else size[i]
+        coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        name = image_name(i, "png")
+        Image.fromarray(coarse).resize((w, h), Image.BILINEAR).save(directory / name)
+        text = captions[i % len(captions)] if captions else f"a photo of a person, face {i}, smiling"
+        attributes = {"Male": i % 2, "Smiling": 1, "age": 20 + i}
+        rows.append(ManifestRow(name, text, attributes, "folder", name, "train", w, h))
+    rows.append(dataclasses.replace(rows[0], split="val"))
+    write_manifest(directory, rows)
+    return directory
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Evaluation fixtures: synthetic labelled faces and a tiny attribute classifier trained on them.
 
 
@@ -247,8 +310,9 @@ def synthetic_face_dataset(root: Path, count: int = 48, seed: int = 0, side: int
     Labels: Blond_Hair, Eyeglasses, Smiling (visible), Male (random, invisible); every third face also
     carries UTKFace-style age and ethnicity.
     """
-    import json
     import random
+
+    from facesmith.data.manifest import ManifestRow, write_manifest
 
     rng = random.Random(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -259,18 +323,9 @@ def synthetic_face_dataset(root: Path, count: int = 48, seed: int = 0, side: int
             attrs.update(age=rng.choice([8, 30, 70]), ethnicity=rng.choice(["white", "Black"]))
         name = f"images/{i:05d}.png"
         synthetic_face(attrs, seed * 100_000 + i, side).save(root / name)
-        rows.append(
-            {
-                "file_name": name,
-                "text": "a face",
-                "attributes": attrs,
-                "source": "folder",
-                "split": "val" if i % 4 == 0 else "train",
-                "width": side,
-                "height": side,
-            }  # fmt: skip
-        )
-    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        split = "val" if i % 4 == 0 else "train"
+        rows.append(ManifestRow(name, "a face", attrs, "folder", split=split, width=side, height=side))
+    write_manifest(root, rows)
     return root
 
 

@@ -1,29 +1,9 @@
-"""Tiny photos and dataset helpers for the data tests, built in code."""
+"""Helpers for the data tests: a fast prepare config and readers of what prepare wrote."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-
-# Noise is sharp and every seed has its own perceptual hash, so these photos pass the quality gates in
-# --aligned mode (which needs no face); face detection is tested on the shared data.
-
-
-def photo(seed: int, size: tuple[int, int] = (48, 48), mode: str = "RGB"):
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (size[1] // 4 + 1, size[0] // 4 + 1, 3), dtype=np.uint8)
-    image = Image.fromarray(coarse).resize(size, Image.Resampling.NEAREST)
-    fine = rng.integers(-40, 40, (size[1], size[0], 3))
-    image = Image.fromarray(np.uint8(np.clip(np.asarray(image, dtype=int) + fine, 0, 255)))
-    return image if mode == "RGB" else image.convert(mode)
-
-
-def save_photo(path: Path, seed: int, size: tuple[int, int] = (48, 48), **options) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    photo(seed, size).save(path, **options)
-    return path
 
 
 def aligned_config(sources, out, **overrides):
@@ -35,13 +15,10 @@ def aligned_config(sources, out, **overrides):
     return PrepareConfig(**{**values, **overrides})
 
 
-def read_manifest(out: Path) -> list[dict]:
-    import json
-
+def stored_rows(out: Path) -> list[dict]:
+    """The manifest's lines as prepare stored them (raw JSON, to test the file format itself)."""
     return [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
 
 
 def read_report(out: Path) -> dict:
-    import json
-
     return json.loads((out / "report.json").read_text())

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from facesmith.data.captions import CELEBA_ATTRIBUTES
-from facesmith.data.config import PrepareConfig, load_prepare_config
+from facesmith.attributes.schema import CELEBA_ATTRIBUTES
+from facesmith.data.config import PrepareConfig
 from facesmith.data.prepare import PROGRESS_FILE, run_prepare
 from facesmith.errors import FacesmithError
+from factory import photo, save_photo
 
-from .facefixtures import aligned_config, photo, read_manifest, read_report, save_photo
+from .facefixtures import aligned_config, read_report, stored_rows
 
 SIZE = (96, 96)
 
@@ -78,7 +79,7 @@ def test_bad_inputs_are_counted_and_the_rest_kept(tmp_path, sources):
     )
     report = read_report(out)
     assert report["rejected"] == REJECTED
-    rows = read_manifest(out)
+    rows = stored_rows(out)
     assert {r["source_file"].split("/")[-1] for r in rows if r["source"] == "folder"} == KEPT
     assert report["kept"] == len(KEPT) + 1 and report["total"] == len(KEPT) + 1 + sum(REJECTED.values())
     anna = next(r for r in rows if r["source"] == "kohya")
@@ -95,7 +96,7 @@ def test_bad_inputs_are_counted_and_the_rest_kept(tmp_path, sources):
     md = (out / "report.md").read_text()
     assert "| near duplicate | 1 |" in md and "contact_sheet.png" in md
     assert (out / "contact_sheet.png").is_file()
-    assert load_prepare_config(out / "prepare.toml").max_pixels == 1_000_000
+    assert PrepareConfig.load(out / "prepare.toml").max_pixels == 1_000_000
 
 
 def test_same_dataset_from_rerun_resume_and_more_workers(tmp_path, sources):
@@ -109,7 +110,7 @@ def test_same_dataset_from_rerun_resume_and_more_workers(tmp_path, sources):
     assert (run_prepare(config) / "metadata.jsonl").read_text() == first
     assert len(progress.read_text().splitlines()) == len(lines)  # the cut line was replaced, not appended to
     two = aligned_config(sources, tmp_path / "b", max_pixels=1_000_000, workers=2)
-    rows_b = read_manifest(run_prepare(two))
+    rows_b = stored_rows(run_prepare(two))
     rows_a = [json.loads(line) for line in first.splitlines()]
     assert [(r["text"], r["split"], r["phash"]) for r in rows_a] == [
         (r["text"], r["split"], r["phash"]) for r in rows_b
@@ -120,7 +121,7 @@ def test_same_dataset_from_rerun_resume_and_more_workers(tmp_path, sources):
         ).read_bytes()
     # A source that changed under a resumed folder is redone from scratch, not mixed with old decisions.
     (sources[0] / "good2.jpg").unlink()
-    changed = read_manifest(run_prepare(config))
+    changed = stored_rows(run_prepare(config))
     assert len(changed) == len(first.splitlines()) - 1
     assert len(list((tmp_path / "a" / "images").iterdir())) == len(changed)
 
@@ -135,7 +136,7 @@ def test_celeba_captions_attributes_and_table_problems(tmp_path):
     lines = ["202599", header] + [f"00000{i}.jpg {row}" for i in (1, 2, 3, 7)]
     (src / "list_attr_celeba.txt").write_text("\r\n".join(lines) + "\r\n")
     out = run_prepare(aligned_config([src], tmp_path / "out", size=64, templates=["sks {gender}, {tags}"]))
-    rows = read_manifest(out)
+    rows = stored_rows(out)
     assert len(rows) == 3 and rows[0]["attributes"]["Eyeglasses"] == 1 and rows[0]["attributes"]["Bald"] == 0
     assert rows[0]["text"] == "sks man, eyeglasses, smiling, young"
     report = read_report(out)
@@ -153,7 +154,7 @@ def test_val_split_is_deterministic_and_by_identity(tmp_path):
     body = "\n".join(name + "," + ",".join("0" * 1 for _ in CELEBA_ATTRIBUTES) for name in names)
     (src / "list_attr_celeba.csv").write_text(header + "\n" + body + "\n")
     (src / "identity_CelebA.txt").write_text("\n".join(f"{n} {i // 4}" for i, n in enumerate(names)))
-    rows = read_manifest(run_prepare(aligned_config([src], tmp_path / "out", val_fraction=0.3)))
+    rows = stored_rows(run_prepare(aligned_config([src], tmp_path / "out", val_fraction=0.3)))
     by_identity: dict[str, set] = {}
     for r in rows:
         by_identity.setdefault(r["identity"], set()).add(r["split"])
@@ -169,7 +170,7 @@ def test_detection_path_aligns_faces_and_rejects_non_faces(tmp_path, shared_data
     save_photo(src / "noise.jpg", 1, (120, 120))
     config = PrepareConfig(sources=[str(src)], out_dir=str(tmp_path / "out"), size=64, workers=1)
     out = run_prepare(config)
-    rows = read_manifest(out)
+    rows = stored_rows(out)
     assert len(rows) == 3 and read_report(out)["rejected"] == {"no face": 1}
     assert all(len(r["landmarks"]) == 5 and r["score"] > 0.9 and r["outside"] < 0.5 for r in rows)
     too_big = run_prepare(
@@ -208,7 +209,7 @@ def test_cli_prepare_and_its_errors(tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["prepare", str(src), "-o", str(out), "--aligned", "--size", "32"])
     assert result.exit_code == 0, result.output
-    assert "kept 2 of 2" in result.output and len(read_manifest(out)) == 2
+    assert "kept 2 of 2" in result.output and len(stored_rows(out)) == 2
     result = CliRunner().invoke(app, ["prepare", str(tmp_path / "missing"), "-o", str(tmp_path / "o2")])
     assert result.exit_code == 2 and "is not a folder" in result.output and "Traceback" not in result.output
     again = CliRunner().invoke(app, ["prepare", "--config", str(out / "prepare.toml")])
@@ -225,7 +226,7 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(FacesmithError, match="being written by another"):
             run_prepare(config)
-    assert len(read_manifest(run_prepare(config))) == 1
+    assert len(stored_rows(run_prepare(config))) == 1
 
 
 def test_unlabeled_faces_are_captioned_by_the_attribute_classifier(tmp_path):
@@ -241,7 +242,7 @@ def test_unlabeled_faces_are_captioned_by_the_attribute_classifier(tmp_path):
             src / f"{i}.png"
         )
     out = run_prepare(aligned_config([src], tmp_path / "out", size=64, attribute_classifier=str(classifier)))
-    rows = read_manifest(out)
+    rows = stored_rows(out)
     assert len(rows) == 6 and all(r["caption_from"] == "predicted" and r["attributes"] == {} for r in rows)
     assert all(
         len(r["predicted_attributes"]) >= 40 and r["text"] != PrepareConfig.generic_caption for r in rows
@@ -249,7 +250,7 @@ def test_unlabeled_faces_are_captioned_by_the_attribute_classifier(tmp_path):
     assert any("predicted by the attribute classifier" in n for n in read_report(out)["notes"])
     # Without a classifier the faces keep the generic caption, and the report says why.
     bare = run_prepare(aligned_config([src], tmp_path / "bare", size=64, attribute_classifier=str(tmp_path)))
-    assert {r["caption_from"] for r in read_manifest(bare)} == {"generic"}
+    assert {r["caption_from"] for r in stored_rows(bare)} == {"generic"}
     assert any("keep the generic caption" in n for n in read_report(bare)["notes"])
 
 
@@ -268,5 +269,5 @@ def test_templates_come_from_toml(tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["prepare", str(src), "-o", str(out), "--config", str(toml)])
     assert result.exit_code == 0, result.output
-    assert [r["text"] for r in read_manifest(out)] == ["sks, senior Black man", "sks, child white girl"]
-    assert load_prepare_config(out / "prepare.toml").templates == ["sks, {age} {ethnicity} {gender}"]
+    assert [r["text"] for r in stored_rows(out)] == ["sks, senior Black man", "sks, child white girl"]
+    assert PrepareConfig.load(out / "prepare.toml").templates == ["sks, {age} {ethnicity} {gender}"]

@@ -9,8 +9,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from facesmith.data.quality import BadImage, hamming, open_photo, phash, sharpness
-
-from .facefixtures import photo, save_photo
+from factory import photo, save_photo
 
 
 @pytest.mark.parametrize("mode", ["CMYK", "L", "P", "RGBA", "LA", "I;16"])

@@ -6,11 +6,10 @@ import json
 
 import pytest
 
-from facesmith.data.captions import CELEBA_ATTRIBUTES
+from facesmith.attributes.schema import CELEBA_ATTRIBUTES
 from facesmith.data.sources import detect_format, read_celeba_table, read_source
 from facesmith.errors import FacesmithError
-
-from .facefixtures import save_photo
+from factory import save_photo
 
 
 def celeba_txt(folder, names, values):

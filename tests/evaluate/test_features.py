@@ -1,24 +1,9 @@
+"""The evaluation feature space: 1280-d pooled features that tell images apart, under a stated label."""
+
 import numpy as np
-import torch
 from PIL import Image
 
-from facesmith.evaluate.features import (
-    WEIGHTS,
-    MobileNetV2,
-    extract_features,
-    feature_space,
-    load_mobilenet_v2,
-)
-
-
-def test_shipped_weights_load_with_torchvision_names():
-    from safetensors.torch import load_file
-
-    state = load_file(str(WEIGHTS))
-    assert "features.18.0.weight" in state and "classifier.1.weight" in state
-    assert set(state) == set(MobileNetV2().state_dict())
-    model = load_mobilenet_v2()
-    assert model.classifier[1].weight.shape == (1000, 1280)
+from facesmith.evaluate.features import extract_features, feature_space
 
 
 def test_features_are_1280_d_deterministic_and_tell_images_apart():
@@ -30,7 +15,8 @@ def test_features_are_1280_d_deterministic_and_tell_images_apart():
     assert np.linalg.norm(a[0] - a[1]) > 1.0
 
 
-def test_tiny_width_keeps_the_layout():
-    tiny = MobileNetV2(width=0.25).eval()
-    assert tiny.pooled(torch.zeros(1, 3, 32, 32)).shape == (1, 1280)
+def test_progress_names_the_stage_and_the_label_names_the_space():
+    heard = []
+    extract_features([Image.new("RGB", (48, 48))] * 3, size=64, batch=2, progress=lambda *a: heard.append(a))
+    assert heard == [("features", 2, 3), ("features", 3, 3)]
     assert feature_space(224) == "MobileNetV2-ImageNet pool-1280 @224px"

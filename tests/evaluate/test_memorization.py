@@ -1,11 +1,10 @@
-import os
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import factory
 from facesmith.evaluate.features import extract_features
 from facesmith.evaluate.memorization import (
     audit,
@@ -61,13 +60,12 @@ def test_threshold_allows_five_percent_false_flags_at_most():
     assert (distinct <= overlapping).mean() <= 0.05
 
 
-def _shared() -> Path:
-    return Path(os.environ.get("FACESMITH_SHARED", Path(__file__).resolve().parents[3] / "shared"))
-
-
-@pytest.mark.skipif(not (_shared() / "data" / "celeba").is_dir(), reason="shared CelebA data is absent")
+@pytest.mark.skipif(
+    factory.shared_data_dir() is None or not (factory.shared_data_dir() / "celeba").is_dir(),
+    reason="shared CelebA data is absent",
+)
 def test_on_real_faces_copies_are_flagged_and_other_people_pass():
-    files = sorted((_shared() / "data" / "celeba" / "images").iterdir())[:46]
+    files = sorted((factory.shared_data_dir() / "celeba" / "images").iterdir())[:46]
     faces = [Image.open(p).convert("RGB").resize((64, 64)) for p in files]
     _, _, result = _planted_audit(faces[:40], faces[40:])
     assert result.copies[:2].all()

@@ -3,18 +3,28 @@
 Owns: turning one face's structured attributes (the 40 CelebA attributes,
 UTKFace's age in years, gender and ethnicity) into an English caption, with
 synonyms and a random clause order so that no attribute set maps to one fixed
-string, and user templates (``caption_from_template``). Kohya-style caption dropout
-and tag shuffling are in ``caption_ops``
-(they act on the finished caption, not on attributes).
+string, and user templates (``caption_from_template``). The attribute names and
+the dataset label parsers are ``facesmith.attributes.schema``'s; Kohya-style
+caption dropout and tag shuffling are in ``caption_ops`` (they act on the
+finished caption, not on attributes).
 
 Why our own code: the paper's method is exactly "add attribute data to the
 captions"; no library writes face captions from CelebA/UTKFace labels.
 
-Attribute dictionaries use the CelebA names as keys with 0/1 values, plus
-``age`` (years, int), ``male`` is CelebA's ``Male``, and ``ethnicity`` (one of
-``ETHNICITIES``). A key that is absent means "unknown", which is not the same
-as 0: unknown attributes are never written, negative ones sometimes are
+Attribute dicts are the schema's: CelebA names with 0/1 values, ``age`` in
+years, ``ethnicity``. A key that is absent means "unknown", which is not the
+same as 0: unknown attributes are never written, negative ones sometimes are
 ("clean-shaven").
+
+Where the mention probabilities come from (the ``rng.random() < p`` tests and
+``_WEARING``'s first numbers): nobody recorded it. They were set by hand when
+these captions were written for the default model (commit 1d9f531), and neither
+git history, MODEL_CARD nor docs/ holds a measurement behind them. What the code
+shows is a pattern: attributes anyone sees at a glance (hair colour, beards,
+glasses) are named nearly always, subtle face features (``_FACE_FEATURES``) under
+half the time, so a caption stays short while every attribute is still named
+in a good share of its captions. The default model was trained on captions drawn with these
+values: change them only with a retrained model and a new faithfulness measure.
 """
 
 from __future__ import annotations
@@ -22,67 +32,16 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 
-CELEBA_ATTRIBUTES = [
-    "5_o_Clock_Shadow",
-    "Arched_Eyebrows",
-    "Attractive",
-    "Bags_Under_Eyes",
-    "Bald",
-    "Bangs",
-    "Big_Lips",
-    "Big_Nose",
-    "Black_Hair",
-    "Blond_Hair",
-    "Blurry",
-    "Brown_Hair",
-    "Bushy_Eyebrows",
-    "Chubby",
-    "Double_Chin",
-    "Eyeglasses",
-    "Goatee",
-    "Gray_Hair",
-    "Heavy_Makeup",
-    "High_Cheekbones",
-    "Male",
-    "Mouth_Slightly_Open",
-    "Mustache",
-    "Narrow_Eyes",
-    "No_Beard",
-    "Oval_Face",
-    "Pale_Skin",
-    "Pointy_Nose",
-    "Receding_Hairline",
-    "Rosy_Cheeks",
-    "Sideburns",
-    "Smiling",
-    "Straight_Hair",
-    "Wavy_Hair",
-    "Wearing_Earrings",
-    "Wearing_Hat",
-    "Wearing_Lipstick",
-    "Wearing_Necklace",
-    "Wearing_Necktie",
-    "Young",
-]
+from facesmith.attributes.schema import CELEBA_ATTRIBUTES, age_group
 
-# UTKFace's race codes 0-4, worded as people describe themselves; "other" is
-# never written because it says nothing a viewer could check.
-ETHNICITIES = ("white", "Black", "East Asian", "South Asian", "other")
+# Words for UTKFace's ethnicities (schema.ETHNICITIES); "other" is never
+# written because it says nothing a viewer could check.
 _ETHNICITY_WORDS = {
     "white": ["white", "Caucasian"],
     "Black": ["Black", "African-American"],
     "East Asian": ["East Asian", "Asian"],
     "South Asian": ["South Asian", "Indian"],
 }
-
-# Age groups used for captions and for evaluation; bounds in years, inclusive.
-AGE_GROUPS = (
-    ("child", 0, 12),
-    ("teenager", 13, 19),
-    ("young adult", 20, 39),
-    ("middle-aged", 40, 59),
-    ("senior", 60, 200),
-)
 
 _OPENINGS = [
     "a photo of",
@@ -93,14 +52,6 @@ _OPENINGS = [
     "a photograph of",
     "",
 ]
-
-
-def age_group(years: int) -> str:
-    """The AGE_GROUPS name that holds ``years``."""
-    for name, low, high in AGE_GROUPS:
-        if low <= years <= high:
-            return name
-    raise ValueError(f"age {years} is outside 0-200")
 
 
 def _on(attrs: Mapping, key: str) -> bool:
@@ -305,7 +256,7 @@ def caption_from_attributes(attrs: Mapping, rng: random.Random | None = None) ->
     if with_clauses:
         parts.append("with " + _join(with_clauses))
     if wearing:
-        parts.append(("wearing " if with_clauses else "wearing ") + _join(wearing))
+        parts.append("wearing " + _join(wearing))
     caption = parts[0]
     if len(parts) > 1:
         caption += " " + parts[1]
@@ -314,25 +265,6 @@ def caption_from_attributes(attrs: Mapping, rng: random.Random | None = None) ->
     if _on(attrs, "Blurry") and rng.random() < 0.5:
         caption += ", blurry photo"
     return caption
-
-
-def celeba_attributes(row: Mapping[str, str | int]) -> dict:
-    """CelebA row (0/1 or -1/1 values, original names) -> attribute dict."""
-    return {k: int(float(row[k]) > 0) for k in CELEBA_ATTRIBUTES if k in row}
-
-
-def utkface_attributes(age: int, gender: int, race: int) -> dict:
-    """UTKFace labels (gender 0 = male, 1 = female; race 0-4) -> attribute dict.
-
-    Also fills the CelebA attributes that follow from the age, so the two
-    sources share keys: ``Young`` (CelebA's sense, under about 35).
-    """
-    return {
-        "age": int(age),
-        "Male": int(gender == 0),
-        "ethnicity": ETHNICITIES[int(race)],
-        "Young": int(age < 35),
-    }
 
 
 # ---------------------------------------------------------------------------

@@ -36,12 +36,11 @@ MIN_FACE_SIZE = 20
 THRESHOLDS = (0.6, 0.7, 0.7)
 PYRAMID_FACTOR = 0.709
 
-LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-
 
 @dataclass(frozen=True)
 class DetectedFace:
-    """One face: box (x0, y0, x1, y1) in pixels, MTCNN's O-Net score in [0, 1], five (x, y) landmarks."""
+    """One face: box (x0, y0, x1, y1) in pixels, MTCNN's O-Net score in [0, 1], five (x, y) landmarks
+    in MTCNN's order: left eye, right eye, nose, left and right mouth corner."""
 
     box: tuple[float, float, float, float]
     score: float

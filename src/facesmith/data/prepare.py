@@ -4,14 +4,14 @@ Owns: the run (sources -> per-image work in a process pool -> in-order decisions
 captions per image, the train/val split and the manifest. Reading sources is ``sources``, detection
 ``faces``, cropping ``align``, quality measures ``quality``, the report ``report``.
 
-Output (the dataset contract, README "Preparing a dataset"): ``DIR/images/NNNNNN.png``, ``DIR/metadata.jsonl``
-(one JSON object per kept image: file_name, text, attributes, source, source_file, split, width, height, and
-face box, landmarks, detector score and quality scores), ``DIR/prepare.toml``, ``DIR/report.md``,
-``DIR/report.json`` and ``DIR/contact_sheet.png``.
+Output: the dataset directory of ``manifest`` (``DIR/images/NNNNNN.png`` and ``DIR/metadata.jsonl``, one
+``ManifestRow`` per kept image), plus ``DIR/prepare.toml``, ``DIR/report.md``, ``DIR/report.json`` and
+``DIR/contact_sheet.png``.
 
 Determinism: items are numbered in source order (sources in the order given, files sorted); each image's
 work depends only on its file and the config; duplicates are decided in that order in the main process;
-captions use a random generator seeded by (seed, index); the split hashes the identity. So a rerun, a run
+captions use a random generator seeded by (seed, index); the split hashes the identity
+(``manifest.assign_split``). So a rerun, a run
 with another worker count, and a resumed run all give the same dataset. Resuming: every decision is
 appended to ``DIR/progress.jsonl`` as it is made; a rerun with the same settings skips what is there.
 """
@@ -24,16 +24,18 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from facesmith.data.config import PrepareConfig, load_prepare_config, save_prepare_config
+from facesmith.data.config import PrepareConfig
+from facesmith.data.manifest import ManifestRow, assign_split, image_name, write_manifest
 from facesmith.data.sources import SourceItem, read_source
 from facesmith.errors import FacesmithError
+from facesmith.progress import Progress
 
 PROGRESS_FILE = "progress.jsonl"
 
@@ -117,8 +119,10 @@ def _init_worker() -> None:
 # The stage.
 
 
-def run_prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None = None) -> Path:
-    """Build the dataset directory ``config.out_dir`` (see the module docstring); return its path."""
+def run_prepare(config: PrepareConfig, progress: Progress | None = None) -> Path:
+    """Build the dataset directory ``config.out_dir`` (see the module docstring); return its path.
+
+    ``progress`` hears ("preparing", images decided, images in the sources) after each decision."""
     config.validate()
     start = time.perf_counter()
     out = Path(config.out_dir)
@@ -127,17 +131,14 @@ def run_prepare(config: PrepareConfig, progress: Callable[[int, int], None] | No
         return _build(config, out, start, progress)
 
 
-def _build(
-    config: PrepareConfig, out: Path, start: float, progress: Callable[[int, int], None] | None
-) -> Path:
+def _build(config: PrepareConfig, out: Path, start: float, progress: Progress | None) -> Path:
     sources = [read_source(path, config.format) for path in config.sources]
     items = [item for source in sources for item in source.items]
     total = len(items)
 
     done = _read_progress(out / PROGRESS_FILE, items)
-    suffix = "jpg" if config.image_format == "jpg" else config.image_format
     tasks = [
-        Task(i, item, out / "images" / f"{i:06d}.{suffix}", config)
+        Task(i, item, out / image_name(i, config.image_format), config)
         for i, item in enumerate(items)
         if i not in done
     ]
@@ -152,7 +153,7 @@ def _build(
     with open(out / PROGRESS_FILE, "a", encoding="utf-8") as log:
         count = len(done)
         if progress:
-            progress(count, total)
+            progress("preparing", count, total)
         for task, record in zip(tasks, _run_tasks(tasks, config.workers), strict=True):
             record = _decide_duplicate(record, task, seen_sha, hashes, config.max_hash_distance)
             if "rejected" not in record:
@@ -162,7 +163,7 @@ def _build(
             done[task.index] = record
             count += 1
             if progress:
-                progress(count, total)
+                progress("preparing", count, total)
 
     unlabeled = [
         i for i in range(total) if "rejected" not in done[i] and not (items[i].caption or items[i].attributes)
@@ -173,9 +174,7 @@ def _build(
         for i in range(total)
         if "rejected" not in done[i]
     ]
-    with open(out / "metadata.jsonl", "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_manifest(out, rows)
     from facesmith.data.report import write_report
 
     write_report(out, config, sources, items, done, rows, wall_s=time.perf_counter() - start, notes=notes)
@@ -219,14 +218,14 @@ def _decide_duplicate(
 def predict_attributes(
     out: Path, records: list[dict], config: PrepareConfig
 ) -> tuple[dict[int, dict], list[str]]:
-    """Attributes of unlabeled kept faces from the attribute classifier of ``facesmith.evaluate`` (the
+    """Attributes of unlabeled kept faces from the attribute classifier of ``facesmith.attributes`` (the
     shipped one, or ``config.attribute_classifier``), batch by batch from the written crops; and notes for
     the report. Without a classifier the faces keep the generic caption and the note says why."""
     if not records or not config.auto_caption:
         return {}, []
     from PIL import Image
 
-    from facesmith.evaluate.attributes import AttributeClassifier, caption_attributes
+    from facesmith.attributes.classifier import AttributeClassifier, caption_attributes
 
     try:
         classifier = (
@@ -237,12 +236,11 @@ def predict_attributes(
     except FacesmithError as error:
         return {}, [f"{len(records)} unlabeled faces keep the generic caption: {error}"]
     predicted: dict[int, dict] = {}
-    suffix = "jpg" if config.image_format == "jpg" else config.image_format
     for start in range(0, len(records), 256):
         chunk = records[start : start + 256]
         images = []
         for record in chunk:
-            with Image.open(out / "images" / f"{record['index']:06d}.{suffix}") as image:
+            with Image.open(out / image_name(record["index"], config.image_format)) as image:
                 images.append(image.convert("RGB"))
         for record, attrs in zip(chunk, classifier.predict(images), strict=True):
             predicted[record["index"]] = caption_attributes(attrs)
@@ -255,7 +253,7 @@ def predict_attributes(
 
 def _manifest_row(
     item: SourceItem, record: dict, config: PrepareConfig, predicted: dict | None = None
-) -> dict:
+) -> ManifestRow:
     from facesmith.data.captions import caption_from_attributes, caption_from_template
 
     index = record["index"]
@@ -272,29 +270,22 @@ def _manifest_row(
     else:
         text, origin = config.generic_caption, "generic"
     key = f"{item.source}:{item.identity}" if item.identity else str(item.path)
-    draw = int(hashlib.sha256(f"{config.seed}:{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    suffix = "jpg" if config.image_format == "jpg" else config.image_format
-    row = {
-        "file_name": f"images/{index:06d}.{suffix}",
-        "text": text,
-        "attributes": item.attributes,
-        "source": item.source,
-        "source_file": str(item.path),
-        "split": "val" if draw < config.val_fraction else "train",
-        "width": config.size,
-        "height": config.size,
-        "caption_from": origin,
-    }
-    if predicted and not item.attributes:
-        row["predicted_attributes"] = predicted
-    if item.identity:
-        row["identity"] = item.identity
-    if item.repeats != 1:
-        row["repeats"] = item.repeats
-    for key in ("box", "landmarks", "score", "sharpness", "upscale", "outside", "phash"):
-        if key in record:
-            row[key] = record[key]
-    return row
+    measured = ("box", "landmarks", "score", "sharpness", "upscale", "outside", "phash")
+    return ManifestRow(
+        file_name=image_name(index, config.image_format),
+        text=text,
+        attributes=item.attributes,
+        source=item.source,
+        source_file=str(item.path),
+        split=assign_split(key, config.seed, config.val_fraction),
+        width=config.size,
+        height=config.size,
+        caption_from=origin,
+        predicted_attributes=predicted if predicted and not item.attributes else None,
+        identity=item.identity or None,
+        repeats=item.repeats,
+        **{k: record[k] for k in measured if k in record},
+    )
 
 
 def _claim_out_dir(out: Path, config: PrepareConfig) -> None:
@@ -303,7 +294,7 @@ def _claim_out_dir(out: Path, config: PrepareConfig) -> None:
     if out.exists() and not out.is_dir():
         raise FacesmithError(f"output {out} is a file: give a folder for the dataset")
     if toml.is_file():
-        previous = load_prepare_config(toml)
+        previous = PrepareConfig.load(toml)
         if _comparable(previous) != _comparable(config):
             raise FacesmithError(
                 f"output {out} holds a dataset made with other settings: use a new folder, or the same "
@@ -315,7 +306,7 @@ def _claim_out_dir(out: Path, config: PrepareConfig) -> None:
         )
     try:
         (out / "images").mkdir(parents=True, exist_ok=True)
-        save_prepare_config(config, toml)
+        config.save(toml)
     except OSError as error:
         raise FacesmithError(f"cannot write the output {out}: {error.strerror or error}") from None
 

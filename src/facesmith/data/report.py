@@ -13,8 +13,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from facesmith.data.captions import CELEBA_ATTRIBUTES, age_group
+from facesmith.attributes.schema import CELEBA_ATTRIBUTES, age_group
 from facesmith.data.config import PrepareConfig
+from facesmith.data.manifest import ManifestRow
 from facesmith.data.sources import Source, SourceItem
 
 SHEET_FACES = 16
@@ -29,13 +30,13 @@ def summarize(
     sources: list[Source],
     items: list[SourceItem],
     done: dict[int, dict],
-    rows: list[dict],
+    rows: list[ManifestRow],
     wall_s: float,
     extra_notes: list[str] | None = None,
 ) -> dict:
     rejected = Counter(reason_key(r["rejected"]) for r in done.values() if "rejected" in r)
-    per_source = Counter(row["source"] for row in rows)
-    attrs = [row["attributes"] for row in rows]
+    per_source = Counter(row.source for row in rows)
+    attrs = [row.attributes for row in rows]
     balance = {}
     for key in CELEBA_ATTRIBUTES:
         known = [a[key] for a in attrs if key in a]
@@ -51,14 +52,14 @@ def summarize(
             f"{clashes} file names occur more than once across sources; output names are numbered, so none clash"
         )
     notes += extra_notes or []
-    generic = sum(row["caption_from"] == "generic" for row in rows)
+    generic = sum(row.caption_from == "generic" for row in rows)
     if generic:
         notes.append(f"{generic} images have no labels or caption and got the generic caption")
     return {
         "total": len(items),
         "kept": len(rows),
         "rejected": dict(sorted(rejected.items(), key=lambda kv: -kv[1])),
-        "splits": dict(Counter(row["split"] for row in rows)),
+        "splits": dict(Counter(row.split for row in rows)),
         "sources": [
             {
                 "path": str(s.root),
@@ -69,7 +70,7 @@ def summarize(
             for s in sources
         ],
         "kept_by_source": dict(per_source),
-        "captions_from": dict(Counter(row["caption_from"] for row in rows)),
+        "captions_from": dict(Counter(row.caption_from for row in rows)),
         "attribute_balance": balance,
         "age_groups": dict(ages),
         "ethnicities": dict(ethnicities),
@@ -79,9 +80,9 @@ def summarize(
     }
 
 
-def per_source_kept(source: Source, rows: list[dict]) -> int:
+def per_source_kept(source: Source, rows: list[ManifestRow]) -> int:
     root = str(source.root).rstrip("/\\") + "/"
-    return sum(1 for row in rows if row["source_file"].replace("\\", "/").startswith(root.replace("\\", "/")))
+    return sum(1 for row in rows if row.source_file.replace("\\", "/").startswith(root.replace("\\", "/")))
 
 
 def write_report(
@@ -90,7 +91,7 @@ def write_report(
     sources: list[Source],
     items: list[SourceItem],
     done: dict[int, dict],
-    rows: list[dict],
+    rows: list[ManifestRow],
     wall_s: float,
     notes: list[str] | None = None,
 ) -> dict:
@@ -139,12 +140,12 @@ def _markdown(summary: dict, config: PrepareConfig, samples: list[dict]) -> str:
         lines.append("")
     if samples:
         lines += ["## Samples", "", "![contact sheet](contact_sheet.png)", ""]
-        lines += [f"- `{row['file_name']}`: {row['text']}" for row in samples]
+        lines += [f"- `{row.file_name}`: {row.text}" for row in samples]
         lines.append("")
     return "\n".join(lines)
 
 
-def contact_sheet(out: Path, rows: list[dict], tile: int = 192, columns: int = 4) -> Image.Image:
+def contact_sheet(out: Path, rows: list[ManifestRow], tile: int = 192, columns: int = 4) -> Image.Image:
     """Faces in a grid, each with its caption wrapped beneath it."""
     font = ImageFont.load_default()
     text_h = 64
@@ -154,8 +155,8 @@ def contact_sheet(out: Path, rows: list[dict], tile: int = 192, columns: int = 4
     draw = ImageDraw.Draw(sheet)
     for n, row in enumerate(rows):
         x, y = (n % columns) * tile, (n // columns) * (tile + text_h)
-        with Image.open(out / row["file_name"]) as face:
+        with Image.open(out / row.file_name) as face:
             sheet.paste(face.convert("RGB").resize((tile, tile), Image.Resampling.LANCZOS), (x, y))
-        text = "\n".join(textwrap.wrap(row["text"], width=tile // 6)[:5])
+        text = "\n".join(textwrap.wrap(row.text, width=tile // 6)[:5])
         draw.multiline_text((x + 3, y + tile + 2), text, fill="black", font=font, spacing=1)
     return sheet

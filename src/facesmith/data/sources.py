@@ -25,11 +25,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from facesmith.data.captions import CELEBA_ATTRIBUTES, ETHNICITIES, celeba_attributes, utkface_attributes
+from facesmith.attributes.schema import CELEBA_ATTRIBUTES, ETHNICITIES, celeba_attributes, utkface_attributes
+from facesmith.data.manifest import IMAGE_SUFFIXES, MANIFEST
 from facesmith.errors import FacesmithError
 
 FORMATS = ("celeba", "utkface", "kohya", "imagefolder", "folder")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 UTKFACE_NAME = re.compile(r"^(\d{1,3})_([01])_([0-4])_")
 KOHYA_REPEAT_DIR = re.compile(r"^(\d+)_(.+)$")
 CELEBA_TABLES = ("list_attr_celeba.txt", "list_attr_celeba.csv", "attributes.csv")
@@ -70,7 +70,7 @@ def list_images(folder: Path, recursive: bool = True) -> list[Path]:
 
 def detect_format(root: Path) -> str:
     """The format of ``root``, checked in the order imagefolder, celeba, kohya, utkface, folder."""
-    if (root / "metadata.jsonl").is_file() or (root / "metadata.csv").is_file():
+    if (root / MANIFEST).is_file() or (root / "metadata.csv").is_file():
         return "imagefolder"
     if _celeba_table(root) is not None:
         return "celeba"
@@ -259,9 +259,11 @@ def _attributes_from_row(row: dict) -> dict:
 
 def _read_imagefolder(root: Path) -> Source:
     notes = []
-    if (root / "metadata.jsonl").is_file():
+    # HF's imagefolder metadata, read leniently (a bad line is a note, not a stop): it is an input, not
+    # the manifest prepare writes (data.manifest), and may hold columns of its own.
+    if (root / MANIFEST).is_file():
         rows = []
-        for n, line in enumerate(_read_text(root / "metadata.jsonl").splitlines(), 1):
+        for n, line in enumerate(_read_text(root / MANIFEST).splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))

@@ -2,6 +2,7 @@
 
 Modules: `features` (the MobileNetV2 feature space), `realism` (FD, KID), `diversity` (pairwise distance,
 precision/recall), `memorization` (nearest training faces, calibrated near-copy audit), `attributes` (the
-attribute classifier), `faithfulness` (prompt expectations and their score), `faceset` (reading real
-faces), `evaluation` (the `facesmith evaluate` stage) and `report` (report.md and its PNGs).
+`attributes train` and `attributes predict` stages; the classifier itself is `facesmith.attributes`),
+`faithfulness` (prompt expectations and their score), `faceset` (reading real faces), `evaluation` (the
+`facesmith evaluate` stage) and `report` (report.md and its PNGs).
 """

@@ -1,130 +1,32 @@
-"""The evaluation feature space: MobileNetV2 ImageNet features, offline, without torchvision.
+"""The evaluation feature space: pooled ImageNet MobileNetV2 features of whole faces.
 
-Owns the network (torchvision's MobileNetV2 with its exact parameter names, so torchvision's
-IMAGENET1K_V1 checkpoint loads strictly), the shipped weights in `facesmith/weights/mobilenet_v2/`, the
-preprocessing (RGB resize to `size` px, ImageNet mean/std) and `extract_features`, the 1280-d pooled
-penultimate activations every realism, diversity and memorization number is computed in.
+Owns `extract_features`, the 1280-d pooled penultimate activations every realism, diversity and
+memorization number is computed in, and the label those numbers carry (`feature_space`). The network, its
+shipped weights and its preprocessing are `facesmith.attributes.backbone`'s.
 
 Why not Inception: Inception-v3 FID weights are not available offline; MobileNetV2's are (BSD-3,
 torchvision). Distances in this space are labelled FEATURE_SPACE and are not comparable to published
-Inception FIDs. Reference: Sandler et al. 2018, "MobileNetV2: Inverted Residuals and Linear Bottlenecks".
+Inception FIDs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
-WEIGHTS = (
-    Path(__file__).resolve().parent.parent / "weights" / "mobilenet_v2" / "mobilenet_v2_imagenet.safetensors"
-)
+from facesmith.attributes.backbone import MobileNetV2, feature_network, to_tensor
+from facesmith.progress import Progress
+
 FEATURE_SIZE = 224  # torchvision's evaluation resolution for these weights
 FEATURE_SPACE = f"MobileNetV2-ImageNet pool-1280 @{FEATURE_SIZE}px"
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-# (expand ratio t, channels c, repeats n, first stride s), Sandler et al. 2018, table 2
-SETTINGS = (
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
-)
 
 
 def feature_space(size: int = FEATURE_SIZE) -> str:
     """The label every number computed in this space carries."""
     return f"MobileNetV2-ImageNet pool-1280 @{size}px"
-
-
-def _divisible(value: float, divisor: int = 8) -> int:
-    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * value else rounded
-
-
-def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1, relu: bool = True):
-    layers = [
-        nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(cout),
-    ]
-    return nn.Sequential(*layers, nn.ReLU6(inplace=True)) if relu else nn.Sequential(*layers)
-
-
-class InvertedResidual(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, expand: int):
-        super().__init__()
-        hidden = cin * expand
-        self.use_res_connect = stride == 1 and cin == cout
-        layers = [] if expand == 1 else [_conv_bn(cin, hidden, 1)]
-        layers += [_conv_bn(hidden, hidden, 3, stride, groups=hidden), *_conv_bn(hidden, cout, 1, relu=False)]
-        self.conv = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv(x) if self.use_res_connect else self.conv(x)
-
-
-class MobileNetV2(nn.Module):
-    """torchvision.models.mobilenet_v2 with the same module names; `width` < 1 makes tiny test nets."""
-
-    def __init__(self, width: float = 1.0, classes: int = 1000):
-        super().__init__()
-        cin = _divisible(32 * width)
-        self.last_channel = _divisible(1280 * max(1.0, width))
-        features: list[nn.Module] = [_conv_bn(3, cin, stride=2)]
-        for t, c, n, s in SETTINGS:
-            cout = _divisible(c * width)
-            for i in range(n):
-                features.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
-                cin = cout
-        features.append(_conv_bn(cin, self.last_channel, 1))
-        self.features = nn.Sequential(*features)
-        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(self.last_channel, classes))
-
-    def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """The 1280-d global-average-pooled penultimate features."""
-        return self.features(x).mean((2, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pooled(x))
-
-
-def load_mobilenet_v2(path: str | Path = WEIGHTS) -> MobileNetV2:
-    """The shipped ImageNet MobileNetV2 in eval mode; the state dict must match key for key."""
-    from safetensors.torch import load_file
-
-    model = MobileNetV2()
-    model.load_state_dict(load_file(str(path)), strict=True)
-    return model.eval()
-
-
-_CACHED: dict[str, MobileNetV2] = {}
-
-
-def feature_network(device: torch.device | str = "cpu") -> MobileNetV2:
-    """The shipped network, loaded once per process and device."""
-    key = str(device)
-    if key not in _CACHED:
-        _CACHED[key] = load_mobilenet_v2().to(device)
-    return _CACHED[key]
-
-
-def to_tensor(images: Sequence[Image.Image], size: int = FEATURE_SIZE) -> torch.Tensor:
-    """RGB, bilinear resize of the whole (already aligned) face to size x size, ImageNet mean/std."""
-    arrays = [
-        np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
-        for im in images
-    ]
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 @torch.no_grad()
@@ -135,14 +37,16 @@ def extract_features(
     batch: int = 32,
     device: torch.device | str = "cpu",
     network: MobileNetV2 | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
+    stage: str = "features",
 ) -> np.ndarray:
-    """(N, 1280) float64 pooled features of `images` in the space `feature_space(size)`."""
+    """(N, 1280) float64 pooled features of `images` in the space `feature_space(size)`; `progress` hears
+    (`stage`, images done, N) after each batch."""
     network = network or feature_network(device)
     out = []
     for start in range(0, len(images), batch):
         x = to_tensor(images[start : start + batch], size).to(device)
         out.append(network.pooled(x).double().cpu().numpy())
         if progress:
-            progress(min(start + batch, len(images)), len(images))
+            progress(stage, min(start + batch, len(images)), len(images))
     return np.concatenate(out) if out else np.zeros((0, network.last_channel))

@@ -18,7 +18,6 @@ epoch for one process, and `training_caption` draws the caption a step sees (Koh
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from facesmith.data.caption_ops import process_caption
 from facesmith.data.captions import caption_from_attributes
+from facesmith.data.manifest import MANIFEST, read_manifest
 from facesmith.errors import FacesmithError
 from facesmith.train.config import TrainConfig
 
@@ -48,40 +48,24 @@ class BatchItem:
 
 
 def read_dataset(directory: str | Path, split: str = "train") -> list[FaceImage]:
-    """The images of `split` listed in DIR/metadata.jsonl, checked to exist; FacesmithError otherwise."""
+    """The images of `split` listed in the dataset's manifest (`data.manifest`), checked to exist;
+    FacesmithError otherwise."""
     directory = Path(directory)
-    manifest = directory / "metadata.jsonl"
-    if not manifest.is_file():
-        raise FacesmithError(
-            f"dataset {directory} has no metadata.jsonl: make one with `facesmith prepare` or write one "
-            'JSON object per image ({"file_name": "images/x.png", "text": "caption"})'
-        )
     images = []
-    for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            name, text = row["file_name"], row.get("text", "")
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise FacesmithError(
-                f"{manifest}:{number} is not a JSON object with a file_name: {err}"
-            ) from None
-        if row.get("split", "train") != split:
-            continue
-        path = directory / name
+    for row in read_manifest(directory, split=split):
+        path = directory / row.file_name
         if not path.is_file():
-            raise FacesmithError(f"{manifest}:{number}: image {path} does not exist")
-        size = (int(row.get("width") or 0), int(row.get("height") or 0))
+            raise FacesmithError(f"{directory / MANIFEST}: image {path} does not exist")
+        size = (row.width, row.height)
         if not all(size):
             try:
                 with Image.open(path) as image:
                     size = image.size
             except (OSError, UnidentifiedImageError) as err:
-                raise FacesmithError(f"{manifest}:{number}: cannot read image {path}: {err}") from None
-        images.append(FaceImage(path, str(text), row.get("attributes") or {}, size))
+                raise FacesmithError(f"{directory / MANIFEST}: cannot read image {path}: {err}") from None
+        images.append(FaceImage(path, row.text, row.attributes, size))
     if not images:
-        raise FacesmithError(f"dataset {directory} has no {split} images in metadata.jsonl")
+        raise FacesmithError(f"dataset {directory} has no {split} images in {MANIFEST}")
     return images
 
 
