@@ -360,26 +360,12 @@ def attributes_predict(
     """Print one JSON line per image: its predicted attributes (and a caption with --caption)."""
 
     def work():
-        import random
+        from facesmith.evaluate.attributes import AttributePredictConfig, run_attributes_predict
 
-        from facesmith.data.captions import caption_from_attributes
-        from facesmith.evaluate.attributes import SHIPPED, AttributeClassifier, caption_attributes
-        from facesmith.evaluate.faceset import IMAGE_SUFFIXES, RealFace
-
-        files = []
-        for path in images:
-            if path.is_dir():
-                files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            elif path.is_file():
-                files.append(path)
-            else:
-                raise FacesmithError(f"{path} does not exist")
-        model = AttributeClassifier.load(classifier or SHIPPED)
-        predicted = model.predict([RealFace(str(p), path=p).image() for p in files])
-        for path, attrs in zip(files, predicted, strict=True):
-            row = {"file": str(path), "attributes": attrs}
-            if caption:
-                row["caption"] = caption_from_attributes(caption_attributes(attrs), random.Random(0))
+        settings = AttributePredictConfig(
+            images=[str(p) for p in images], classifier=classifier, caption=caption
+        )
+        for row in run_attributes_predict(settings):
             out.print(json.dumps(row), highlight=False, soft_wrap=True)
 
     guarded(work, models=False)

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from facesmith.errors import FacesmithError
-from facesmith.train.config import TrainConfig, load_train_config
+from facesmith.train.config import TrainConfig
 from facesmith.train.trainer import run_train
 
 # Few steps at 64 px keep each run to a few seconds on 2 CPU cores.
@@ -125,7 +125,7 @@ def test_full_export_loads_as_single_file_in_facesmith_and_in_diffusers(faces, s
     )
     torch.testing.assert_close(plain.unet.state_dict()["conv_in.weight"], trained["unet.conv_in.weight"])
     # The run folder reproduces itself.
-    assert load_train_config(run / "train.toml") == TrainConfig(
+    assert TrainConfig.load(run / "train.toml") == TrainConfig(
         **TINY,
         dataset=str(faces),
         model=str(sd15_folder),

@@ -96,7 +96,7 @@ def train_attribute_classifier(config: AttributeTrainConfig, progress: Progress 
     """
     from safetensors.torch import save_file
 
-    from facesmith.generate import choose_device
+    from facesmith.runtime import choose_device
 
     if not config.datasets:
         raise FacesmithError("no DATASET given: name prepared dataset folders or packed .npz files")
@@ -175,7 +175,7 @@ def run_attributes_predict(config: AttributePredictConfig, progress: Progress | 
     """One row per image, in order: {"file", "attributes"} and, with `config.caption`, a "caption" written
     from the predicted attributes by `captions.caption_from_attributes` (seeded, so reruns agree)."""
     from facesmith.data.captions import caption_from_attributes
-    from facesmith.generate import choose_device
+    from facesmith.runtime import choose_device
 
     files = image_files(config.images)
     model = AttributeClassifier.load(config.classifier or SHIPPED, device=choose_device(config.device))

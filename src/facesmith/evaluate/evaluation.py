@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from facesmith.attributes import classifier as attr
 from facesmith.config import GenerateConfig, StageConfig
+from facesmith.data.manifest import IMAGE_SUFFIXES
 from facesmith.errors import FacesmithError
-from facesmith.evaluate import attributes as attr
 from facesmith.evaluate import diversity, memorization, realism
-from facesmith.evaluate.faceset import IMAGE_SUFFIXES, read_faces
+from facesmith.evaluate.faceset import read_faces
 from facesmith.evaluate.faithfulness import AUTO_PROMPTS, RULES, expectations, faithfulness
 from facesmith.evaluate.features import extract_features, feature_space
 from facesmith.metadata import prompt_from_png
@@ -238,7 +239,8 @@ def run_evaluate(config: EvaluateConfig, progress: Progress | None = None) -> di
             images,
             size=config.feature_size,
             device=device,
-            progress=(lambda d, t: progress(label, d, t)) if progress else None,
+            progress=progress,
+            stage=label,
         )
 
     held_features = features(held_images, "features: held-out")

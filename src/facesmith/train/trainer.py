@@ -29,6 +29,7 @@ import torch
 
 from facesmith.errors import FacesmithError
 from facesmith.progress import Progress
+from facesmith.runtime import DTYPES
 from facesmith.train.config import TrainConfig
 
 LIKELY_NAN_CAUSES = (
@@ -108,7 +109,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     assigned = _buckets(images, config, resolution)
     check_fits(model, set(assigned))
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+    weight_dtype = DTYPES.get(precision, torch.float32)  # Accelerate's "no" is fp32
     pipe.vae.to(device, weight_dtype if config.cache_latents == "none" else torch.float32)
     pipe.unet.to(device)
     train_text = config.train_text_encoder
