@@ -171,13 +171,16 @@ def request_config(
 
 
 def sampler_name(name: str | None, scheduler: str | None, field: str = "sampler_name") -> str:
-    """facesmith's sampler for A1111's (sampler_name, scheduler); None leaves it to the model."""
+    """facesmith's sampler for A1111's (sampler_name, scheduler); None leaves it to the model.
+
+    Of A1111 1.9's schedulers only "Karras" changes the sampler; the others are ignored, as facesmith
+    samples each sampler on its own schedule.
+    """
     if not name:
         return GenerateConfig.sampler
-    if scheduler and scheduler.strip().lower() == "karras" and not name.lower().endswith("karras"):
-        name = f"{name} Karras"
+    karras = scheduler is not None and scheduler.strip().lower() == "karras"
     try:
-        return check_sampler(name).name
+        return check_sampler(name, "karras" if karras else None).name
     except FacesmithError as err:
         raise invalid(field, str(err), name) from None
 
