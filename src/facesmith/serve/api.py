@@ -341,7 +341,7 @@ def api_router(queue: JobQueue, serve: ServeConfig, model: dict) -> APIRouter:
     @router.get("/samplers")
     def samplers() -> list[dict]:
         return [
-            {"name": s.name, "aliases": [s.scheduler], "options": dict(s.kwargs)} for s in SAMPLERS.values()
+            {"name": s.name, "aliases": list(s.aliases), "options": dict(s.kwargs)} for s in SAMPLERS.values()
         ]
 
     @router.get("/sd-models")
