@@ -39,6 +39,23 @@ def test_folder_with_missing_component_files(tmp_path, sd15_folder):
         loading.load_model(broken)
 
 
+def test_a_folder_missing_a_unet_weight_names_it(tmp_path, sd15_folder):
+    """diffusers leaves a missing weight on the meta device; facesmith names it instead of failing later
+    with "Cannot copy out of meta tensor" (issue 15.25)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(sd15_folder, broken)
+    weights = next((broken / "unet").glob("*.safetensors"))
+    state = load_file(weights)
+    del state["conv_in.weight"]
+    save_file(state, weights)
+    with pytest.raises(FacesmithError, match=r"unet lacks 1 weight\(s\) .*\(conv_in\.weight\)"):
+        loading.load_model(broken)
+
+
 def test_model_hash_is_a1111_autov2(sd15_file):
     import hashlib
 

@@ -137,10 +137,32 @@ def load_diffusers_folder(path: Path):
         else {}
     )
     try:
-        return cls.from_pretrained(str(path), local_files_only=True, **extra)
+        pipe = cls.from_pretrained(str(path), local_files_only=True, **extra)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FacesmithError(f"cannot load the diffusers folder {path}: {first_line}") from err
+    check_complete(pipe, path)
+    return pipe
+
+
+def check_complete(pipe, path: Path) -> None:
+    """FacesmithError naming the weights a folder lacks.
+
+    diffusers leaves a weight that is missing from the files on the meta device with a warning, and the
+    first `.to()` then fails with "Cannot copy out of meta tensor", naming nothing.
+    """
+    import torch
+
+    for name, component in pipe.components.items():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        missing = [k for k, t in [*component.named_parameters(), *component.named_buffers()] if t.is_meta]
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise FacesmithError(
+                f"{path / name} lacks {len(missing)} weight(s) its config needs ({shown}): the folder is "
+                "incomplete or corrupt; save or copy it again"
+            )
 
 
 VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
