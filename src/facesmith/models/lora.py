@@ -54,7 +54,13 @@ def read_lora(path: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tens
 
     if not path.is_file():
         raise FacesmithError(f"LoRA file {path} does not exist or is not a file")
-    return read_checkpoint(path, allow_pickle=allow_pickle)
+    state = read_checkpoint(path, allow_pickle=allow_pickle)
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise FacesmithError(
+            f"LoRA {path}: {len(bad)} tensor(s) hold NaN or inf (e.g. {bad[0]}): the file is corrupt"
+        )
+    return state
 
 
 # Key fragments of the layouts diffusers wrote before it moved to peft's names (diffusers <= 0.2x
