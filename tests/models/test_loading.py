@@ -39,6 +39,23 @@ def test_folder_with_missing_component_files(tmp_path, sd15_folder):
         loading.load_model(broken)
 
 
+def test_a_folder_missing_a_unet_weight_names_it(tmp_path, sd15_folder):
+    """diffusers leaves a missing weight on the meta device; facesmith names it instead of failing later
+    with "Cannot copy out of meta tensor" (issue 15.25)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(sd15_folder, broken)
+    weights = next((broken / "unet").glob("*.safetensors"))
+    state = load_file(weights)
+    del state["conv_in.weight"]
+    save_file(state, weights)
+    with pytest.raises(FacesmithError, match=r"unet lacks 1 weight\(s\) .*\(conv_in\.weight\)"):
+        loading.load_model(broken)
+
+
 def test_model_hash_is_a1111_autov2(sd15_file):
     import hashlib
 
@@ -57,3 +74,24 @@ def test_hashes_are_cached_by_path_size_and_mtime(tmp_path):
     path.write_bytes(b"two")
     os.utime(path, ns=(1, 1))  # a new size or mtime is a new file
     assert loading.cached_sha256([path]) != first
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_models_and_loras_with_non_finite_weights_are_refused(tmp_path, sd15_file, kohya_file, value):
+    """NaN/inf weights would draw black images with exit status 0 (issue 15.5)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(sd15_file)
+    state["model.diffusion_model.out.2.weight"][0, 0, 0, 0] = value
+    save_file(state, tmp_path / "bad.safetensors")
+    with pytest.raises(FacesmithError, match=r"1 weight tensor\(s\) hold NaN or inf.*unet\.conv_out\.weight"):
+        loading.load_model(tmp_path / "bad.safetensors")
+
+    from facesmith.models.lora import read_lora
+
+    lora = load_file(kohya_file)
+    key = next(k for k in lora if k.endswith("lora_up.weight"))
+    lora[key].view(-1)[0] = value
+    save_file(lora, tmp_path / "bad-lora.safetensors")
+    with pytest.raises(FacesmithError, match="NaN or inf"):
+        read_lora(tmp_path / "bad-lora.safetensors")

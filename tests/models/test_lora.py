@@ -74,3 +74,44 @@ def test_spec_parsing():
     )
     assert parse_lora_spec("a/b.safetensors").weight == 1.0
     assert parse_lora_spec("C:/x/b.safetensors").path.name == "b.safetensors"
+
+
+def _old_diffusers_names(state: dict) -> dict:
+    """peft names -> the layout diffusers' training examples wrote before peft (issue 15.35):
+    `unet.*.to_q.lora.down.weight` and `text_encoder.*.q_proj.lora_linear_layer.up.weight`."""
+    out = {}
+    for key, tensor in state.items():
+        if key.startswith("unet."):
+            key = key.replace(".lora_A.", ".lora.down.").replace(".lora_B.", ".lora.up.")
+        else:
+            key = key.replace(".lora_A.", ".lora_linear_layer.down.").replace(
+                ".lora_B.", ".lora_linear_layer.up."
+            )
+        out[key] = tensor
+    return out
+
+
+def test_loras_in_the_older_diffusers_layout_load_like_their_peft_form(sd15_folder, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+    from safetensors.torch import load_file
+
+    unet_file = factory.peft_lora(factory.tiny_sd15(), tmp_path / "unet", seed=5)
+    state = dict(load_file(unet_file))
+    text_encoder = factory.tiny_sd15().text_encoder
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"]), text_encoder)
+    generator = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for name, param in text_encoder.named_parameters():
+            if "lora_" in name:
+                param.copy_(0.5 * torch.randn(param.shape, generator=generator))
+    state |= {f"text_encoder.{k}": v for k, v in get_peft_model_state_dict(text_encoder).items()}
+    save_file(state, tmp_path / "peft.safetensors")
+    old = _old_diffusers_names(state)
+    assert any(".to_q.lora.down.weight" in k for k in old) and any("lora_linear_layer.up" in k for k in old)
+    save_file(old, tmp_path / "old.safetensors")
+
+    assert lora_format(old) == "diffusers-old"
+    peft_image = image(sd15_folder, [str(tmp_path / "peft.safetensors")])
+    assert np.abs(peft_image - image(sd15_folder)).mean() > 1
+    assert np.array_equal(image(sd15_folder, [str(tmp_path / "old.safetensors")]), peft_image)

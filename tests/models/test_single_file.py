@@ -100,6 +100,30 @@ def test_sd2_layout_loads_with_openclip_penultimate_layer(tmp_path):
     assert pipeline_from_original(state).scheduler.config.prediction_type == "epsilon"
 
 
+def test_sd2_file_written_from_a_diffusers_folder_keeps_every_text_block(tmp_path):
+    """diffusers' own convert_diffusers_to_original_stable_diffusion.py writes an SD2 file with only the
+    OpenCLIP blocks the folder has, and no projection: all of them are loaded, none dropped (issue 15.34)."""
+    from transformers import CLIPTextModel
+
+    from facesmith.models import sd_layout
+
+    pipe = factory.tiny_sd15()
+    config = pipe.text_encoder.config
+    config.hidden_act = "gelu"  # SD2's OpenCLIP tower
+    torch.manual_seed(3)
+    text_encoder = CLIPTextModel(config).eval()
+    state = sd_layout.unet_to_original(pipe.unet.state_dict(), pipe.unet.config)
+    state |= sd_layout.vae_to_original(pipe.vae.state_dict(), pipe.vae.config)
+    state |= sd_layout.open_clip_to_original(text_encoder.state_dict(), "sd2")
+    loaded = pipeline_from_original(state)
+    assert loaded.text_encoder.config.num_hidden_layers == config.num_hidden_layers
+    ids = torch.tensor([[49406, 320, 1125, 49407]])
+    with torch.no_grad():
+        expected = text_encoder(ids).last_hidden_state
+        got = loaded.text_encoder(ids).last_hidden_state
+    torch.testing.assert_close(got, expected)
+
+
 def test_unrecognised_checkpoints_say_what_they_hold(tmp_path):
     with pytest.raises(FacesmithError, match=r"no UNet .* found lora_unet_x\.weight\.\* \(1\)"):
         detect_family({"lora_unet_x.weight": torch.zeros(1)})

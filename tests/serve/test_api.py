@@ -215,3 +215,61 @@ def test_an_existing_a1111_client_works_unchanged(server):
     assert result.info["all_seeds"] == [3] and result.info["sampler_name"] == "Euler a"
     assert result.image.info["parameters"] == result.info["infotexts"][0]
     assert client.get_progress()["state"]["job_count"] == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ('{"prompt": "a face", "cfg_scale": NaN}', "cfg_scale"),
+        ('{"prompt": "a face", "cfg_scale": Infinity}', "cfg_scale"),
+        ('{"prompt": "a \\ud800 face"}', "prompt"),
+        ('{"prompt": "a face", "negative_prompt": "\\udfff"}', "negative_prompt"),
+    ],
+)
+def test_values_json_cannot_echo_get_422_not_500(server, raw, field):
+    response = httpx.post(
+        server.url + "/sdapi/v1/txt2img",
+        content=raw.encode(),
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", field]
+
+
+def test_an_overlong_prompt_is_refused_without_echoing_it(server):
+    from facesmith.serve.api import MAX_PROMPT_CHARS
+
+    response = txt2img(server, prompt="face " * (MAX_PROMPT_CHARS // 5 + 1), **FAST)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "prompt"]
+    assert len(response.content) < 2000  # the 10k-character prompt does not come back
+
+
+def test_a_body_over_the_limit_gets_413(server):
+    from facesmith.serve.app import MAX_BODY_BYTES
+
+    response = httpx.post(
+        server.url + "/sdapi/v1/txt2img",
+        content=b'{"prompt": "' + b"a" * MAX_BODY_BYTES + b'"}',
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
+    assert txt2img(server, prompt="a face", **FAST).status_code == 200  # and the server is still up
+
+
+def test_lora_tags_are_parsed_in_linear_time_and_strip_their_commas():
+    import subprocess
+    import sys
+
+    from facesmith.serve.api import lora_tags
+
+    loras = {"style": None}
+    assert lora_tags("a face, <lora:style:0.6>, smiling", loras) == ("a face, smiling", {"style": 0.6})
+    assert lora_tags("<lora:style> a face ,  <lora:style:2>", loras) == ("a face", {"style": 2.0})
+    assert lora_tags("a face", loras) == ("a face", {})
+    # 4 KB of spaces took 25-90 s with a `\s*,?\s*<lora...>` regex (cubic backtracking). In a child
+    # process: a regex holds the GIL, so a thread could not time it out.
+    hostile = "from facesmith.serve.api import lora_tags; lora_tags('a' + ' ' * 4096 + 'b', {})"
+    subprocess.run([sys.executable, "-c", hostile], check=True, timeout=30)

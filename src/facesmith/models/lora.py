@@ -1,8 +1,11 @@
-"""LoRA files: Kohya (`lora_unet_*`/`lora_te*_*` with `alpha`) and diffusers/peft (`lora_A`/`lora_B`).
+"""LoRA files: Kohya (`lora_unet_*`/`lora_te*_*` with `alpha`), diffusers/peft (`lora_A`/`lora_B`), and the
+older diffusers layouts its training examples wrote (`unet.*.to_q.lora.down.weight`,
+`text_encoder.*.q_proj.lora_linear_layer.up.weight`, attention-processor `*.processor.to_q_lora.down.weight`).
 
 Several LoRAs stack, each with its own weight, through diffusers' peft integration
 (`load_lora_weights` + `set_adapters`), which converts Kohya files the way diffusers documents (SD1.x
-Kohya files use diffusers module names, SDXL ones the original SGM names). Before loading, every LoRA
+Kohya files use diffusers module names, SDXL ones the original SGM names) and reads the older diffusers
+layouts with its own converters. Before loading, every LoRA
 module is matched against the base model by name and shape, so a LoRA made for another model is refused
 with a count of what doesn't fit instead of failing deep inside peft.
 """
@@ -51,15 +54,28 @@ def read_lora(path: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tens
 
     if not path.is_file():
         raise FacesmithError(f"LoRA file {path} does not exist or is not a file")
-    return read_checkpoint(path, allow_pickle=allow_pickle)
+    state = read_checkpoint(path, allow_pickle=allow_pickle)
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise FacesmithError(
+            f"LoRA {path}: {len(bad)} tensor(s) hold NaN or inf (e.g. {bad[0]}): the file is corrupt"
+        )
+    return state
+
+
+# Key fragments of the layouts diffusers wrote before it moved to peft's names (diffusers <= 0.2x
+# `save_attn_procs` and `LoraLoaderMixin.save_lora_weights`); `load_lora_weights` still reads them all.
+OLD_DIFFUSERS_MARKS = (".lora.down.", ".lora.up.", ".lora_linear_layer.", "_lora.down.", "_lora.up.")
 
 
 def lora_format(state: dict[str, torch.Tensor], name: str = "LoRA") -> str:
-    """'kohya' or 'peft' (diffusers' own format is peft's, prefixed by component)."""
+    """'kohya', 'peft' (diffusers' own format is peft's, prefixed by component) or 'diffusers-old'."""
     if state and all(key.startswith(tuple(KOHYA_COMPONENTS)) for key in state):
         return "kohya"
     if any(".lora_A." in key or ".lora_A.weight" in key for key in state):
         return "peft"
+    if any(mark in key for key in state for mark in OLD_DIFFUSERS_MARKS):
+        return "diffusers-old"
     examples = ", ".join(list(state)[:3]) or "no tensors"
     raise FacesmithError(f"{name} is not a LoRA in Kohya or diffusers/peft format (keys: {examples})")
 
@@ -78,6 +94,7 @@ def lora_modules(
                 out_features = up.shape[0] if up is not None else -1
                 modules[(KOHYA_COMPONENTS[prefix], module[len(prefix) :])] = (tensor.shape[1], out_features)
     else:
+        state = as_peft_names(state, name)
         for key, tensor in state.items():
             if ".lora_A." in key:
                 module = key.split(".lora_A.")[0]
@@ -87,6 +104,30 @@ def lora_modules(
                 up = state.get(key.replace(".lora_A.", ".lora_B."))
                 modules[(component, module)] = (tensor.shape[1], up.shape[0] if up is not None else -1)
     return modules
+
+
+def as_peft_names(state: dict[str, torch.Tensor], name: str = "LoRA") -> dict[str, torch.Tensor]:
+    """A diffusers/peft LoRA under peft's `lora_A`/`lora_B` names, converted by diffusers' own converters
+    (`convert_unet_state_dict_to_peft` for the UNet, `convert_state_dict_to_peft` for text encoders)."""
+    if lora_format(state, name) != "diffusers-old":
+        return state
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_peft, convert_unet_state_dict_to_peft
+
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        component = key.split(".", 1)[0]
+        if component not in ("unet", "text_encoder", "text_encoder_2"):
+            component = "unet"  # `save_attn_procs` files name UNet layers without a prefix
+        parts.setdefault(component, {})[key] = tensor
+    out = convert_unet_state_dict_to_peft(parts.pop("unet", {}))
+    for tensors in parts.values():
+        text = {k: v for k, v in tensors.items() if ".lora" in k or "_lora." in k}
+        if text:
+            try:
+                out.update(convert_state_dict_to_peft(text))
+            except ValueError as err:  # diffusers could not tell the layout either
+                raise FacesmithError(f"{name}: cannot read its text-encoder LoRA layers ({err})") from None
+    return out
 
 
 def check_lora_fits(pipe, state: dict[str, torch.Tensor], name: str = "LoRA") -> None:

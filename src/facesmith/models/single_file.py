@@ -170,8 +170,12 @@ def infer_clip_config(state: dict[str, torch.Tensor], family: str, component: st
         layers = _count_indices(state, prefix + "transformer.resblocks.")
         intermediate = state[prefix + "transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
         positions = state[prefix + "positional_embedding"].shape[0]
-        if family == "sd2":
-            layers -= 1  # SD2 conditions on the penultimate layer; diffusers' encoder stops there
+        if family == "sd2" and prefix + "text_projection" in state:
+            # A whole OpenCLIP tower (Stability's files, and Kohya's conversion, which pads one): SD2
+            # conditions on the penultimate layer, so diffusers' encoder stops one block short. Files
+            # written from a diffusers folder (diffusers' convert_diffusers_to_original_stable_diffusion.py)
+            # hold only the blocks that folder has, and no projection: all of them are used.
+            layers -= 1
         if prefix + "text_projection" in state:
             config["projection_dim"] = state[prefix + "text_projection"].shape[1]
     else:

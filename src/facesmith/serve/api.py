@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from facesmith.config import GenerateConfig
 from facesmith.errors import FacesmithError
@@ -36,6 +37,11 @@ if TYPE_CHECKING:
 
 LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?>")  # A1111's extra-network syntax, <lora:name:weight>
 DISCONNECT_POLL_S = 0.25
+# CLIP reads 77 tokens (about 300 characters); A1111 chains 75-token chunks for longer prompts. 10,000
+# characters is far past any prompt a person writes and keeps a hostile one from costing minutes.
+MAX_PROMPT_CHARS = 10_000
+# A 422 names the offending value; a long one is cut so a huge request does not come back in its answer.
+ECHO_CHARS = 200
 
 
 class Txt2ImgRequest(BaseModel):
@@ -46,8 +52,8 @@ class Txt2ImgRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    prompt: str = ""
-    negative_prompt: str = ""
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     steps: int = GenerateConfig.steps
     cfg_scale: float | None = None  # None: the model's own choice
     sampler_name: str | None = Field(None, description="A1111 sampler name, see /sdapi/v1/samplers")
@@ -77,8 +83,35 @@ class Txt2ImgResponse(BaseModel):
 def invalid(field: str, message: str, value: Any = None) -> RequestValidationError:
     """A 422 naming `field`, in the same shape FastAPI gives pydantic's errors."""
     return RequestValidationError(
-        [{"type": "value_error", "loc": ("body", field), "msg": message, "input": value}]
+        [{"type": "value_error", "loc": ("body", field), "msg": message, "input": echo(value)}]
     )
+
+
+def echo(value: Any) -> Any:
+    """`value` as a 422 may show it: JSON-safe (no NaN, no unpaired surrogate) and at most ECHO_CHARS long."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS] + f"... ({len(value)} characters)"
+    if isinstance(value, (list, tuple, dict)):
+        return echo(json.dumps(value, default=str))
+    return value
+
+
+async def validation_error(request: Request, error: RequestValidationError) -> Response:
+    """FastAPI's 422 for invalid requests, with every echoed input made safe by `echo`.
+
+    FastAPI's own handler echoes the whole input: a NaN or an unpaired surrogate then cannot be written as
+    JSON (a 500), and a 10 MB prompt comes back whole.
+    """
+    from fastapi.responses import JSONResponse
+
+    detail = [
+        {**e, "input": echo(e.get("input"))} | ({"ctx": echo(e["ctx"])} if "ctx" in e else {})
+        for e in error.errors()
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 def request_config(
@@ -103,6 +136,13 @@ def request_config(
             f"{serve.max_batch} per request",
             body.batch_size,
         )
+    for name in ("prompt", "negative_prompt"):
+        try:
+            getattr(body, name).encode("utf-8")
+        except UnicodeEncodeError:
+            raise invalid(
+                name, f"{name} holds an unpaired UTF-16 surrogate: send valid Unicode text"
+            ) from None
     if body.cfg_scale is not None and (not math.isfinite(body.cfg_scale) or body.cfg_scale < 0):
         raise invalid("cfg_scale", "cfg_scale must be a finite number >= 0", body.cfg_scale)
     if body.seed != -1 and not 0 <= body.seed < 2**63:
@@ -131,13 +171,16 @@ def request_config(
 
 
 def sampler_name(name: str | None, scheduler: str | None, field: str = "sampler_name") -> str:
-    """facesmith's sampler for A1111's (sampler_name, scheduler); None leaves it to the model."""
+    """facesmith's sampler for A1111's (sampler_name, scheduler); None leaves it to the model.
+
+    Of A1111 1.9's schedulers only "Karras" changes the sampler; the others are ignored, as facesmith
+    samples each sampler on its own schedule.
+    """
     if not name:
         return GenerateConfig.sampler
-    if scheduler and scheduler.strip().lower() == "karras" and not name.lower().endswith("karras"):
-        name = f"{name} Karras"
+    karras = scheduler is not None and scheduler.strip().lower() == "karras"
     try:
-        return check_sampler(name).name
+        return check_sampler(name, "karras" if karras else None).name
     except FacesmithError as err:
         raise invalid(field, str(err), name) from None
 
@@ -147,8 +190,13 @@ def lora_tags(prompt: str, loras: dict) -> tuple[str, dict[str, float]]:
 
     The name is only looked up among the LoRAs given at start-up (`--lora`), never used as a path.
     """
-    weights = {}
+    weights, kept, end = {}, [], 0
     for match in LORA_TAG.finditer(prompt):
+        # The text before the tag loses its trailing ", " too. Done by hand: a regex with `\s*,?\s*` in
+        # front of the tag backtracks cubically over a prompt of spaces (4 KB took 25 s).
+        before = prompt[end : match.start()].rstrip()
+        kept.append(before[:-1].rstrip() if before.endswith(",") else before)
+        end = match.end()
         name, weight = match.group(1).strip(), match.group(2)
         if name not in loras:
             known = ", ".join(loras) or "none"
@@ -157,7 +205,8 @@ def lora_tags(prompt: str, loras: dict) -> tuple[str, dict[str, float]]:
             weights[name] = float(weight) if weight not in (None, "") else 1.0
         except ValueError:
             raise invalid("prompt", f"<lora:{name}:{weight}>: the weight is not a number", prompt) from None
-    return re.sub(r"\s*,?\s*" + LORA_TAG.pattern, "", prompt).strip(" ,"), weights
+    kept.append(prompt[end:])
+    return "".join(kept).strip(" ,"), weights
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -261,7 +310,10 @@ def api_router(queue: JobQueue, serve: ServeConfig, model: dict) -> APIRouter:
     async def txt2img(body: Txt2ImgRequest, request: Request):
         """Generate `batch_size * n_iter` images from seeds seed + i; on a GPU `batch_size` at a time, as
         in A1111, elsewhere one at a time (bit-exact to the single image of each seed)."""
-        config, weights = request_config(body, serve, queue.loras, queue.generator.native_size)
+        # Off the event loop: parsing a long prompt must not stall every other request.
+        config, weights = await run_in_threadpool(
+            request_config, body, serve, queue.loras, queue.generator.native_size
+        )
         if queue.generator.device.type == "cuda":
             config.batch_size = body.batch_size
         try:
@@ -289,7 +341,7 @@ def api_router(queue: JobQueue, serve: ServeConfig, model: dict) -> APIRouter:
     @router.get("/samplers")
     def samplers() -> list[dict]:
         return [
-            {"name": s.name, "aliases": [s.scheduler], "options": dict(s.kwargs)} for s in SAMPLERS.values()
+            {"name": s.name, "aliases": list(s.aliases), "options": dict(s.kwargs)} for s in SAMPLERS.values()
         ]
 
     @router.get("/sd-models")

@@ -23,6 +23,60 @@ from facesmith.serve.config import ServeConfig, credentials
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before anything can import gradio
 
 
+# A request body larger than this is refused with 413 before it is read whole: the API's largest honest
+# request is a few base64 images, and an unbounded one can hold the server's memory for good.
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is answered 413, by Content-Length or as read."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            return await self.refuse(send)
+        received, started = 0, False
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge
+            return message
+
+        async def watched_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except BodyTooLarge:
+            if not started:
+                await self.refuse(send)
+
+    async def refuse(self, send) -> None:
+        import json
+
+        body = json.dumps(
+            {"detail": f"the request body is over this server's limit of {self.limit // 2**20} MiB"}
+        ).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 class BasicAuth:
     """ASGI middleware: every HTTP request and websocket needs one of the user:pass pairs (RFC 7617)."""
 
@@ -76,10 +130,11 @@ def model_entry(generator) -> dict:
 def build_app(generator, config: ServeConfig, *, page: bool = True):
     """The ASGI app: /sdapi/v1 (api.py), /docs and /openapi.json, and the page at / (page.py)."""
     from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.staticfiles import StaticFiles
 
-    from facesmith.serve.api import api_router
+    from facesmith.serve.api import api_router, validation_error
     from facesmith.serve.jobs import JobQueue
 
     config.validate()
@@ -100,6 +155,7 @@ def build_app(generator, config: ServeConfig, *, page: bool = True):
     )
     app.state.queue = queue
     app.include_router(api_router(queue, config, model_entry(generator)))
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     import swagger_ui_bundle
 
@@ -125,7 +181,7 @@ def build_app(generator, config: ServeConfig, *, page: bool = True):
         )
         app = gr.mount_gradio_app(app, blocks, path="/", ssr_mode=False, footer_links=["api"])
     pairs = credentials(config.api_auth)
-    return BasicAuth(app, pairs) if pairs else app
+    return BodyLimit(BasicAuth(app, pairs) if pairs else app, MAX_BODY_BYTES)
 
 
 def run_serve(config: ServeConfig, announce: Callable[[str], None] = print) -> None:

@@ -151,6 +151,9 @@ def export_full(model: TrainModel, config: TrainConfig, output_dir: Path, info: 
         )
         return [folder]
     pipe.save_pretrained(folder, safe_serialization=True)
+    for name in ("tokenizer", "tokenizer_2"):
+        if getattr(pipe, name, None) is not None:
+            write_bpe_files(getattr(pipe, name), folder / name)
     written = [folder]
     if config.export_single_file and model.family == "sd1":
         from facesmith.models.sd_layout import save_original
@@ -160,3 +163,18 @@ def export_full(model: TrainModel, config: TrainConfig, output_dir: Path, info: 
         )
         written.append(output_dir / "model.safetensors")
     return written
+
+
+def write_bpe_files(tokenizer, folder: Path) -> None:
+    """Add `vocab.json` and `merges.txt` beside a saved CLIP tokenizer.
+
+    transformers 5 saves only `tokenizer.json`; transformers 4 (inside facesmith's own `>=4.40`), and
+    diffusers on it, open a CLIP tokenizer folder through the slow tokenizer's two files, and fail with a
+    None path without them. Both are written from the fast tokenizer's own BPE model, so they are the
+    vocabulary the model was trained with.
+    """
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
+    merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
