@@ -161,7 +161,7 @@ def test_lora_that_does_not_fit_counts_the_misfits(sd15_folder, tmp_path):
         (["--height", "20"], "--height 20"),
         (["--steps", "0"], "--steps 0 is outside [1, 1000]"),
         (["--steps", "1001"], "--steps 1001 is outside [1, 1000]"),
-        (["--sampler", "Heun"], 'unknown sampler "Heun"'),
+        (["--sampler", "Heun++ 9000"], 'unknown sampler "Heun++ 9000"'),
     ],
 )
 def test_bad_settings(args, fragment, tmp_path):
@@ -225,3 +225,58 @@ def test_one_generate_validates_its_settings_once(sd15_folder, tmp_path, monkeyp
     result = invoke("generate", "a face", "--model", sd15_folder, "-n", 2, "-o", tmp_path, *FAST)
     assert result.exit_code == 0, result.output
     assert len(checked) == 1  # at the stage boundary, run_generate; not again in the CLI or the sampler
+
+
+def _help(*command: str) -> str:
+    result = CliRunner().invoke(app, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())
+
+
+def _stage_configs():
+    from facesmith.config import GenerateConfig, NoiseConfig
+    from facesmith.data.config import PrepareConfig
+    from facesmith.evaluate.attributes import AttributeTrainConfig
+    from facesmith.evaluate.evaluation import EvaluateConfig
+    from facesmith.serve.config import ServeConfig
+
+    return {
+        ("generate",): GenerateConfig,
+        ("prepare",): PrepareConfig,
+        ("noise",): NoiseConfig,
+        ("serve",): ServeConfig,
+        ("evaluate",): EvaluateConfig,
+        ("attributes", "train"): AttributeTrainConfig,
+    }
+
+
+@pytest.mark.parametrize("command", list(_stage_configs()), ids=" ".join)
+def test_help_shows_the_default_of_every_option(command):
+    """Every option defaults to None so that the dataclass holds the default; --help must still show it.
+    Rich read `[default: 50]` as markup and printed "Denoising steps, 1-1000 ." (issue 15.3)."""
+    import dataclasses
+
+    import typer.main
+
+    cli_command = typer.main.get_command(app)
+    for name in command:
+        cli_command = cli_command.commands[name]
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(_stage_configs()[command])
+        if f.default is not dataclasses.MISSING and f.default not in (None, False, "")
+    }
+    shown = _help(*command)
+    options = [p for p in cli_command.params if p.param_type_name == "option" and p.name in defaults]
+    assert options, "no option of this command has a dataclass default"
+    missing = [
+        p.name for p in options if f"[default: {defaults[p.name]}]" not in " ".join((p.help or "").split())
+    ]
+    assert not missing, f"--help states no default for {missing}"
+    for param in options:
+        assert " ".join(param.help.split()) in shown, param.name
+
+
+def test_an_error_keeps_its_square_brackets(tmp_path):
+    result = CliRunner().invoke(app, ["generate", "a face", "--model", str(tmp_path / "models[serve]")])
+    one_line_error(result, "models[serve]")

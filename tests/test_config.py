@@ -22,7 +22,7 @@ def test_defaults_are_the_documented_ones():
         ({"steps": 1001}, "--steps 1001 is outside"),
         ({"width": 100}, "--width 100 is not a positive multiple of 8"),
         ({"height": 63}, "--height 63"),
-        ({"sampler": "Heun"}, "unknown sampler"),
+        ({"sampler": "Heun++ 9000"}, "unknown sampler"),
         ({"count": 0}, "-n 0"),
         ({"cfg": -1.0}, "--cfg"),
         ({"loras": [""]}, "--lora needs"),

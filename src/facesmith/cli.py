@@ -25,6 +25,7 @@ from facesmith.terminal import Bars, err, guarded, out
 from facesmith.train.config import TrainConfig
 
 app = typer.Typer(
+    rich_markup_mode=None,  # help text is plain: "[default: 50]" must not be read as rich markup
     add_completion=False,
     no_args_is_help=True,
     help="Generate faces with Stable Diffusion, offline. Run `facesmith COMMAND --help` for details.",
@@ -120,15 +121,15 @@ def prepare(
     sources: Annotated[list[Path] | None, typer.Argument(help="Folders of face photos.")] = None,
     out_dir: Annotated[str | None, typer.Option("-o", "--out", help="Dataset folder to write.")] = None,
     size: Annotated[
-        int | None, typer.Option(help="Side of the square crops in pixels (default 512).")
+        int | None, typer.Option(help="Side of the square crops in pixels [default: 512].")
     ] = None,
     aligned: Annotated[
         bool | None, typer.Option("--aligned", help="Faces are already aligned: centre-crop, no detection.")
     ] = None,
     format: Annotated[
-        str | None, typer.Option(help="auto, celeba, utkface, kohya, imagefolder or folder.")
+        str | None, typer.Option(help="auto, celeba, utkface, kohya, imagefolder or folder [default: auto].")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Processes (default: one per CPU core).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes [default: one per CPU core].")] = None,
     config: Annotated[Path | None, typer.Option(help="Start from a prepare.toml.")] = None,
 ) -> None:
     """Turn face photos into an aligned, captioned dataset folder (metadata.jsonl, report.md)."""
@@ -220,25 +221,26 @@ def noise(
 @app.command()
 def serve(
     model: Annotated[
-        str | None, typer.Option(help="Diffusers folder or .safetensors (default: the built-in model).")
+        str | None, typer.Option(help="Diffusers folder or .safetensors [default: the built-in model].")
     ] = None,
     lora: Annotated[list[str] | None, typer.Option(help="LoRA FILE[:WEIGHT] to offer; repeat.")] = None,
     host: Annotated[
-        str | None, typer.Option(help=f"0.0.0.0 opens it to the network [{ServeConfig.host}].")
+        str | None, typer.Option(help=f"0.0.0.0 opens it to the network [default: {ServeConfig.host}].")
     ] = None,
-    port: Annotated[int | None, typer.Option(help=f"TCP port [{ServeConfig.port}].")] = None,
+    port: Annotated[int | None, typer.Option(help=f"TCP port [default: {ServeConfig.port}].")] = None,
     api_auth: Annotated[str | None, typer.Option(help="user:pass[,user2:pass2]: HTTP Basic auth.")] = None,
     max_batch: Annotated[
-        int | None, typer.Option(help=f"Most images per request [{ServeConfig.max_batch}].")
+        int | None, typer.Option(help=f"Most images per request [default: {ServeConfig.max_batch}].")
     ] = None,
     max_steps: Annotated[
-        int | None, typer.Option(help=f"Most steps per image [{ServeConfig.max_steps}].")
+        int | None, typer.Option(help=f"Most steps per image [default: {ServeConfig.max_steps}].")
     ] = None,
     max_size: Annotated[
-        int | None, typer.Option(help=f"Most pixels per side [{ServeConfig.max_size}].")
+        int | None, typer.Option(help=f"Most pixels per side [default: {ServeConfig.max_size}].")
     ] = None,
     max_queue: Annotated[
-        int | None, typer.Option(help=f"Most jobs waiting [{ServeConfig.max_queue}].")
+        int | None,
+        typer.Option(help=f"Most jobs waiting; more get HTTP 503 [default: {ServeConfig.max_queue}]."),
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="fp32, fp16 or bf16.")] = None,
@@ -258,7 +260,9 @@ def serve(
             "max_size": max_size, "max_queue": max_queue,
         }  # fmt: skip
         settings = _settings(ServeConfig, config, given)
-        run_serve(settings, announce=lambda line: err.print(line, highlight=False, soft_wrap=True))
+        run_serve(
+            settings, announce=lambda line: err.print(line, highlight=False, soft_wrap=True, markup=False)
+        )
 
     guarded(work)
 
@@ -266,19 +270,25 @@ def serve(
 @app.command()
 def evaluate(
     model: Annotated[
-        str | None, typer.Argument(help="Model source or a folder of images (default: the built-in model).")
+        str | None, typer.Argument(help="Model source or a folder of images [default: the built-in model].")
     ] = None,
     real: Annotated[str | None, typer.Option(help="Real faces: `facesmith prepare` folder or .npz.")] = None,
     prompts: Annotated[str | None, typer.Option(help="Text file, one prompt (one image) per line.")] = None,
-    auto: Annotated[int | None, typer.Option(help="N images from the built-in prompts [40].")] = None,
+    auto: Annotated[
+        int | None, typer.Option(help="N images from the built-in prompts [default: 40 without --prompts].")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of image 0; image i uses seed+i.")] = None,
-    out_dir: Annotated[str | None, typer.Option("-o", "--out", help="Report folder.")] = None,
-    real_count: Annotated[int | None, typer.Option(help="Real faces per reference set [500].")] = None,
-    steps: Annotated[int | None, typer.Option(help="Denoising steps [30].")] = None,
+    out_dir: Annotated[
+        str | None, typer.Option("-o", "--out", help="Report folder [default: evaluation].")
+    ] = None,
+    real_count: Annotated[
+        int | None, typer.Option(help="Real faces per reference set [default: 500].")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps [default: 30].")] = None,
     sampler: Annotated[
         str | None,
         typer.Option(
-            help="A1111 sampler name [the model's own: Euler a for the default model, DDIM otherwise]."
+            help="A1111 sampler name [default: the model's own: Euler a for the default model, DDIM otherwise]."
         ),
     ] = None,
     classifier: Annotated[str | None, typer.Option(help="Attribute classifier folder.")] = None,
@@ -310,15 +320,19 @@ def evaluate(
     guarded(work)
 
 
-attributes_app = typer.Typer(no_args_is_help=True, help="The face attribute classifier: train, predict.")
+attributes_app = typer.Typer(
+    rich_markup_mode=None, no_args_is_help=True, help="The face attribute classifier: train, predict."
+)
 app.add_typer(attributes_app, name="attributes")
 
 
 @attributes_app.command("train")
 def attributes_train(
     datasets: Annotated[list[str], typer.Argument(help="`facesmith prepare` folders or packed .npz files.")],
-    out_dir: Annotated[str | None, typer.Option("-o", "--out", help="Classifier folder.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Passes over the training faces.")] = None,
+    out_dir: Annotated[
+        str | None, typer.Option("-o", "--out", help="Classifier folder [default: attribute-classifier].")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the training faces [default: 10].")] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many faces per dataset.")] = None,
     cache: Annotated[
         str | None, typer.Option(help="Reuse/keep the frozen feature maps in this .npy.")
@@ -403,7 +417,7 @@ def train(
             result = run_train(settings, progress=bars)
         if not quiet:
             loss = "" if math.isnan(result.final_loss) else f", last loss {result.final_loss:.4f}"
-            err.print(f"trained {result.steps} steps{loss}", highlight=False)
+            err.print(f"trained {result.steps} steps{loss}", highlight=False, markup=False)
         for path in [] if quiet else result.exports:
             out.print(str(path), highlight=False, soft_wrap=True)
 

@@ -18,10 +18,11 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from facesmith.errors import FacesmithError
 
-out = Console()
+out = Console(markup=False)  # results are data (paths, JSON, prompts): brackets stay as they are
 err = Console(stderr=True)
 
 
@@ -36,7 +37,8 @@ def guarded(work: Callable[[], Any], models: bool = True) -> Any:
                 warnings.simplefilter("always", category)
             return work()
     except FacesmithError as error:
-        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        # escape: a message is plain text; "pip install 'facesmith[serve]'" must keep its brackets
+        err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -48,7 +50,7 @@ def _facesmith_warnings() -> list[type[Warning]]:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
 def _quiet_libraries(models: bool = True) -> None:
