@@ -69,6 +69,15 @@ def test_resume_gives_the_same_weights_as_a_straight_run(faces, sd15_folder, tmp
     assert any(not torch.equal(start[k], a[k]) for k in a)
 
 
+def test_a_truncated_training_image_is_one_line_naming_it(tmp_path, sd15_folder, make_dataset):
+    data = make_dataset(tmp_path / "data", count=2)
+    image = data / "images" / "000001.png"
+    image.write_bytes(image.read_bytes()[:200])
+    config = TrainConfig(**TINY, dataset=str(data), model=str(sd15_folder), output_dir=str(tmp_path / "r"))
+    with pytest.raises(FacesmithError, match=f"cannot read training image {image} .*metadata.jsonl"):
+        run_train(config)
+
+
 def test_nan_loss_is_skipped_and_a_streak_stops_the_run_keeping_the_last_good_checkpoint(
     faces, sd15_folder, tmp_path
 ):

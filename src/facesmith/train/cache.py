@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from facesmith.errors import FacesmithError
 from facesmith.latents import encode_image
 from facesmith.train.dataset import BatchItem, FaceImage, load_pixels
 
@@ -123,7 +124,14 @@ class LatentSource:
     def _encode(self, items: list[BatchItem]) -> torch.Tensor:
         pixels = []
         for item in items:
-            x = load_pixels(self.images[item.index].path, self.sizes[item.index])
+            path = self.images[item.index].path
+            try:
+                x = load_pixels(path, self.sizes[item.index])
+            except OSError as error:  # Pillow names no file: "image file is truncated"
+                raise FacesmithError(
+                    f"cannot read training image {path} ({error}): replace it, or remove its line from the "
+                    "dataset's metadata.jsonl"
+                ) from None
             pixels.append(x.flip(-1) if item.flip else x)
         x = torch.stack(pixels).to(self.device, self.dtype)
         return encode_image(self.vae, x).float()
