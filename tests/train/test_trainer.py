@@ -45,7 +45,9 @@ def test_resume_gives_the_same_weights_as_a_straight_run(faces, sd15_folder, tmp
     assert straight.steps == 4
 
     def stop_at_half(stage, done, total, **fields):
-        assert stage == "training" and total == 4 and {"loss", "lr"} <= set(fields)
+        if stage != "training":
+            return
+        assert total == 4 and {"loss", "lr"} <= set(fields)
         if done == 2:
             raise Interrupted
 
@@ -67,6 +69,30 @@ def test_resume_gives_the_same_weights_as_a_straight_run(faces, sd15_folder, tmp
     # ... and training did move the weights away from the base model.
     start = _weights(halves, 2)
     assert any(not torch.equal(start[k], a[k]) for k in a)
+
+
+def test_progress_names_each_phase_with_counts(tmp_path, sd15_folder, make_dataset):
+    data = make_dataset(tmp_path / "data", count=3)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a smiling face --s 1\na sad face --s 1\n")
+    calls = []
+    run_train(
+        TrainConfig(
+            **dict(TINY, batch_size=1),
+            dataset=str(data),
+            model=str(sd15_folder),
+            output_dir=str(tmp_path / "run"),
+            max_steps=2,
+            sample_every=1,
+            sample_prompts=str(prompts),
+            caption_dropout=0.1,
+        ),
+        progress=lambda stage, done, total, **fields: calls.append((stage, done, total)),
+    )
+    assert calls[:2] == [("loading model", 0, None), ("loading model", 1, 1)]
+    assert calls[2:6] == [("caching latents", k, 3) for k in (1, 2, 3)] + [("encoding captions", 4, 4)]
+    sampling = [("sampling", 1, 2), ("sampling", 2, 2)]  # after each step's bar moved, not before
+    assert calls[6:] == [("training", 1, 2), *sampling, ("training", 2, 2), *sampling]
 
 
 def test_a_truncated_training_image_is_one_line_naming_it(tmp_path, sd15_folder, make_dataset):

@@ -5,8 +5,9 @@ TensorBoard through its trackers), with Kohya's training features from the other
 package, laid out in sections as NVlabs/edm's `training_loop.py` is. What makes it resumable bit for bit:
 the batch order is a function of (seed, epoch), all noise and caption randomness comes from two
 generators in the checkpointed `TrainState`, and a checkpoint is only ever written after a whole
-optimizer step. The run folder, which `read_result` reads back whether the run was in this process or
-in `--num-processes` launched ones:
+optimizer step. Phases report through `progress`: "loading model", "caching latents", "encoding captions",
+"training" and "sampling". The run folder, which `read_result` reads back whether the run was in this
+process or in `--num-processes` launched ones:
 
     OUTPUT_DIR/train.toml             the settings that reproduce the run
     OUTPUT_DIR/checkpoints/step-N/    atomic checkpoints (checkpoint.py)
@@ -100,10 +101,14 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         config.save(out / "train.toml")
+    # Only the main process reports; the others do the same work in step with it.
+    report = progress if progress is not None and accelerator.is_main_process else _silent
 
     # -- Load the dataset and the model, checked against each other before anything trains.
     images = read_dataset(config.dataset)
+    report("loading model", 0, None)
     model = build_model(config)
+    report("loading model", 1, 1)
     pipe = model.pipe
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     assigned = _buckets(images, config, resolution)
@@ -121,12 +126,16 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
         flip=config.flip,
         device=device,
         cache_dir=Path(config.cache_dir) if config.cache_dir else out / "cache",
+        progress=lambda done, count: report("caching latents", done, count),
     )
     # Whole-caption dropout alone keeps captions fixed: "" is one more caption to cache.
     varying = config.caption_shuffle or config.caption_tag_dropout > 0 or config.caption_from_attributes
     text_cache = None
     if config.cache_text_encoder and not train_text and not varying:
         text_cache = TextStateCache(pipe.tokenizer, pipe.text_encoder, device)
+        captions = {image.text for image in images} | ({""} if config.caption_dropout > 0 else set())
+        with accelerator.autocast():  # as the training step encodes them
+            text_cache.fill(captions, progress=lambda done, count: report("encoding captions", done, count))
 
     # -- Set up the optimisation and the training state.
     named = model.trainable()
@@ -244,7 +253,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
         state.step += 1
         state.loss = loss_value
 
-        # Log, checkpoint, sample and report.
+        # Log, checkpoint, report, sample.
         step = state.step
         logs = {"loss": loss_value, "lr": schedule.get_last_lr()[0], "epoch": state.data.epoch}
         if math.isfinite(grad_norm):
@@ -262,13 +271,12 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
                 is_main=accelerator.is_main_process,
                 barrier=accelerator.wait_for_everyone,
             )
+        report("training", step, total, **logs, steps_per_s=1 / max(1e-9, time.time() - tick))
         if prompts and ((config.sample_every and step % config.sample_every == 0) or step == total):
             if accelerator.is_main_process:
-                _sample(accelerator, pipe, prompts, config, resolution, device, step, out)
+                _sample(accelerator, pipe, prompts, config, resolution, device, step, out, report)
             accelerator.wait_for_everyone()
-        if progress is not None and accelerator.is_main_process:
-            progress("training", step, total, **logs, steps_per_s=1 / max(1e-9, time.time() - tick))
-        tick = time.time()
+        tick = time.time()  # the rate is of training steps: sampling has its own stage
 
     # -- Export (the EMA weights when EMA is on).
     accelerator.wait_for_everyone()
@@ -294,6 +302,10 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
             export_full(model, config, out, info)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def _silent(stage: str, done: int, total: int | None, **fields: float) -> None:
+    pass
 
 
 def _accelerator(config: TrainConfig, out: Path):
@@ -342,7 +354,7 @@ def _buckets(images, config: TrainConfig, resolution: int) -> dict[tuple[int, in
 
 
 def _sample(
-    accelerator, pipe, prompts, config: TrainConfig, resolution: int, device, step: int, out: Path
+    accelerator, pipe, prompts, config: TrainConfig, resolution: int, device, step: int, out: Path, report
 ) -> Path:
     import numpy as np
 
@@ -352,7 +364,14 @@ def _sample(
     was_training = unet.training
     unet.eval()
     try:
-        images = sample_images(pipe, prompts, config.sample_sampler, resolution, device)
+        images = sample_images(
+            pipe,
+            prompts,
+            config.sample_sampler,
+            resolution,
+            device,
+            progress=lambda done, count: report("sampling", done, count, step=step),
+        )
     finally:
         unet.train(was_training)
     grid = labelled_grid(images, prompts)
