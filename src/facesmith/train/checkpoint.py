@@ -350,6 +350,31 @@ def resume_training(
     _set_rng_states(state, saved["rng"])
 
 
+def mark_step(state: TrainState) -> dict[str, Any]:
+    """Where `state` stands now, at the end of a whole optimizer step, for `rewind_to`: what a
+    checkpoint written at this moment would hold of it."""
+    data = state.data
+    return {
+        "step": state.step,
+        "bad_steps": state.bad_steps,
+        "epoch": data.epoch,
+        "position": data.position,
+        "seen": len(data.seen),
+        "rng": _rng_states(state),
+    }
+
+
+def rewind_to(state: TrainState, mark: dict[str, Any]) -> None:
+    """Put `state` back at `mark` (from `mark_step` at the same step), undoing the batches and the random
+    draws of a step that was interrupted before its update."""
+    assert state.step == mark["step"], "the weights moved on since the mark"
+    state.bad_steps = mark["bad_steps"]
+    if (state.data.epoch, state.data.position) != (mark["epoch"], mark["position"]):
+        state.data.seek(mark["epoch"], mark["position"])
+    del state.data.seen[mark["seen"] :]
+    _set_rng_states(state, mark["rng"])
+
+
 def _rng_states(state: TrainState) -> dict[str, Any]:
     rng = {
         "captions": state.captions.getstate(),
