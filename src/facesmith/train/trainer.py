@@ -7,9 +7,9 @@ the batch order is a function of (seed, epoch), all noise and caption randomness
 generators in the checkpointed `TrainState`, and a checkpoint is only ever written after a whole
 optimizer step. Ctrl-C (KeyboardInterrupt) rewinds the run to the end of its last whole step, saves a
 checkpoint there, as Kohya's scripts save on interrupt, and stops with `TrainingInterrupted`, which says
-how to resume. Phases report through `progress`: "loading model", "caching latents", "encoding captions",
-"training" and "sampling". The run folder, which `read_result` reads back whether the run was in this
-process or in `--num-processes` launched ones:
+how to resume. Phases report through `progress`: "caching latents", "encoding captions", "training" and
+"sampling". The run folder, which `read_result` reads back whether the run was in this process or in
+`--num-processes` launched ones:
 
     OUTPUT_DIR/train.toml             the settings that reproduce the run
     OUTPUT_DIR/checkpoints/step-N/    atomic checkpoints (checkpoint.py)
@@ -115,9 +115,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
 
     # -- Load the dataset and the model, checked against each other before anything trains.
     images = read_dataset(config.dataset)
-    report("loading model", 0, None)
     model = build_model(config)
-    report("loading model", 1, 1)
     pipe = model.pipe
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     assigned = _buckets(images, config, resolution)
