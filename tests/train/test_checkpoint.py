@@ -145,3 +145,110 @@ def test_a_checkpoint_without_its_settings_is_refused_with_the_way_out(tmp_path)
     (path / "train.toml").unlink()  # as checkpoints of facesmith before TrainState were
     with pytest.raises(FacesmithError, match="no train.toml.*older facesmith.*new output_dir"):
         load_checkpoint(path)
+
+
+# ----------------------------------------------------------------------------
+# Damaged checkpoints: refused before anything is restored, naming the file and the checkpoint before it.
+
+
+def _two_checkpoints(tmp_path, config: TrainConfig, ema_nan: bool = False):
+    state, learning = _state(config), _learning(0)
+    for _ in range(2):
+        _train_steps(state, learning, 1)
+        if ema_nan:
+            learning["ema"].shadow_params[1][0] = float("nan")
+        path = save_training(tmp_path, state, config, **learning)
+    return path.parent / "step-000001", path
+
+
+def _rewrite(path, name: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Replace a weights file and its recorded sha256, as a file copied in from another run would be."""
+    import hashlib
+    import json
+
+    from safetensors.torch import save_file
+
+    save_file(tensors, path / name)
+    view = json.loads((path / "process-0.json").read_text())
+    view["files"][name] = hashlib.sha256((path / name).read_bytes()).hexdigest()
+    (path / "process-0.json").write_text(json.dumps(view))
+
+
+@pytest.mark.parametrize("name", ["trainable.safetensors", "ema.safetensors", "training.pt", "rng-0.pt"])
+def test_a_changed_byte_in_any_checkpoint_file_is_refused_naming_the_checkpoint_before(tmp_path, name):
+    config = TrainConfig(seed=4, ema_decay=0.9)
+    before, path = _two_checkpoints(tmp_path, config)
+    data = bytearray((path / name).read_bytes())
+    data[-2] ^= 0x01  # one mantissa bit of the last tensor, or a byte of the zip's directory
+    (path / name).write_bytes(bytes(data))
+    with pytest.raises(FacesmithError, match=rf"{name} is corrupt .*--resume {before}\)$"):
+        resume_training(path, _state(config), config, **_learning(1))
+
+
+def test_truncated_or_missing_files_are_one_line_naming_the_file(tmp_path):
+    config = TrainConfig(seed=4, ema_decay=0.9)
+    before, path = _two_checkpoints(tmp_path, config)
+    rng = path / "rng-0.pt"
+    rng.write_bytes(rng.read_bytes()[:100])
+    with pytest.raises(FacesmithError, match=rf"rng-0.pt is corrupt .*--resume {before}\)$"):
+        load_checkpoint(path)
+    # A checkpoint from before the sha256 record: the read itself fails, in one line.
+    (path / "process-0.json").unlink()
+    with pytest.raises(
+        FacesmithError, match=rf"rng-0.pt is unreadable \(.*\); .*--resume {before}\)$"
+    ) as got:
+        load_checkpoint(path)
+    assert "\n" not in str(got.value)
+    (before / "trainable.safetensors").unlink()
+    with pytest.raises(FacesmithError, match="has no trainable.safetensors: no earlier checkpoint is kept"):
+        load_checkpoint(before)
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [torch.zeros(1), torch.zeros(3, dtype=torch.float64)],
+    ids=["broadcastable shape", "dtype"],
+)
+def test_a_tensor_of_another_shape_or_dtype_is_refused_not_broadcast_or_cast(tmp_path, wrong):
+    config = TrainConfig(seed=4, ema_decay=0.9)
+    _, path = _two_checkpoints(tmp_path, config)
+    saved = load_checkpoint(path)["trainable"]
+    _rewrite(path, "trainable.safetensors", {**saved, "a.weight": wrong})
+    learning = _learning(1)
+    start = learning["named"][0][1].detach().clone()
+    with pytest.raises(
+        FacesmithError, match=r"trainable.safetensors holds a.weight as \((1|3),\) torch.float"
+    ):
+        resume_training(path, _state(config), config, **learning)
+    assert torch.equal(learning["named"][0][1], start)  # nothing half restored
+
+
+def test_non_finite_ema_weights_are_refused_on_resume(tmp_path):
+    config = TrainConfig(seed=4, ema_decay=0.9)
+    _, path = _two_checkpoints(tmp_path, config, ema_nan=True)
+    with pytest.raises(
+        FacesmithError, match=r"ema.safetensors holds NaN or inf in 1 tensors \(e.g. b.bias\)"
+    ):
+        resume_training(path, _state(config), config, **_learning(1))
+
+
+def test_a_full_disk_removes_the_partial_save_and_says_so(tmp_path, monkeypatch):
+    import errno
+
+    from facesmith.train import checkpoint
+
+    _save(tmp_path, 1)
+    real = checkpoint.save_file
+
+    def disk_full(tensors, path, *args, **kwargs):
+        real(tensors, path, *args, **kwargs)
+        with open(path, "r+b") as handle:  # what a full disk leaves: a file cut short
+            handle.truncate(10)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    with pytest.raises(FacesmithError, match="no space left on the disk of .* --resume latest") as got:
+        _save(tmp_path, 2)
+    assert "\n" not in str(got.value) and "step-000001" in str(got.value)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000001"]
+    assert load_checkpoint(latest_checkpoint(tmp_path))["trainable"]["w"][0] == 1

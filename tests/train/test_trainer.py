@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from facesmith.errors import FacesmithError
 from facesmith.train.config import TrainConfig
-from facesmith.train.trainer import run_train
+from facesmith.train.trainer import TrainingInterrupted, run_train
 
 # Few steps at 64 px keep each run to a few seconds on 2 CPU cores.
 TINY = dict(resolution=64, batch_size=2, tensorboard=False, seed=3)
@@ -45,7 +45,9 @@ def test_resume_gives_the_same_weights_as_a_straight_run(faces, sd15_folder, tmp
     assert straight.steps == 4
 
     def stop_at_half(stage, done, total, **fields):
-        assert stage == "training" and total == 4 and {"loss", "lr"} <= set(fields)
+        if stage != "training":
+            return
+        assert total == 4 and {"loss", "lr"} <= set(fields)
         if done == 2:
             raise Interrupted
 
@@ -67,6 +69,110 @@ def test_resume_gives_the_same_weights_as_a_straight_run(faces, sd15_folder, tmp
     # ... and training did move the weights away from the base model.
     start = _weights(halves, 2)
     assert any(not torch.equal(start[k], a[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------
+# Ctrl-C: a checkpoint at the last whole optimizer step, and a resume from it equal to a straight run.
+
+INTERRUPTIBLE = dict(
+    TINY,
+    max_steps=4,
+    save_every=100,  # the only checkpoint before the end is the one the interrupt writes
+    gradient_accumulation=2,
+    ema_decay=0.9,
+    learning_rate=1e-3,
+    caption_dropout=0.3,  # fixed captions: the text-encoder cache is on
+    flip=True,
+)
+
+
+@pytest.fixture(scope="module")
+def straight_run(faces, sd15_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    run_train(TrainConfig(**INTERRUPTIBLE, dataset=str(faces), model=str(sd15_folder), output_dir=str(out)))
+    return out
+
+
+def _resume_matches_straight_run(settings: dict, halves, straight_run) -> None:
+    resumed = run_train(TrainConfig(**settings, output_dir=str(halves), resume="latest"))
+    assert resumed.steps == 4
+    for name in ("trainable", "ema"):
+        a, b = _weights(straight_run, 4, name), _weights(halves, 4, name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name  # bit for bit
+
+
+def test_ctrl_c_saves_the_last_whole_step_and_says_how_to_resume(faces, sd15_folder, tmp_path, straight_run):
+    settings = dict(INTERRUPTIBLE, dataset=str(faces), model=str(sd15_folder))
+
+    def ctrl_c_after_step_2(stage, done, total, **fields):
+        if stage == "training" and done == 2:
+            raise KeyboardInterrupt
+
+    halves = tmp_path / "halves"
+    with pytest.raises(TrainingInterrupted) as got:
+        run_train(TrainConfig(**settings, output_dir=str(halves)), progress=ctrl_c_after_step_2)
+    saved = halves / "checkpoints" / "step-000002"
+    message = str(got.value)
+    assert isinstance(got.value, KeyboardInterrupt) and isinstance(got.value, FacesmithError)
+    assert str(saved) in message and "\n" not in message
+    assert f"facesmith train --config {halves / 'train.toml'} --resume latest" in message
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["step-000002"]
+    _resume_matches_straight_run(settings, halves, straight_run)
+
+
+def test_ctrl_c_inside_an_accumulation_rewinds_to_the_last_whole_step(
+    faces, sd15_folder, tmp_path, straight_run, monkeypatch
+):
+    from facesmith.train.cache import LatentSource
+
+    settings = dict(INTERRUPTIBLE, dataset=str(faces), model=str(sd15_folder))
+    real, calls = LatentSource.latents, []
+
+    def ctrl_c_in_step_3(self, items):
+        calls.append(len(items))
+        if len(calls) == 6:  # step 3's second micro-batch: its first one drew noise and captions
+            raise KeyboardInterrupt
+        return real(self, items)
+
+    halves = tmp_path / "halves"
+    with monkeypatch.context() as patch:
+        patch.setattr(LatentSource, "latents", ctrl_c_in_step_3)
+        with pytest.raises(TrainingInterrupted, match="step-000002"):
+            run_train(TrainConfig(**settings, output_dir=str(halves)))
+    _resume_matches_straight_run(settings, halves, straight_run)
+
+
+def test_progress_names_each_phase_with_counts(tmp_path, sd15_folder, make_dataset):
+    data = make_dataset(tmp_path / "data", count=3)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a smiling face --s 1\na sad face --s 1\n")
+    calls = []
+    run_train(
+        TrainConfig(
+            **dict(TINY, batch_size=1),
+            dataset=str(data),
+            model=str(sd15_folder),
+            output_dir=str(tmp_path / "run"),
+            max_steps=2,
+            sample_every=1,
+            sample_prompts=str(prompts),
+            caption_dropout=0.1,
+        ),
+        progress=lambda stage, done, total, **fields: calls.append((stage, done, total)),
+    )
+    assert calls[:4] == [("caching latents", k, 3) for k in (1, 2, 3)] + [("encoding captions", 4, 4)]
+    sampling = [("sampling", 1, 2), ("sampling", 2, 2)]  # after each step's bar moved, not before
+    assert calls[4:] == [("training", 1, 2), *sampling, ("training", 2, 2), *sampling]
+
+
+def test_a_truncated_training_image_is_one_line_naming_it(tmp_path, sd15_folder, make_dataset):
+    data = make_dataset(tmp_path / "data", count=2)
+    image = data / "images" / "000001.png"
+    image.write_bytes(image.read_bytes()[:200])
+    config = TrainConfig(**TINY, dataset=str(data), model=str(sd15_folder), output_dir=str(tmp_path / "r"))
+    with pytest.raises(FacesmithError, match=f"cannot read training image {image} .*metadata.jsonl"):
+        run_train(config)
 
 
 def test_nan_loss_is_skipped_and_a_streak_stops_the_run_keeping_the_last_good_checkpoint(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from facesmith.errors import FacesmithError
 from facesmith.latents import encode_image
 from facesmith.train.dataset import BatchItem, FaceImage, load_pixels
 
@@ -123,7 +124,14 @@ class LatentSource:
     def _encode(self, items: list[BatchItem]) -> torch.Tensor:
         pixels = []
         for item in items:
-            x = load_pixels(self.images[item.index].path, self.sizes[item.index])
+            path = self.images[item.index].path
+            try:
+                x = load_pixels(path, self.sizes[item.index])
+            except OSError as error:  # Pillow names no file: "image file is truncated"
+                raise FacesmithError(
+                    f"cannot read training image {path} ({error}): replace it, or remove its line from the "
+                    "dataset's metadata.jsonl"
+                ) from None
             pixels.append(x.flip(-1) if item.flip else x)
         x = torch.stack(pixels).to(self.device, self.dtype)
         return encode_image(self.vae, x).float()
@@ -159,11 +167,26 @@ def encode_text(tokenizer, text_encoder, captions: list[str], device: torch.devi
 
 
 class TextStateCache:
-    """Frozen text-encoder states by caption, computed on first use (captions must not vary)."""
+    """Frozen text-encoder states by caption (captions must not vary): encoded ahead of training by
+    `fill`, and any caption it did not know on first use."""
 
     def __init__(self, tokenizer, text_encoder, device: torch.device):
         self.tokenizer, self.text_encoder, self.device = tokenizer, text_encoder, device
         self.states: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def fill(
+        self, captions: set[str], progress: Callable[[int, int], None] | None = None, batch: int = 64
+    ) -> None:
+        """Encode `captions` ahead of training, `batch` at a time, in sorted order (so a resumed run holds
+        the same states as a straight one); `progress(done, total)` after each batch."""
+        todo = sorted(set(captions) - set(self.states))
+        for start in range(0, len(todo), batch):
+            chunk = todo[start : start + batch]
+            encoded = encode_text(self.tokenizer, self.text_encoder, chunk, self.device)
+            self.states.update(zip(chunk, encoded, strict=True))
+            if progress is not None:
+                progress(start + len(chunk), len(todo))
 
     @torch.no_grad()
     def __call__(self, captions: list[str]) -> torch.Tensor:

@@ -8,20 +8,25 @@ A checkpoint is `OUTPUT_DIR/checkpoints/step-NNNNNN/` holding
 - `training.pt`: the `TrainState` counters (step, epoch, batch position, start time, last loss, skipped
   steps), optimizer and LR-schedule state and the EMA step count;
 - `rng-R.pt`: process R's random states (caption RNG, noise generator, torch's global RNG, CUDA's);
-- `process-R.json`: process R's view: its sha256 of the trainable weights and the images it
-  trained on since the previous checkpoint.
+- `process-R.json`: process R's view: its sha256 of the trainable weights, the images it trained on
+  since the previous checkpoint, and the sha256 of each file it wrote (`files`).
 `save_training` and `resume_training` are the pair that write and read all of it; `save_checkpoint` and
 `load_checkpoint` are their file layer. `os.replace` of the finished temporary folder is atomic, so a kill
 during a save leaves the previous checkpoint whole and the partial one under a `.tmp` name that
-`latest_checkpoint` ignores. Older checkpoints beyond `keep` are removed only after the new one is in place.
+`latest_checkpoint` ignores; a save that fails (a full disk) removes its `.tmp` itself. Older checkpoints
+beyond `keep` are removed only after the new one is in place. A resume reads nothing it has not checked:
+every file against its recorded sha256, every tensor's shape and dtype against the parameter it goes into
+(`param.copy_` would broadcast a (1, 1, 1, 1) tensor over a whole layer), and every weight for NaN/inf.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import re
 import shutil
@@ -32,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from facesmith.errors import FacesmithError
@@ -59,6 +65,26 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def earlier_checkpoint(path: Path) -> Path | None:
+    """The newest complete checkpoint beside `path` with a smaller step: where to go when `path` is bad."""
+    match = PATTERN.match(path.name)
+    if match is None:
+        return None
+    earlier = [
+        p
+        for p in list_checkpoints(path.parent.parent)
+        if int(PATTERN.match(p.name).group(1)) < int(match.group(1))
+    ]
+    return earlier[-1] if earlier else None
+
+
+def _way_out(path: Path) -> str:
+    earlier = earlier_checkpoint(path)
+    if earlier is None:
+        return "no earlier checkpoint is kept: start again in a new output_dir"
+    return f"resume from the one before it instead (--resume {earlier})"
+
+
 def save_checkpoint(
     output_dir: Path,
     step: int,
@@ -74,29 +100,53 @@ def save_checkpoint(
     barrier: Callable[[], None] = lambda: None,
     keep: int = 2,
 ) -> Path:
-    """Write the checkpoint of `step` atomically; every process calls it (each writes its own RNG file)."""
+    """Write the checkpoint of `step` atomically; every process calls it (each writes its own RNG file).
+
+    A save that fails removes its partial folder, so a full disk is not kept full by it; running out of
+    space is a FacesmithError that says so.
+    """
     final = checkpoint_dir(output_dir, step)
     tmp = final.with_name(final.name + ".tmp")
+    try:
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)  # a save that was killed earlier
+            tmp.mkdir(parents=True)
+        barrier()
+        written = [f"rng-{rank}.pt"]
+        torch.save(rng, tmp / written[0])
+        if is_main:
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in trainable.items()},
+                tmp / "trainable.safetensors",
+            )
+            written.append("trainable.safetensors")
+            if ema is not None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
+                written.append("ema.safetensors")
+            config.save(tmp / "train.toml")
+            torch.save(training, tmp / "training.pt")
+            written += ["train.toml", "training.pt"]
+        # What this process did and wrote: lets a person check that DDP ranks agree, and a resume that
+        # no file changed since.
+        files = {name: _file_sha256(tmp / name) for name in written}
+        (tmp / f"process-{rank}.json").write_text(json.dumps({**(process or {}), "files": files}) + "\n")
+        barrier()
+        if is_main:
+            if final.exists():  # the same step saved again (a resumed run re-saving its last step)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    except BaseException as error:
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            kept = latest_checkpoint(output_dir)
+            raise FacesmithError(
+                f"no space left on the disk of {output_dir} while saving checkpoint {final.name} (the partial "
+                f"save was removed): free some space and continue with --resume latest"
+                + (f" (from {kept})" if kept else "")
+            ) from None
+        raise
     if is_main:
-        shutil.rmtree(tmp, ignore_errors=True)  # a save that was killed earlier
-        tmp.mkdir(parents=True)
-    barrier()
-    torch.save(rng, tmp / f"rng-{rank}.pt")
-    if process is not None:  # what this process did: lets a person check that DDP ranks agree
-        (tmp / f"process-{rank}.json").write_text(json.dumps(process) + "\n")
-    if is_main:
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors"
-        )
-        if ema is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
-        config.save(tmp / "train.toml")
-        torch.save(training, tmp / "training.pt")
-    barrier()
-    if is_main:
-        if final.exists():  # the same step saved again (a resumed run re-saving its last step)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
         for old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
@@ -104,7 +154,8 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: Path, rank: int = 0) -> dict[str, Any]:
-    """{'config', 'trainable', 'ema' (or None), 'training', 'rng'} of a checkpoint folder."""
+    """{'config', 'trainable', 'ema' (or None), 'training', 'rng'} of a checkpoint folder, each file
+    checked against the sha256 recorded when it was saved; FacesmithError naming the file otherwise."""
     if not (path / "training.pt").is_file():
         raise FacesmithError(f"{path} is not a complete facesmith checkpoint (no training.pt)")
     if not (path / "train.toml").is_file():
@@ -117,14 +168,57 @@ def load_checkpoint(path: Path, rank: int = 0) -> dict[str, Any]:
         raise FacesmithError(
             f"{path} has no random state for process {rank}: resume with the same process count"
         )
+    if not (path / "trainable.safetensors").is_file():
+        raise FacesmithError(f"checkpoint {path} has no trainable.safetensors: {_way_out(path)}")
+    _check_files(path, rank)
     ema_file = path / "ema.safetensors"
+    weights_only = dict(map_location="cpu", weights_only=True)
     return {
         "config": TrainConfig.load(path / "train.toml"),
-        "trainable": load_file(path / "trainable.safetensors"),
-        "ema": load_file(ema_file) if ema_file.is_file() else None,
-        "training": torch.load(path / "training.pt", map_location="cpu", weights_only=True),
-        "rng": torch.load(rng_file, map_location="cpu", weights_only=True),
+        "trainable": _read(path / "trainable.safetensors", load_file),
+        "ema": _read(ema_file, load_file) if ema_file.is_file() else None,
+        "training": _read(path / "training.pt", lambda f: torch.load(f, **weights_only)),
+        "rng": _read(rng_file, lambda f: torch.load(f, **weights_only)),
     }
+
+
+def _check_files(path: Path, rank: int) -> None:
+    """Every file process 0 and process `rank` recorded at save time, against its sha256 (checkpoints
+    from before the record are read unchecked)."""
+    recorded: dict[str, str] = {}
+    for r in sorted({0, rank}):
+        view = path / f"process-{r}.json"
+        if view.is_file():
+            try:
+                recorded.update(json.loads(view.read_text()).get("files", {}))
+            except (ValueError, AttributeError) as error:
+                raise FacesmithError(
+                    f"checkpoint {path}: {view.name} is damaged ({error}); {_way_out(path)}"
+                ) from None
+    for name, digest in recorded.items():
+        if not (path / name).is_file():
+            raise FacesmithError(f"checkpoint {path} has no {name}: {_way_out(path)}")
+        if _file_sha256(path / name) != digest:
+            raise FacesmithError(
+                f"checkpoint {path}: {name} is corrupt (its sha256 differs from the one recorded when it "
+                f"was saved); {_way_out(path)}"
+            )
+
+
+def _read(file: Path, load: Callable[[Path], Any]) -> Any:
+    try:
+        return load(file)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as error:
+        path = file.parent
+        reason = str(error).splitlines()[0].split(". ")[0]  # torch's own advice runs on for lines
+        raise FacesmithError(
+            f"checkpoint {path}: {file.name} is unreadable ({reason}); {_way_out(path)}"
+        ) from None
+
+
+def _file_sha256(file: Path) -> str:
+    with open(file, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def saved_counters(path: Path) -> dict[str, Any]:
@@ -189,13 +283,7 @@ def save_training(
 ) -> Path:
     """Checkpoint `state` with the trainable weights, their EMA, the optimizer and the LR schedule at
     `state.step`; every process calls it. `resume_training` reads back exactly this."""
-    rng = {
-        "captions": state.captions.getstate(),
-        "noise": state.noise.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    rng = _rng_states(state)
     training = {
         "step": state.step,
         "epoch": state.data.epoch,
@@ -245,6 +333,7 @@ def resume_training(
     the EMA, after checking that the checkpoint was made under settings this run can continue."""
     saved = load_checkpoint(path, rank)
     check_resumable(path, saved, config, [n for n, _ in named])
+    check_weights(path, saved, named, ema=ema is not None)
     with torch.no_grad():
         for name, param in named:
             param.copy_(saved["trainable"][name])
@@ -258,7 +347,46 @@ def resume_training(
     state.step, state.started_at = training["step"], training["started_at"]
     state.loss, state.bad_steps = training["loss"], training["bad_steps"]
     state.data.seek(training["epoch"], training["position"])
-    rng = saved["rng"]
+    _set_rng_states(state, saved["rng"])
+
+
+def mark_step(state: TrainState) -> dict[str, Any]:
+    """Where `state` stands now, at the end of a whole optimizer step, for `rewind_to`: what a
+    checkpoint written at this moment would hold of it."""
+    data = state.data
+    return {
+        "step": state.step,
+        "bad_steps": state.bad_steps,
+        "epoch": data.epoch,
+        "position": data.position,
+        "seen": len(data.seen),
+        "rng": _rng_states(state),
+    }
+
+
+def rewind_to(state: TrainState, mark: dict[str, Any]) -> None:
+    """Put `state` back at `mark` (from `mark_step` at the same step), undoing the batches and the random
+    draws of a step that was interrupted before its update."""
+    assert state.step == mark["step"], "the weights moved on since the mark"
+    state.bad_steps = mark["bad_steps"]
+    if (state.data.epoch, state.data.position) != (mark["epoch"], mark["position"]):
+        state.data.seek(mark["epoch"], mark["position"])
+    del state.data.seen[mark["seen"] :]
+    _set_rng_states(state, mark["rng"])
+
+
+def _rng_states(state: TrainState) -> dict[str, Any]:
+    rng = {
+        "captions": state.captions.getstate(),
+        "noise": state.noise.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _set_rng_states(state: TrainState, rng: dict[str, Any]) -> None:
     state.captions.setstate(_tuples(rng["captions"]))
     state.noise.set_state(rng["noise"])
     torch.set_rng_state(rng["torch"])
@@ -284,6 +412,31 @@ def check_resumable(path: Path, saved: dict[str, Any], config: TrainConfig, name
         )
     if config.ema_decay > 0 and saved["ema"] is None:
         raise FacesmithError(f"checkpoint {path} has no EMA weights: resume with ema_decay = 0")
+
+
+def check_weights(
+    path: Path, saved: dict[str, Any], named: list[tuple[str, torch.Tensor]], *, ema: bool
+) -> None:
+    """FacesmithError unless every saved tensor has its parameter's shape and dtype and is finite, so that
+    nothing is half restored: `param.copy_` would broadcast a (1, 1, 1, 1) tensor over a layer, or cast."""
+    kinds = [("trainable", saved["trainable"])] + ([("ema", saved["ema"])] if ema else [])
+    for kind, tensors in kinds:
+        file = f"{kind}.safetensors"
+        for name, param in named:
+            tensor = tensors.get(name)
+            if tensor is None:
+                raise FacesmithError(f"checkpoint {path}: {file} has no {name}; {_way_out(path)}")
+            if tensor.shape != param.shape or tensor.dtype != param.dtype:
+                raise FacesmithError(
+                    f"checkpoint {path}: {file} holds {name} as {tuple(tensor.shape)} {tensor.dtype}, where "
+                    f"this run has {tuple(param.shape)} {param.dtype}; {_way_out(path)}"
+                )
+        bad = [name for name, _ in named if not torch.isfinite(tensors[name]).all()]
+        if bad:
+            raise FacesmithError(
+                f"checkpoint {path}: {file} holds NaN or inf in {len(bad)} tensors (e.g. {bad[0]}); "
+                f"{_way_out(path)}"
+            )
 
 
 def _digest(params: list[torch.Tensor]) -> str:

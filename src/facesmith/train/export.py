@@ -9,6 +9,9 @@
   `lora_unet_<diffusers module path with _>.lora_down.weight` / `.lora_up.weight` / `.alpha` (and
   `lora_te_text_model_...` for the text encoder), with Kohya's `ss_*` training metadata and the
   Stability AI model-spec (`modelspec.*`) keys. diffusers' `load_lora_weights` reads it.
+
+Nothing is written from weights that hold NaN or inf (a diverged run, or a corrupt EMA): such a file loads
+everywhere and makes black images, so it is a FacesmithError instead.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 import torch
 
+from facesmith.errors import FacesmithError
 from facesmith.train.config import TrainConfig
 from facesmith.train.model import TrainModel
 
@@ -47,6 +51,17 @@ def kohya_lora_state(model: TrainModel, alpha: float) -> dict[str, torch.Tensor]
             state[f"{key}.lora_up.weight"] = layers[f"{name}.lora_B.weight"].detach().cpu().contiguous()
             state[f"{key}.alpha"] = torch.tensor(float(alpha))
     return state
+
+
+def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """FacesmithError, before anything is written to `path`, when any of `tensors` holds NaN or inf."""
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise FacesmithError(
+            f"the trained weights hold NaN or inf in {len(bad)} tensors (e.g. {bad[0]}), so {path} was not "
+            "written: the run diverged; train again from an earlier checkpoint (--resume FOLDER) with a "
+            "lower learning_rate or max_grad_norm"
+        )
 
 
 def kohya_metadata(model: TrainModel, config: TrainConfig, info: dict[str, Any]) -> dict[str, str]:
@@ -108,6 +123,7 @@ def export_kohya_lora(model: TrainModel, config: TrainConfig, path: Path, info: 
     from safetensors.torch import save, save_file
 
     state = kohya_lora_state(model, config.lora_alpha)
+    check_finite(state, path)
     metadata = kohya_metadata(model, config, info)
     # Kohya's sshs_model_hash (addnet_hash_safetensors): sha256 of the tensor bytes after the header.
     blob = save(state)
@@ -121,14 +137,20 @@ def export_kohya_lora(model: TrainModel, config: TrainConfig, path: Path, info: 
 def export_full(model: TrainModel, config: TrainConfig, output_dir: Path, info: dict[str, Any]) -> list[Path]:
     """The trained pipeline as a diffusers folder (+ single file), or in the default model's layout."""
     pipe = model.pipe
+    folder = output_dir / "model"
+    trained = {f"unet.{k}": v for k, v in pipe.unet.state_dict().items()}
+    if config.train_text_encoder:
+        trained.update({f"text_encoder.{k}": v for k, v in pipe.text_encoder.state_dict().items()})
+    check_finite(trained, folder)
     # The pipeline samples with the schedule the model was trained for.
     pipe.scheduler.register_to_config(prediction_type=model.prediction_type)
-    folder = output_dir / "model"
     if model.family.startswith("preset:"):
         from facesmith.models.shards import save_sharded
 
+        half = {k: v.half() for k, v in pipe.unet.state_dict().items()}
+        check_finite(half, folder)  # past fp16's 65504 a weight becomes inf
         save_sharded(
-            {k: v.half() for k, v in pipe.unet.state_dict().items()},
+            half,
             folder,
             "unet",
             extra={

@@ -2,12 +2,14 @@
 
 On CUDA through `accelerate launch --multi_gpu`, on the CPU through torch's elastic launcher (gloo), each
 process reading OUTPUT_DIR/train.toml; `trainer.py` then splits every global batch across them. This module
-only launches: what the processes made is read back from the run folder (`trainer.read_result`).
+only launches: what the processes made is read back from the run folder (`trainer.read_result`). On
+Ctrl-C it waits for the processes to stop and says, once, which checkpoint to resume from.
 DeepSpeed, FSDP and multi-node runs are Accelerate's own: `accelerate launch --config_file ...`.
 """
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -40,7 +42,16 @@ def launch_processes(config: TrainConfig) -> None:
     else:
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", n]
         command += program
-    status = subprocess.call(command)
+    launched = subprocess.Popen(command)
+    try:
+        status = launched.wait()
+    except KeyboardInterrupt:
+        from facesmith.train.trainer import TrainingInterrupted, interrupted_message
+
+        # A terminal's Ctrl-C reached the processes too; a `kill -INT` of this one alone did not.
+        launched.send_signal(signal.SIGINT)
+        launched.wait()
+        raise TrainingInterrupted(interrupted_message(out)) from None
     if status != 0:
         raise FacesmithError(
             f"the {n} training processes failed (exit status {status}); see their output above"

@@ -10,6 +10,7 @@ pipeline with the chosen sampler, from a seeded CPU generator, and labelled with
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,9 +74,15 @@ def read_prompt_file(path: str | Path) -> list[SamplePrompt]:
 
 @torch.no_grad()
 def sample_images(
-    pipe, prompts: list[SamplePrompt], sampler: str, size: int, device: torch.device
+    pipe,
+    prompts: list[SamplePrompt],
+    sampler: str,
+    size: int,
+    device: torch.device,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Image.Image]:
-    """One image per prompt from `pipe` (the model under training), decoded through facesmith.latents."""
+    """One image per prompt from `pipe` (the model under training), decoded through facesmith.latents;
+    `progress(done, len(prompts))` after each."""
     from facesmith.latents import decode_latents, to_pil
     from facesmith.samplers import make_scheduler
 
@@ -96,6 +103,8 @@ def sample_images(
                 output_type="latent",
             ).images
             images += to_pil(decode_latents(pipe.vae, latents.to(device)))
+            if progress is not None:
+                progress(len(images), len(prompts))
     finally:
         pipe.scheduler = scheduler
     return images

@@ -5,8 +5,11 @@ TensorBoard through its trackers), with Kohya's training features from the other
 package, laid out in sections as NVlabs/edm's `training_loop.py` is. What makes it resumable bit for bit:
 the batch order is a function of (seed, epoch), all noise and caption randomness comes from two
 generators in the checkpointed `TrainState`, and a checkpoint is only ever written after a whole
-optimizer step. The run folder, which `read_result` reads back whether the run was in this process or
-in `--num-processes` launched ones:
+optimizer step. Ctrl-C (KeyboardInterrupt) rewinds the run to the end of its last whole step, saves a
+checkpoint there, as Kohya's scripts save on interrupt, and stops with `TrainingInterrupted`, which says
+how to resume. Phases report through `progress`: "caching latents", "encoding captions", "training" and
+"sampling". The run folder, which `read_result` reads back whether the run was in this process or in
+`--num-processes` launched ones:
 
     OUTPUT_DIR/train.toml             the settings that reproduce the run
     OUTPUT_DIR/checkpoints/step-N/    atomic checkpoints (checkpoint.py)
@@ -21,6 +24,8 @@ import contextlib
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +46,11 @@ OOM_ADVICE = (
     "resolution, or use mode lora, gradient_checkpointing = true, mixed_precision bf16, optimizer adamw8bit"
 )
 EXPORTS = ("lora.safetensors", "model", "model.safetensors")
+
+
+class TrainingInterrupted(FacesmithError, KeyboardInterrupt):
+    """Ctrl-C stopped the run: a KeyboardInterrupt to callers, with the one line the CLI prints (where the
+    checkpoint is and how to resume)."""
 
 
 @dataclass
@@ -101,6 +111,8 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         config.save(out / "train.toml")
+    # Only the main process reports; the others do the same work in step with it.
+    report = progress if progress is not None and accelerator.is_main_process else _silent
 
     # -- Load the dataset and the model, checked against each other before anything trains.
     images = read_dataset(config.dataset)
@@ -122,12 +134,16 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
         flip=config.flip,
         device=device,
         cache_dir=Path(config.cache_dir) if config.cache_dir else out / "cache",
+        progress=lambda done, count: report("caching latents", done, count),
     )
     # Whole-caption dropout alone keeps captions fixed: "" is one more caption to cache.
     varying = config.caption_shuffle or config.caption_tag_dropout > 0 or config.caption_from_attributes
     text_cache = None
     if config.cache_text_encoder and not train_text and not varying:
         text_cache = TextStateCache(pipe.tokenizer, pipe.text_encoder, device)
+        captions = {image.text for image in images} | ({""} if config.caption_dropout > 0 else set())
+        with accelerator.autocast():  # as the training step encodes them
+            text_cache.fill(captions, progress=lambda done, count: report("encoding captions", done, count))
 
     # -- Set up the optimisation and the training state.
     named = model.trainable()
@@ -177,99 +193,111 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     scheduler = model.noise_scheduler
     bad_streak = 0
     tick = time.time()
-    while state.step < total:
-        # Accumulate gradients over gradient_accumulation micro-batches; DDP syncs only on the last.
-        micro_losses = []
-        for micro in range(config.gradient_accumulation):
-            items = next(state.data)
-            latents = latents_of.latents(items)
-            captions = [training_caption(images[i.index], config, state.captions) for i in items]
-            noise, timesteps = sample_noise(latents, state.noise, scheduler, config.noise_offset)
-            noisy = scheduler.add_noise(latents, noise, timesteps)
-            target = target_for(scheduler, latents, noise, timesteps)
-            with contextlib.ExitStack() as stack:
-                if micro < config.gradient_accumulation - 1:
-                    stack.enter_context(accelerator.no_sync(unet))
-                    if train_text:
-                        stack.enter_context(accelerator.no_sync(text_encoder))
-                with accelerator.autocast():
-                    if text_cache is not None:
-                        states = text_cache(captions)
-                    elif train_text:
-                        states = encode_text(pipe.tokenizer, text_encoder, captions, device)
-                    else:
-                        with torch.no_grad():
+    whole = ckpt.mark_step(state)  # the end of the last whole optimizer step
+    try:
+        while state.step < total:
+            # Accumulate gradients over gradient_accumulation micro-batches; DDP syncs only on the last.
+            micro_losses = []
+            for micro in range(config.gradient_accumulation):
+                items = next(state.data)
+                latents = latents_of.latents(items)
+                captions = [training_caption(images[i.index], config, state.captions) for i in items]
+                noise, timesteps = sample_noise(latents, state.noise, scheduler, config.noise_offset)
+                noisy = scheduler.add_noise(latents, noise, timesteps)
+                target = target_for(scheduler, latents, noise, timesteps)
+                with contextlib.ExitStack() as stack:
+                    if micro < config.gradient_accumulation - 1:
+                        stack.enter_context(accelerator.no_sync(unet))
+                        if train_text:
+                            stack.enter_context(accelerator.no_sync(text_encoder))
+                    with accelerator.autocast():
+                        if text_cache is not None:
+                            states = text_cache(captions)
+                        elif train_text:
                             states = encode_text(pipe.tokenizer, text_encoder, captions, device)
-                    prediction = unet(noisy, timesteps, states).sample
-                loss = diffusion_loss(prediction, target, timesteps, scheduler, config.min_snr_gamma)
-                accelerator.backward(loss / config.gradient_accumulation)
-            micro_losses.append(loss.detach())
-        loss_value = accelerator.reduce(torch.stack(micro_losses).mean(), "mean").item()
+                        else:
+                            with torch.no_grad():
+                                states = encode_text(pipe.tokenizer, text_encoder, captions, device)
+                        prediction = unet(noisy, timesteps, states).sample
+                    loss = diffusion_loss(prediction, target, timesteps, scheduler, config.min_snr_gamma)
+                    accelerator.backward(loss / config.gradient_accumulation)
+                micro_losses.append(loss.detach())
+            loss_value = accelerator.reduce(torch.stack(micro_losses).mean(), "mean").item()
 
-        # Skip a step whose loss or gradient norm is NaN/inf; stop after max_bad_steps in a row.
-        grad_norm = math.nan
-        if math.isfinite(loss_value) and config.max_grad_norm > 0:
-            grad_norm = float(accelerator.clip_grad_norm_(params, config.max_grad_norm))
-        # Under fp16 Accelerate trains through torch's GradScaler, which raises the loss scale until the
-        # scaled gradients overflow: the norm of that step is inf, and `optimizer.step()` (GradScaler.step)
-        # skips the update by itself and lowers the scale. That is the scaler's normal probing, not a
-        # diverged run, so only a non-finite loss counts as a bad step there.
-        finite = math.isfinite(loss_value) and (
-            math.isfinite(grad_norm) or config.max_grad_norm == 0 or precision == "fp16"
-        )
-        if not finite:
-            optimizer.zero_grad(set_to_none=True)
-            bad_streak += 1
-            state.bad_steps += 1
-            accelerator.print(
-                f"warning: step {state.step + 1}: loss {loss_value}, grad norm {grad_norm}; skipped"
+            # Skip a step whose loss or gradient norm is NaN/inf; stop after max_bad_steps in a row.
+            grad_norm = math.nan
+            if math.isfinite(loss_value) and config.max_grad_norm > 0:
+                grad_norm = float(accelerator.clip_grad_norm_(params, config.max_grad_norm))
+            # Under fp16 Accelerate trains through torch's GradScaler, which raises the loss scale until the
+            # scaled gradients overflow: the norm of that step is inf, and `optimizer.step()` (GradScaler.step)
+            # skips the update by itself and lowers the scale. That is the scaler's normal probing, not a
+            # diverged run, so only a non-finite loss counts as a bad step there.
+            finite = math.isfinite(loss_value) and (
+                math.isfinite(grad_norm) or config.max_grad_norm == 0 or precision == "fp16"
             )
-            if config.tensorboard:
-                accelerator.log({"skipped_steps": state.bad_steps}, step=state.step)
-            if bad_streak >= config.max_bad_steps:
-                kept = ckpt.latest_checkpoint(out)
-                raise FacesmithError(
-                    f"the loss was NaN or inf for {bad_streak} steps in a row at step {state.step + 1}; "
-                    f"likely causes: {LIKELY_NAN_CAUSES}. The last good checkpoint is "
-                    f"{kept if kept else 'none (no checkpoint was saved yet)'}"
+            if not finite:
+                optimizer.zero_grad(set_to_none=True)
+                bad_streak += 1
+                state.bad_steps += 1
+                accelerator.print(
+                    f"warning: step {state.step + 1}: loss {loss_value}, grad norm {grad_norm}; skipped"
                 )
-            continue
-        bad_streak = 0
+                if config.tensorboard:
+                    accelerator.log({"skipped_steps": state.bad_steps}, step=state.step)
+                if bad_streak >= config.max_bad_steps:
+                    kept = ckpt.latest_checkpoint(out)
+                    raise FacesmithError(
+                        f"the loss was NaN or inf for {bad_streak} steps in a row at step {state.step + 1}; "
+                        f"likely causes: {LIKELY_NAN_CAUSES}. The last good checkpoint is "
+                        f"{kept if kept else 'none (no checkpoint was saved yet)'}"
+                    )
+                continue
+            bad_streak = 0
 
-        # Update the weights and the EMA.
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(params)
-        state.step += 1
-        state.loss = loss_value
+            # Update the weights and the EMA, as one step that Ctrl-C cannot cut in two.
+            with _interrupts_deferred():
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.step(params)
+                state.step += 1
+                state.loss = loss_value
+                whole = ckpt.mark_step(state)
 
-        # Log, checkpoint, sample and report.
-        step = state.step
-        logs = {"loss": loss_value, "lr": schedule.get_last_lr()[0], "epoch": state.data.epoch}
-        if math.isfinite(grad_norm):
-            logs["grad_norm"] = grad_norm
-        if config.tensorboard and (step % config.log_every == 0 or step == total):
-            accelerator.log(logs, step=step)
-        if step % config.save_every == 0 or step == total:
-            ckpt.save_training(
-                out,
-                state,
-                config,
-                **learning,
-                rank=rank,
-                world=world,
-                is_main=accelerator.is_main_process,
-                barrier=accelerator.wait_for_everyone,
-            )
-        if prompts and ((config.sample_every and step % config.sample_every == 0) or step == total):
-            if accelerator.is_main_process:
-                _sample(accelerator, pipe, prompts, config, resolution, device, step, out)
-            accelerator.wait_for_everyone()
-        if progress is not None and accelerator.is_main_process:
-            progress("training", step, total, **logs, steps_per_s=1 / max(1e-9, time.time() - tick))
-        tick = time.time()
+            # Log, checkpoint, report, sample.
+            step = state.step
+            logs = {"loss": loss_value, "lr": schedule.get_last_lr()[0], "epoch": state.data.epoch}
+            if math.isfinite(grad_norm):
+                logs["grad_norm"] = grad_norm
+            if config.tensorboard and (step % config.log_every == 0 or step == total):
+                accelerator.log(logs, step=step)
+            if step % config.save_every == 0 or step == total:
+                ckpt.save_training(
+                    out,
+                    state,
+                    config,
+                    **learning,
+                    rank=rank,
+                    world=world,
+                    is_main=accelerator.is_main_process,
+                    barrier=accelerator.wait_for_everyone,
+                )
+            report("training", step, total, **logs, steps_per_s=1 / max(1e-9, time.time() - tick))
+            if prompts and ((config.sample_every and step % config.sample_every == 0) or step == total):
+                if accelerator.is_main_process:
+                    _sample(accelerator, pipe, prompts, config, resolution, device, step, out, report)
+                accelerator.wait_for_everyone()
+            tick = time.time()  # the rate is of training steps: sampling has its own stage
+    except KeyboardInterrupt:
+        ckpt.rewind_to(state, whole)
+        saved = ckpt.checkpoint_dir(out, state.step)
+        # Several processes would have to agree on one step to save together; they keep the last save.
+        if world == 1 and state.step > 0 and not saved.is_dir():
+            ckpt.save_training(out, state, config, **learning)
+        if world > 1:  # the launching process says where the run stands, once (launch.py)
+            raise
+        raise TrainingInterrupted(interrupted_message(out)) from None
 
     # -- Export (the EMA weights when EMA is on).
     accelerator.wait_for_everyone()
@@ -295,6 +323,42 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
             export_full(model, config, out, info)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def interrupted_message(output_dir: Path) -> str:
+    """The line a person reads after Ctrl-C: where the newest checkpoint is and the command that resumes."""
+    from facesmith.train.checkpoint import latest_checkpoint
+
+    kept = latest_checkpoint(output_dir)
+    command = f"facesmith train --config {output_dir / 'train.toml'}"
+    if kept is None:
+        return f"interrupted before the first checkpoint, so nothing was saved: start again with `{command}`"
+    return f"interrupted; the newest checkpoint is {kept}: continue with `{command} --resume latest`"
+
+
+def _silent(stage: str, done: int, total: int | None, **fields: float) -> None:
+    pass
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Hold a Ctrl-C that arrives inside the block until the block is done, then deliver it.
+
+    The optimizer, LR-schedule and EMA updates of one step must all happen or none: a KeyboardInterrupt
+    between two parameters' updates would leave weights that no step count describes. Signals reach only
+    the main thread, so elsewhere there is nothing to hold.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: held.append((number, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held and callable(previous):
+        previous(*held[0])
 
 
 def _accelerator(config: TrainConfig, out: Path):
@@ -343,7 +407,7 @@ def _buckets(images, config: TrainConfig, resolution: int) -> dict[tuple[int, in
 
 
 def _sample(
-    accelerator, pipe, prompts, config: TrainConfig, resolution: int, device, step: int, out: Path
+    accelerator, pipe, prompts, config: TrainConfig, resolution: int, device, step: int, out: Path, report
 ) -> Path:
     import numpy as np
 
@@ -353,7 +417,14 @@ def _sample(
     was_training = unet.training
     unet.eval()
     try:
-        images = sample_images(pipe, prompts, config.sample_sampler, resolution, device)
+        images = sample_images(
+            pipe,
+            prompts,
+            config.sample_sampler,
+            resolution,
+            device,
+            progress=lambda done, count: report("sampling", done, count, step=step),
+        )
     finally:
         unet.train(was_training)
     grid = labelled_grid(images, prompts)
