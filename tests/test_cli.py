@@ -280,3 +280,28 @@ def test_help_shows_the_default_of_every_option(command):
 def test_an_error_keeps_its_square_brackets(tmp_path):
     result = CliRunner().invoke(app, ["generate", "a face", "--model", str(tmp_path / "models[serve]")])
     one_line_error(result, "models[serve]")
+
+
+def test_seed_minus_one_is_random_and_a1111_sampler_spellings_are_recorded_by_name(sd15_folder, tmp_path):
+    """`--seed -1` means random, as in the API and the page; `--sampler dpmpp_2m --scheduler karras` is
+    A1111's "DPM++ 2M Karras", and the PNG says so (issue 15.30)."""
+    result = invoke("generate", "a face", "--model", sd15_folder, "--seed", -1, "--sampler", "dpmpp_2m",
+                    "--scheduler", "karras", "-o", tmp_path, *FAST)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (png,) = tmp_path.glob("*.png")
+    seed = int(png.stem.split("-")[1])
+    assert seed >= 0
+    info = invoke("info", png).stdout
+    assert "Sampler: DPM++ 2M Karras" in info and f"Seed: {seed}" in info
+    one_line_error(invoke("generate", "a face", "--scheduler", "karras", "-o", tmp_path), "give --sampler")
+    one_line_error(
+        invoke("generate", "a face", "--sampler", "DDIM", "--scheduler", "karras", "-o", tmp_path),
+        "no Karras form",
+    )
+
+
+def test_a_size_far_from_the_model_s_own_is_warned_about(sd15_folder, tmp_path):
+    result = invoke("generate", "a face", "--model", sd15_folder, "--width", 256, "--height", 256, "--seed", 1,
+                    "-o", tmp_path, *FAST)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "warning: 256x256 is far from this model's native 64x64" in " ".join(result.stderr.split())

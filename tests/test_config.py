@@ -74,3 +74,10 @@ def test_flags_are_read_by_field_type_with_booleans_and_none():
 def test_noise_settings_are_checked_before_any_model_loads(changes, message):
     with pytest.raises(FacesmithError, match=message):
         NoiseConfig(**({"image": "face.png"} | changes)).validate()
+
+
+def test_seed_minus_one_means_random_and_sampler_aliases_become_a1111_names():
+    from facesmith.config import GenerateConfig
+
+    assert GenerateConfig(prompt="a face", seed=-1).seed is None
+    assert GenerateConfig(prompt="a face", sampler="k_euler_a").validate().sampler == "Euler a"

@@ -97,3 +97,11 @@ def test_images_without_metadata_and_non_images_are_user_errors(tmp_path):
         read_png(tmp_path / "text.png")
     with pytest.raises(FacesmithError, match="does not exist"):
         read_png(tmp_path / "missing.png")
+
+
+def test_a1111_schedule_type_karras_is_kept():
+    """A1111 1.9+ writes the schedule apart; --from kept "DPM++ 2M" and dropped the Karras (issue 15.6)."""
+    text = "a face\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 64x64"
+    assert config_from_parameters(text).sampler == "DPM++ 2M Karras"
+    plain = "a face\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Automatic, CFG scale: 7, Seed: 1"
+    assert config_from_parameters(plain).sampler == "DPM++ 2M"

@@ -60,7 +60,12 @@ def generate(
         float | None, typer.Option(help="Classifier-free guidance scale [default: the model's, 7.5 for SD].")
     ] = None,
     sampler: Annotated[str | None, typer.Option(help="A1111 sampler name, see `facesmith samplers`.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the first image; image i uses seed+i.")] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="A1111 1.9's schedule type: automatic or karras (DPM++ 2M + karras).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the first image; image i uses seed+i; -1 draws one.")
+    ] = None,
     count: Annotated[int | None, typer.Option("-n", "--count", help="Number of images [default: 1].")] = None,
     batch_size: Annotated[
         int | None, typer.Option(help="Images per pipeline call; >1 is faster on a GPU [default: 1].")
@@ -99,9 +104,14 @@ def generate(
     def work():
         from facesmith.generate import run_generate
         from facesmith.metadata import config_from_png
+        from facesmith.samplers import check_sampler
+
+        if scheduler is not None and sampler is None:
+            raise FacesmithError(f"--scheduler {scheduler} changes a sampler: give --sampler too")
+        chosen = check_sampler(sampler, scheduler).name if sampler is not None else None
 
         given = {
-            "prompt": prompt, "negative": negative, "steps": steps, "cfg": cfg, "sampler": sampler,
+            "prompt": prompt, "negative": negative, "steps": steps, "cfg": cfg, "sampler": chosen,
             "seed": seed, "count": count, "batch_size": batch_size, "engine": engine, "width": width, "height": height, "model": model,
             "loras": lora or None, "vae": vae, "out_dir": out_dir, "device": device, "dtype": dtype, "trace": trace,
             "allow_pickle": allow_pickle,

@@ -84,8 +84,13 @@ class GenerateConfig(StageConfig):
     trace_frames: int = 8
     allow_pickle: bool = False
 
+    def __post_init__(self) -> None:
+        if self.seed == -1:  # A1111's "random", as the API and the page take it
+            self.seed = None
+
     def validate(self) -> GenerateConfig:
-        """Raise FacesmithError naming the first setting a person has to fix; return self."""
+        """Raise FacesmithError naming the first setting a person has to fix; return self, with the
+        sampler under its A1111 name (an alias such as `k_euler_a` becomes "Euler a")."""
         from facesmith.models.lora import parse_lora_spec
         from facesmith.samplers import check_sampler
 
@@ -108,11 +113,11 @@ class GenerateConfig(StageConfig):
         if not 1 <= self.batch_size <= 64:
             raise FacesmithError(f"--batch-size {self.batch_size} is outside [1, 64]")
         if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise FacesmithError(f"--seed {self.seed} must be in [0, 2^63)")
+            raise FacesmithError(f"--seed {self.seed} must be -1 (random) or in [0, 2^63)")
         if self.trace_frames < 2:
             raise FacesmithError(f"trace_frames {self.trace_frames} must be at least 2")
         if self.sampler is not None:
-            check_sampler(self.sampler)
+            self.sampler = check_sampler(self.sampler).name
         for spec in self.loras:
             parse_lora_spec(spec)
         return self

@@ -49,6 +49,10 @@ class PromptTruncatedWarning(UserWarning):
     """The prompt is longer than the text encoder reads; the message names the words that were cut."""
 
 
+class SizeWarning(UserWarning):
+    """The image size is far from the model's native one: SD models repeat or break faces there."""
+
+
 @dataclass
 class Generation:
     images: list[Image.Image]
@@ -173,6 +177,14 @@ class FaceGenerator:
             engine=self.engine_name,
             vae=self.vae,
         )
+        native_w, native_h = self.native_size
+        if not (0.5 < width / native_w < 2 and 0.5 < height / native_h < 2):
+            warnings.warn(
+                f"{width}x{height} is far from this model's native {native_w}x{native_h}: expect repeated or "
+                "broken faces; pass --width/--height near the native size",
+                SizeWarning,
+                stacklevel=2,
+            )
         pipe = self.runner
         pipe.scheduler = make_scheduler(config.sampler, self.base_scheduler_config)
         for label, text in (("prompt", config.prompt), ("negative prompt", config.negative)):

@@ -166,7 +166,7 @@ def config_from_parameters(text: str) -> GenerateConfig:
         if "Steps" in fields:
             config.steps = int(fields["Steps"])
         if "Sampler" in fields:
-            config.sampler = fields["Sampler"]
+            config.sampler = _sampler_with_schedule(fields["Sampler"], fields.get("Schedule type"))
         if "CFG scale" in fields:
             config.cfg = float(fields["CFG scale"])
         if "Seed" in fields:
@@ -177,6 +177,19 @@ def config_from_parameters(text: str) -> GenerateConfig:
     except ValueError as err:
         raise FacesmithError(f"cannot read the A1111 parameters {fields}: {err}") from err
     return config
+
+
+def _sampler_with_schedule(sampler: str, schedule: str | None) -> str:
+    """A1111 1.9+ writes the schedule apart ("Sampler: DPM++ 2M, Schedule type: Karras"); facesmith names
+    the Karras form as one sampler. Schedules facesmith has no form for keep the sampler as written."""
+    from facesmith.samplers import check_sampler
+
+    if not schedule or schedule.strip().lower() != "karras":
+        return sampler
+    try:
+        return check_sampler(sampler, "karras").name
+    except FacesmithError:
+        return sampler  # an unknown sampler is named by validate(); one with no Karras form stays itself
 
 
 def _config_in(settings: dict[str, Any] | None) -> dict[str, Any]:

@@ -43,10 +43,10 @@ def guarded(work: Callable[[], Any], models: bool = True) -> Any:
 
 
 def _facesmith_warnings() -> list[type[Warning]]:
-    from facesmith.generate import PromptTruncatedWarning
+    from facesmith.generate import EngineFallbackWarning, PromptTruncatedWarning, SizeWarning
     from facesmith.latents import VaeUpcastWarning
 
-    return [PromptTruncatedWarning, VaeUpcastWarning]
+    return [PromptTruncatedWarning, SizeWarning, EngineFallbackWarning, VaeUpcastWarning]
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
