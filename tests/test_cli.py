@@ -305,3 +305,24 @@ def test_a_size_far_from_the_model_s_own_is_warned_about(sd15_folder, tmp_path):
                     "-o", tmp_path, *FAST)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "warning: 256x256 is far from this model's native 64x64" in " ".join(result.stderr.split())
+
+
+def test_ctrl_c_exits_130_and_a_stage_s_interrupt_advice_is_one_line(capsys):
+    """train turns Ctrl-C into TrainingInterrupted (where the checkpoint is, how to resume); the CLI
+    prints that one line and exits 130 as a Ctrl-C does, not 2."""
+    import typer
+
+    from facesmith.terminal import guarded
+    from facesmith.train.trainer import TrainingInterrupted
+
+    def interrupted_training():
+        raise TrainingInterrupted("stopped at step 2; resume with --resume latest")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    for work, line in ((interrupted_training, "stopped at step 2"), (interrupted, "interrupted")):
+        with pytest.raises(typer.Exit) as stop:
+            guarded(work, models=False)
+        assert stop.value.exit_code == 130
+        assert line in capsys.readouterr().err

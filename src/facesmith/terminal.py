@@ -39,7 +39,13 @@ def guarded(work: Callable[[], Any], models: bool = True) -> Any:
     except FacesmithError as error:
         # escape: a message is plain text; "pip install 'facesmith[serve]'" must keep its brackets
         err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        # A Ctrl-C that a stage turned into advice (train: where its checkpoint is) exits as Ctrl-C does.
+        raise typer.Exit(130 if isinstance(error, KeyboardInterrupt) else 2) from None
+    except KeyboardInterrupt:
+        # Under a multi-process launch the launcher speaks for every process; alone, say it in one line.
+        if os.environ.get("RANK", "0") == "0":
+            err.print("[yellow]interrupted[/]", highlight=False)
+        raise typer.Exit(130) from None
 
 
 def _facesmith_warnings() -> list[type[Warning]]:
