@@ -56,9 +56,35 @@ def test_other_weights_get_their_own_export(sd15_folder, kohya_file):
     assert np.abs(pixels(a) - pixels(b)).mean() > 1
 
 
-def test_auto_picks_onnx_on_a_cpu_but_not_with_loras_or_sdxl(sd15_folder, sdxl_folder, kohya_file):
+def test_a_lora_s_weight_reaches_the_onnx_engine(sd15_folder, kohya_file):
+    """`--lora F:1` and `F:3` gave byte-identical images from one cached export (issue 15.2). LoRAs fixed at
+    load are fused into the weights, so each weight is its own export, and each matches eager torch."""
+    images = {}
+    for weight in (1, 3):
+        onnx = facesmith.load(sd15_folder, engine="onnx", loras=[f"{kohya_file}:{weight}"])
+        assert getattr(onnx.pipe.unet, "peft_config", None) is None  # fused: plain layers
+        eager = facesmith.load(
+            sd15_folder, engine="eager", loras=[f"{kohya_file}:{weight}"], fuse_loras=False
+        )
+        images[weight] = pixels(onnx.generate("a face", seed=1, **FAST)[0])
+        assert np.abs(images[weight] - pixels(eager.generate("a face", seed=1, **FAST)[0])).max() <= 3
+    assert np.abs(images[1] - images[3]).mean() > 1
+
+
+def test_unfused_lora_scales_are_part_of_the_export_key(sd15_folder, kohya_file):
+    from facesmith.engines import weights_digest
+
+    one = facesmith.load(sd15_folder, engine="eager", loras=[f"{kohya_file}:1"], fuse_loras=False)
+    key = weights_digest(one.pipe.unet)
+    one.pipe.set_adapters(["lora0"], adapter_weights=[3.0])
+    assert weights_digest(one.pipe.unet) != key
+
+
+def test_auto_picks_onnx_on_a_cpu_but_not_with_unfused_loras_or_sdxl(sd15_folder, sdxl_folder, kohya_file):
     assert facesmith.load(sd15_folder).engine == "onnx"
-    assert facesmith.load(sd15_folder, loras=[str(kohya_file)]).engine == "eager"  # per-request LoRA weights
+    assert facesmith.load(sd15_folder, loras=[str(kohya_file)]).engine == "onnx"  # fused at load
+    unfused = facesmith.load(sd15_folder, loras=[str(kohya_file)], fuse_loras=False)
+    assert unfused.engine == "eager"  # the server sets LoRA weights per request
     assert facesmith.load(sdxl_folder).engine == "eager"  # SDXL's added conditions
 
 

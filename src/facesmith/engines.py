@@ -67,6 +67,8 @@ def resolve_engine(name: str | None, pipe, device: torch.device, dtype: torch.dt
         if device.type == "cuda":
             return "compile"
         # ONNX bakes the weights in at load, so LoRA weights set per request (serve) would not apply.
+        # LoRAs fixed at load (generate, the Python API) are fused into the weights first (generate.py),
+        # which leaves no peft layers here.
         loras = getattr(pipe.unet, "peft_config", None)
         on_cpu = device.type == "cpu" and dtype == torch.float32
         if on_cpu and not loras and onnxruntime_available() and _exportable(pipe):
@@ -156,12 +158,19 @@ def _exportable(pipe) -> bool:
 
 
 def weights_digest(module: torch.nn.Module) -> str:
-    """sha256 of every parameter and buffer as they are now (LoRA layers included), names with values."""
+    """sha256 of every parameter and buffer as they are now (LoRA layers included), names with values, and
+    of each unfused LoRA layer's scale: `--lora F:1` and `F:3` have the same tensors and must not share
+    an export."""
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for name, layer in module.named_modules():
+        scaling = getattr(layer, "scaling", None)  # peft's LoraLayer: {adapter: alpha / r * weight}
+        if isinstance(scaling, dict):
+            active = getattr(layer, "active_adapters", ())
+            digest.update(f"{name}:{sorted(scaling.items())}:{list(active)}".encode())
     return digest.hexdigest()
 
 

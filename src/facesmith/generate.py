@@ -74,7 +74,11 @@ class FaceGenerator:
         allow_pickle: bool = False,
         engine: str | None = None,
         vae: str | None = None,
+        fuse_loras: bool = True,
     ):
+        """`fuse_loras`: merge the LoRAs into the weights at their given weights (fast: plain layers, and
+        the ONNX engine can run them); False keeps them as peft adapters whose weights can change per
+        call, as the server's `<lora:name:weight>` tags need."""
         from facesmith.engines import engine_pipeline, resolve_engine
         from facesmith.models.loading import load_vae
         from facesmith.models.lora import apply_loras, parse_lora_spec
@@ -90,6 +94,12 @@ class FaceGenerator:
                 raise FacesmithError(f"LoRA file {spec.path} does not exist or is not a file")
         self.loras = [f"{spec.path.resolve()}:{spec.weight:g}" for spec in specs]
         apply_loras(self.pipe, specs, allow_pickle=allow_pickle)
+        if specs and fuse_loras:
+            # diffusers' fuse_lora merges each adapter at its set weight; unloading then drops the peft
+            # wrappers and keeps the merged weights. Unfused, every LoRA layer costs extra matmuls each
+            # step and rules out the ONNX engine (benchmarks/lora_speed.py measures both).
+            self.pipe.fuse_lora()
+            self.pipe.unload_lora_weights()
         self.vae = str(Path(vae).expanduser().resolve()) if vae else None
         if vae:
             self.pipe.vae = load_vae(vae, self.pipe.unet.config.in_channels)
@@ -124,21 +134,29 @@ class FaceGenerator:
         allow_pickle: bool = False,
         engine: str | None = None,
         vae: str | None = None,
+        fuse_loras: bool = True,
     ) -> FaceGenerator:
         model = load_model(source, allow_pickle=allow_pickle)
         return cls(
-            model, device=device, dtype=dtype, loras=loras, allow_pickle=allow_pickle, engine=engine, vae=vae
+            model,
+            device=device,
+            dtype=dtype,
+            loras=loras,
+            allow_pickle=allow_pickle,
+            engine=engine,
+            vae=vae,
+            fuse_loras=fuse_loras,
         )
 
     @classmethod
-    def from_settings(cls, settings) -> FaceGenerator:
+    def from_settings(cls, settings, *, fuse_loras: bool = True) -> FaceGenerator:
         """Load what a stage's config names: its `model` and whichever LOAD_TIME_SETTINGS it has."""
         options = {
             name: getattr(settings, name)
             for name in LOAD_TIME_SETTINGS
             if name != "model" and getattr(settings, name, None) is not None
         }
-        return cls.load(settings.model, **options)
+        return cls.load(settings.model, fuse_loras=fuse_loras, **options)
 
     @property
     def native_size(self) -> tuple[int, int]:

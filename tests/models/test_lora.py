@@ -30,7 +30,7 @@ def test_sdxl_kohya_lora_with_original_unet_names(sdxl_folder, tmp_path):
     assert any(key.startswith("lora_unet_input_blocks_") for key in lora)
     assert any(key.startswith("lora_te2_") for key in lora)
     save_file(lora, tmp_path / "xl.safetensors")
-    generator = facesmith.load(sdxl_folder, loras=[str(tmp_path / "xl.safetensors")])
+    generator = facesmith.load(sdxl_folder, loras=[str(tmp_path / "xl.safetensors")], fuse_loras=False)
     wrapped = [name for name, layer in generator.pipe.unet.named_modules() if hasattr(layer, "lora_A")]
     assert len(wrapped) == sum(key.startswith("lora_unet_") and key.endswith(".alpha") for key in lora)
     base = image(sdxl_folder)

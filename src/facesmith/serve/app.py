@@ -199,7 +199,7 @@ def run_serve(config: ServeConfig, announce: Callable[[str], None] = print) -> N
     from facesmith.generate import FaceGenerator
 
     config.validate()
-    generator = FaceGenerator.from_settings(config)
+    generator = FaceGenerator.from_settings(config, fuse_loras=False)  # requests set LoRA weights per call
     app = build_app(generator, config)
     host = f"[{config.host}]" if ":" in config.host else config.host
     announce(
