@@ -313,7 +313,7 @@ def test_ctrl_c_exits_130_and_a_stage_s_interrupt_advice_is_one_line(capsys):
     import typer
 
     from facesmith.terminal import guarded
-    from facesmith.train.trainer import TrainingInterrupted
+    from facesmith.train.launch import TrainingInterrupted
 
     def interrupted_training():
         raise TrainingInterrupted("stopped at step 2; resume with --resume latest")

@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 
 from facesmith.errors import FacesmithError
 from facesmith.train.config import TrainConfig
-from facesmith.train.trainer import TrainingInterrupted, run_train
+from facesmith.train.launch import TrainingInterrupted
+from facesmith.train.trainer import run_train
 
 # Few steps at 64 px keep each run to a few seconds on 2 CPU cores.
 TINY = dict(resolution=64, batch_size=2, tensorboard=False, seed=3)

@@ -21,6 +21,22 @@ from facesmith.errors import FacesmithError
 from facesmith.train.config import TrainConfig
 
 
+class TrainingInterrupted(FacesmithError, KeyboardInterrupt):
+    """Ctrl-C stopped the run: a KeyboardInterrupt to callers, with the one line the CLI prints (where the
+    checkpoint is and how to resume)."""
+
+
+def interrupted_message(output_dir: Path) -> str:
+    """The line a person reads after Ctrl-C: where the newest checkpoint is and the command that resumes."""
+    from facesmith.train.checkpoint import latest_checkpoint
+
+    kept = latest_checkpoint(output_dir)
+    command = f"facesmith train --config {output_dir / 'train.toml'}"
+    if kept is None:
+        return f"interrupted before the first checkpoint, so nothing was saved: start again with `{command}`"
+    return f"interrupted; the newest checkpoint is {kept}: continue with `{command} --resume latest`"
+
+
 def launch_processes(config: TrainConfig) -> None:
     """Run the same training in `num_processes` processes: `accelerate launch --multi_gpu` on CUDA,
     torch's elastic launcher (gloo) on the CPU. Each process reads OUTPUT_DIR/train.toml.
@@ -46,8 +62,6 @@ def launch_processes(config: TrainConfig) -> None:
     try:
         status = launched.wait()
     except KeyboardInterrupt:
-        from facesmith.train.trainer import TrainingInterrupted, interrupted_message
-
         # A terminal's Ctrl-C reached the processes too; a `kill -INT` of this one alone did not.
         launched.send_signal(signal.SIGINT)
         launched.wait()

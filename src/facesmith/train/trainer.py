@@ -6,7 +6,7 @@ package, laid out in sections as NVlabs/edm's `training_loop.py` is. What makes 
 the batch order is a function of (seed, epoch), all noise and caption randomness comes from two
 generators in the checkpointed `TrainState`, and a checkpoint is only ever written after a whole
 optimizer step. Ctrl-C (KeyboardInterrupt) rewinds the run to the end of its last whole step, saves a
-checkpoint there, as Kohya's scripts save on interrupt, and stops with `TrainingInterrupted`, which says
+checkpoint there, as Kohya's scripts save on interrupt, and stops with `launch.TrainingInterrupted`, which says
 how to resume. Phases report through `progress`: "caching latents", "encoding captions", "training" and
 "sampling". The run folder, which `read_result` reads back whether the run was in this process or in
 `--num-processes` launched ones:
@@ -36,6 +36,7 @@ from facesmith.errors import FacesmithError
 from facesmith.progress import Progress
 from facesmith.runtime import DTYPES
 from facesmith.train.config import TrainConfig
+from facesmith.train.launch import TrainingInterrupted, interrupted_message, launch_processes
 
 LIKELY_NAN_CAUSES = (
     "a learning rate too high for this optimizer, fp16 overflow (use mixed_precision bf16 or no), "
@@ -46,11 +47,6 @@ OOM_ADVICE = (
     "resolution, or use mode lora, gradient_checkpointing = true, mixed_precision bf16, optimizer adamw8bit"
 )
 EXPORTS = ("lora.safetensors", "model", "model.safetensors")
-
-
-class TrainingInterrupted(FacesmithError, KeyboardInterrupt):
-    """Ctrl-C stopped the run: a KeyboardInterrupt to callers, with the one line the CLI prints (where the
-    checkpoint is and how to resume)."""
 
 
 @dataclass
@@ -68,8 +64,6 @@ def run_train(config: TrainConfig, progress: Progress | None = None) -> TrainRes
     """Train as `config` says; FacesmithError for anything a person has to fix, before the first step."""
     config.validate()
     if config.num_processes > 1 and "WORLD_SIZE" not in os.environ:
-        from facesmith.train.launch import launch_processes
-
         launch_processes(config)
     else:
         try:
@@ -323,17 +317,6 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
             export_full(model, config, out, info)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-
-
-def interrupted_message(output_dir: Path) -> str:
-    """The line a person reads after Ctrl-C: where the newest checkpoint is and the command that resumes."""
-    from facesmith.train.checkpoint import latest_checkpoint
-
-    kept = latest_checkpoint(output_dir)
-    command = f"facesmith train --config {output_dir / 'train.toml'}"
-    if kept is None:
-        return f"interrupted before the first checkpoint, so nothing was saved: start again with `{command}`"
-    return f"interrupted; the newest checkpoint is {kept}: continue with `{command} --resume latest`"
 
 
 def _silent(stage: str, done: int, total: int | None, **fields: float) -> None:
