@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from PIL import Image, ImageFilter
 
 from facesmith.attributes.schema import CELEBA_ATTRIBUTES
 from facesmith.data.config import PrepareConfig
+from facesmith.data.manifest import read_manifest
 from facesmith.data.prepare import PROGRESS_FILE, run_prepare
 from facesmith.errors import FacesmithError
 from factory import photo, save_photo
@@ -196,6 +199,13 @@ def test_output_folder_problems_are_user_errors(tmp_path):
         run_prepare(aligned_config([tmp_path / "nowhere"], tmp_path / "new"))
     with pytest.raises(FacesmithError, match="unknown"):
         run_prepare(aligned_config([src], tmp_path / "new", format="lmdb"))
+    # An output inside a source would be read back as input on the next run; the reverse loops the same.
+    for inside in (src, src / "dataset", src / "deeper" / "dataset"):
+        with pytest.raises(FacesmithError, match="overlap"):
+            run_prepare(aligned_config([src], inside))
+    with pytest.raises(FacesmithError, match="overlap"):
+        run_prepare(aligned_config([tmp_path / "ok" / "images"], tmp_path / "ok"))
+    assert not (src / "dataset").exists() and sorted(p.name for p in src.iterdir()) == ["a.jpg"]
 
 
 def test_cli_prepare_and_its_errors(tmp_path):
@@ -271,3 +281,28 @@ def test_templates_come_from_toml(tmp_path):
     assert result.exit_code == 0, result.output
     assert [r["text"] for r in stored_rows(out)] == ["sks, senior Black man", "sks, child white girl"]
     assert PrepareConfig.load(out / "prepare.toml").templates == ["sks, {age} {ethnicity} {gender}"]
+
+
+def test_a_file_name_that_is_not_utf8_is_kept_and_reruns_work(tmp_path):
+    src = tmp_path / "src"
+    save_photo(src / "a.jpg", 1)
+    raw = os.path.join(os.fsencode(src), b"caf\xe9.jpg")
+    try:
+        save_photo(Path(os.fsdecode(raw)), 2)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    config = aligned_config([src], tmp_path / "out")
+    out = run_prepare(config)
+    first = (out / "metadata.jsonl").read_bytes()
+    first.decode("utf-8")  # still UTF-8: the odd byte is a \udcXX escape
+    rows = read_manifest(out)
+    assert len(rows) == 2
+    assert os.fsencode(rows[1].source_file) == raw  # the escaped name names the real file
+    (out / "metadata.jsonl").unlink()
+    assert (run_prepare(config) / "metadata.jsonl").read_bytes() == first
+    # A folder name can't be escaped in prepare.toml: that is refused in one line, before any work.
+    odd_source = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"fotos\xe9")))
+    save_photo(odd_source / "b.jpg", 3)
+    with pytest.raises(FacesmithError, match="not valid UTF-8: rename it"):
+        run_prepare(aligned_config([odd_source], tmp_path / "out2"))
+    assert not (tmp_path / "out2").exists()

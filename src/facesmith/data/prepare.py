@@ -293,6 +293,22 @@ def _claim_out_dir(out: Path, config: PrepareConfig) -> None:
     toml = out / "prepare.toml"
     if out.exists() and not out.is_dir():
         raise FacesmithError(f"output {out} is a file: give a folder for the dataset")
+    for folder in (*config.sources, config.out_dir):
+        try:
+            folder.encode("utf-8")
+        except UnicodeEncodeError:  # prepare.toml (UTF-8 TOML) could not record it
+            raise FacesmithError(
+                f"folder {folder!r} has a name that is not valid UTF-8: rename it (file names inside may be)"
+            ) from None
+    target = out.resolve()
+    for source in config.sources:
+        root = Path(source).resolve()
+        # An output inside a source is listed as input on the next run (its crops, its contact sheet),
+        # which changes the sources and wipes the progress; a source inside the output is the same loop.
+        if target == root or root in target.parents or target in root.parents:
+            raise FacesmithError(
+                f"output {out} and source {source} overlap: give an output folder outside every source"
+            )
     if toml.is_file():
         previous = PrepareConfig.load(toml)
         if _comparable(previous) != _comparable(config):

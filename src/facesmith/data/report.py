@@ -100,7 +100,9 @@ def write_report(
     samples = rows[:: max(1, len(rows) // SHEET_FACES)][:SHEET_FACES]
     if samples:
         contact_sheet(out, samples).save(out / "contact_sheet.png")
-    (out / "report.md").write_text(_markdown(summary, config, samples), encoding="utf-8")
+    # backslashreplace: a source path that is not valid UTF-8 (PEP 383 surrogates) is shown escaped.
+    markdown = _markdown(summary, config, samples)
+    (out / "report.md").write_text(markdown, encoding="utf-8", errors="backslashreplace")
     return summary
 
 
