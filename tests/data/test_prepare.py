@@ -306,3 +306,41 @@ def test_a_file_name_that_is_not_utf8_is_kept_and_reruns_work(tmp_path):
     with pytest.raises(FacesmithError, match="not valid UTF-8: rename it"):
         run_prepare(aligned_config([odd_source], tmp_path / "out2"))
     assert not (tmp_path / "out2").exists()
+
+
+def test_keeping_nothing_fails_and_says_what_to_do(tmp_path):
+    from typer.testing import CliRunner
+
+    from facesmith.cli import app
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "notes.jpg").write_text("not a photo")
+    save_photo(mixed / "real.jpg", 1)
+    # No cause is most of them: the counts by reason are the message.
+    with pytest.raises(FacesmithError, match=r"kept 0 of 2 images \(1 not an image, 1 too many pixels\)"):
+        run_prepare(aligned_config([mixed], tmp_path / "out", max_pixels=1))
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"{i}.jpg").write_text("not a photo")
+    save_photo(src / "real.jpg", 1, (8, 8))
+    result = CliRunner().invoke(app, ["prepare", str(src), "-o", str(tmp_path / "cli"), "--aligned"])
+    assert result.exit_code == 2 and "kept 0 of 4" in result.output and "Traceback" not in result.output
+    assert "3 of 4 rejected as not an image" in result.output  # most share one cause: the advice leads
+    assert read_report(tmp_path / "cli")["kept"] == 0  # the report that explains it is still written
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FacesmithError, match="found no images in"):
+        run_prepare(aligned_config([tmp_path / "empty"], tmp_path / "none"))
+
+
+def test_tight_crops_without_aligned_point_to_aligned(tmp_path, shared_data):
+    src = tmp_path / "utk"
+    src.mkdir()
+    for path in sorted((shared_data / "utkface" / "images").glob("*.jpg"))[:4]:
+        shutil.copy(path, src / path.name)
+    with pytest.raises(FacesmithError, match="rejected as crop mostly outside the photo.*use --aligned"):
+        run_prepare(PrepareConfig(sources=[str(src)], out_dir=str(tmp_path / "out"), workers=1))
+    assert "use --aligned" in (tmp_path / "out" / "report.md").read_text()
+    kept = run_prepare(aligned_config([src], tmp_path / "aligned", size=128))
+    assert read_report(kept)["kept"] == 4 and read_report(kept)["advice"] is None

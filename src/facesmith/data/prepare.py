@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from facesmith.data.config import PrepareConfig
-from facesmith.data.manifest import ManifestRow, assign_split, image_name, write_manifest
+from facesmith.data.manifest import IMAGE_SUFFIXES, ManifestRow, assign_split, image_name, write_manifest
 from facesmith.data.sources import SourceItem, read_source
 from facesmith.errors import FacesmithError
 from facesmith.progress import Progress
@@ -177,7 +177,16 @@ def _build(config: PrepareConfig, out: Path, start: float, progress: Progress | 
     write_manifest(out, rows)
     from facesmith.data.report import write_report
 
-    write_report(out, config, sources, items, done, rows, wall_s=time.perf_counter() - start, notes=notes)
+    summary = write_report(
+        out, config, sources, items, done, rows, wall_s=time.perf_counter() - start, notes=notes
+    )
+    if not rows:  # an empty dataset is a failed run (non-zero exit), with what to change
+        if not total:
+            raise FacesmithError(
+                f"found no images in {', '.join(config.sources)}: give folders of {'/'.join(IMAGE_SUFFIXES)} files"
+            )
+        why = summary["advice"] or ", ".join(f"{n} {reason}" for reason, n in summary["rejected"].items())
+        raise FacesmithError(f"kept 0 of {total} images ({why}); see {out / 'report.md'}")
     return out
 
 
