@@ -176,10 +176,9 @@ def test_detection_path_aligns_faces_and_rejects_non_faces(tmp_path, shared_data
     rows = stored_rows(out)
     assert len(rows) == 3 and read_report(out)["rejected"] == {"no face": 1}
     assert all(len(r["landmarks"]) == 5 and r["score"] > 0.9 and r["outside"] < 0.5 for r in rows)
-    too_big = run_prepare(
-        PrepareConfig(sources=[str(src)], out_dir=str(tmp_path / "big"), size=512, workers=1)
-    )
-    assert read_report(too_big)["rejected"] == {"no face": 1, "too small": 3}
+    with pytest.raises(FacesmithError, match="kept 0 of 4 images.*use a smaller --size"):
+        run_prepare(PrepareConfig(sources=[str(src)], out_dir=str(tmp_path / "big"), size=512, workers=1))
+    assert read_report(tmp_path / "big")["rejected"] == {"no face": 1, "too small": 3}
 
 
 def test_output_folder_problems_are_user_errors(tmp_path):
@@ -344,3 +343,87 @@ def test_tight_crops_without_aligned_point_to_aligned(tmp_path, shared_data):
     assert "use --aligned" in (tmp_path / "out" / "report.md").read_text()
     kept = run_prepare(aligned_config([src], tmp_path / "aligned", size=128))
     assert read_report(kept)["kept"] == 4 and read_report(kept)["advice"] is None
+
+
+def test_the_sha256_is_of_the_bytes_whose_pixels_are_kept(tmp_path):
+    """A file rewritten while prepare reads it: a FIFO gives one photo to the first read, another to a
+    second; the record must pair the hash and the crop of the same one."""
+    import hashlib
+    import threading
+
+    from facesmith.data.align import center_crop
+    from facesmith.data.prepare import Task, process_image
+    from facesmith.data.quality import open_photo
+    from facesmith.data.sources import SourceItem
+
+    versions = []
+    for seed in (1, 2):
+        buffer = io.BytesIO()
+        photo(seed, SIZE).save(buffer, "PNG")
+        versions.append(buffer.getvalue())
+    fifo = tmp_path / "face.png"
+    os.mkfifo(fifo)
+    finished = threading.Event()
+
+    def writer_fd() -> int | None:  # a write end if some reader has the FIFO open
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return None
+
+    def rewrite():  # each reader that opens the FIFO gets the next version
+        for data in versions:
+            while (fd := writer_fd()) is None:
+                if finished.wait(0.01):
+                    return
+            os.set_blocking(fd, True)
+            os.write(fd, data)
+            os.close(fd)
+            finished.wait(0.5)  # that reader reads to the end and closes; the next version is a new read
+
+    writer = threading.Thread(target=rewrite, daemon=True)
+    writer.start()
+    config = aligned_config([tmp_path], tmp_path / "out")
+    out_path = tmp_path / "out" / "images" / "000000.png"
+    record = process_image(Task(0, SourceItem(fifo, "folder"), out_path, config))
+    finished.set()
+    writer.join(5)
+    assert "rejected" not in record, record
+    assert record["sha256"] == hashlib.sha256(versions[0]).hexdigest()
+    with Image.open(out_path) as kept:
+        (tmp_path / "first.png").write_bytes(versions[0])
+        expected = center_crop(open_photo(tmp_path / "first.png"), 32)
+        assert np.array_equal(np.asarray(kept), np.asarray(expected))
+
+
+@pytest.mark.slow
+def test_a_large_rotated_jpeg_is_decoded_small_and_recorded_in_full_pixels(tmp_path, shared_data):
+    from facesmith.data.faces import detect_faces
+
+    face = Image.open(shared_data / "utkface" / "images" / "100_0_0_20170112215240346.jpg.chip.jpg")
+    face = face.convert("RGB").resize((1200, 1200), Image.Resampling.BICUBIC)
+    upright = Image.fromarray(np.random.default_rng(0).integers(40, 90, (120, 90, 3), dtype=np.uint8)).resize(
+        (3600, 4800)
+    )
+    upright.paste(face, (1200, 1500))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored on its side, 4800x3600 (17 Mpx): decoded at 1/2, searched at 1/4
+    src = tmp_path / "src"
+    src.mkdir()
+    upright.transpose(Image.Transpose.ROTATE_90).save(src / "big.jpg", exif=exif, quality=90)
+    expected = np.array(detect_faces(face)[0].landmarks) + (1200, 1500)
+    crops, landmarks = {}, []
+    for size in (128, 1024):  # 1024 needs more than the 1/2 decode: decoded again at full size
+        out = run_prepare(PrepareConfig(sources=[str(src)], out_dir=str(tmp_path / f"o{size}"), size=size))
+        (row,) = stored_rows(out)
+        # In the upright photo's full pixels: MTCNN's own spread between scales is ~15% of the eye
+        # distance here; a missed rotation or scale would be off by hundreds to thousands of pixels.
+        eye_distance = np.hypot(*(expected[1] - expected[0]))
+        assert np.abs(np.array(row["landmarks"])[:2] - expected[:2]).max() < 0.2 * eye_distance
+        landmarks.append(row["landmarks"])
+        assert json.loads((out / PROGRESS_FILE).read_text())["original_size"] == [3600, 4800]
+        assert 0.05 < row["upscale"] < 1 and row["outside"] == 0
+        with Image.open(out / row["file_name"]) as crop:
+            crops[size] = np.asarray(crop.convert("L").resize((64, 64)), dtype=np.float64)
+    assert landmarks[0] == landmarks[1]  # found in the same small copy, whatever the crop needs
+    assert np.abs(crops[128] - crops[1024]).mean() < 6  # the same aligned face from either decode

@@ -38,6 +38,12 @@ from facesmith.errors import FacesmithError
 from facesmith.progress import Progress
 
 PROGRESS_FILE = "progress.jsonl"
+# Faces are searched in a copy of at most this many pixels (faces.detect_faces): MTCNN needs ~100 bytes
+# per pixel, and a face too small to find at this size is far too small to keep at any --size.
+DETECT_PIXELS = 4_000_000
+# A JPEG decoded small keeps at least twice the pixels its crop needs, then is resized with Lanczos:
+# Pillow's thumbnail(reducing_gap=2.0), so the reduced decode costs no visible quality.
+REDUCING_GAP = 2
 
 
 @dataclass
@@ -53,10 +59,16 @@ class Task:
 
 
 def process_image(task: Task) -> dict:
-    """Decode, find and align the face, measure quality, write the crop. Never raises for bad input."""
+    """Decode, find and align the face, measure quality, write the crop. Never raises for bad input.
+
+    The file is read once: the sha256 is of the bytes that are decoded (a file rewritten meanwhile can't
+    pair one version's hash with another's pixels). Large JPEGs are decoded small (``decode_photo``'s
+    ``reduce``): for detection to about DETECT_PIXELS, for the crop at the smallest scale that still
+    gives the face REDUCING_GAP x ``size`` pixels. Coordinates, ``upscale`` and ``outside`` are in the
+    full photo's pixels."""
     from facesmith.data.align import align_face, center_crop, face_quad, outside_fraction, quad_side
-    from facesmith.data.faces import detect_faces, main_face
-    from facesmith.data.quality import BadImage, open_photo, phash, sharpness
+    from facesmith.data.faces import detect_faces, main_face, scale_face
+    from facesmith.data.quality import BadImage, dct_reduction, decode_photo, open_photo, phash, sharpness
 
     item, config = task.item, task.config
     record: dict = {"index": task.index, "source_file": str(item.path)}
@@ -65,21 +77,23 @@ def process_image(task: Task) -> dict:
     try:
         data = item.path.read_bytes()
         record["sha256"] = hashlib.sha256(data).hexdigest()
-        image = open_photo(item.path, max_pixels=config.max_pixels)
+        image, full = decode_photo(data, config.max_pixels, reduce=_first_reduction(data, config))
     except BadImage as error:
         return {**record, "rejected": str(error)}
     except OSError as error:
         return {**record, "rejected": f"unreadable ({error.strerror or error})"}
 
-    record["original_size"] = list(image.size)
+    record["original_size"] = list(full)
     if config.aligned:
-        side = min(image.size)
+        side = min(full)
         record["upscale"] = round(config.size / side, 3)
         if config.size / side > config.max_upscale:
             return {**record, "rejected": "too small"}
         crop = center_crop(image, config.size)
     else:
-        face = main_face(detect_faces(image), image.size)
+        sx, sy = full[0] / image.width, full[1] / image.height
+        found = detect_faces(image, max_pixels=DETECT_PIXELS)
+        face = main_face([scale_face(f, sx, sy) for f in found], full)
         if face is None:
             return {**record, "rejected": "no face"}
         record["box"] = [round(v, 1) for v in face.box]
@@ -89,7 +103,7 @@ def process_image(task: Task) -> dict:
             return {**record, "rejected": "face score below min_score"}
         quad = face_quad(face.landmarks, config.margin)
         record["upscale"] = round(config.size / quad_side(quad), 3)
-        record["outside"] = round(outside_fraction(quad, *image.size), 3)
+        record["outside"] = round(outside_fraction(quad, *full), 3)
         if record["upscale"] > config.max_upscale:
             return {**record, "rejected": "too small"}
         if record["outside"] > config.max_outside:
@@ -97,7 +111,11 @@ def process_image(task: Task) -> dict:
                 **record,
                 "rejected": "crop mostly outside the photo (tight pre-cropped sets: use --aligned)",
             }
-        crop = align_face(image, face.landmarks, config.size, config.margin)
+        needed = dct_reduction(quad_side(quad), config.size * REDUCING_GAP)
+        if needed < round(sx):  # the detection decode is too small for this face: decode it larger
+            image = open_photo(data, config.max_pixels, reduce=needed)
+            sx, sy = full[0] / image.width, full[1] / image.height
+        crop = align_face(image, [(x / sx, y / sy) for x, y in face.landmarks], config.size, config.margin)
 
     record["sharpness"] = round(sharpness(crop), 2)
     if record["sharpness"] < config.min_sharpness:
@@ -107,6 +125,19 @@ def process_image(task: Task) -> dict:
     options = {"quality": 95} if config.image_format in ("jpg", "webp") else {}
     crop.save(task.out_path, **options)
     return record
+
+
+def _first_reduction(data: bytes, config: PrepareConfig) -> int:
+    """How much smaller than the photo to decode it first: for --aligned, what the centre crop needs;
+    for detection, down to about DETECT_PIXELS (process_image decodes larger if the face needs it)."""
+    from facesmith.data.quality import dct_reduction, header_size
+
+    size = header_size(data)
+    if size is None:  # not an image: decode_photo says why
+        return 1
+    if config.aligned:
+        return dct_reduction(min(size), config.size * REDUCING_GAP)
+    return dct_reduction((size[0] * size[1]) ** 0.5, DETECT_PIXELS**0.5)
 
 
 def _init_worker() -> None:
