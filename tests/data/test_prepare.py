@@ -427,3 +427,80 @@ def test_a_large_rotated_jpeg_is_decoded_small_and_recorded_in_full_pixels(tmp_p
             crops[size] = np.asarray(crop.convert("L").resize((64, 64)), dtype=np.float64)
     assert landmarks[0] == landmarks[1]  # found in the same small copy, whatever the crop needs
     assert np.abs(crops[128] - crops[1024]).mean() < 6  # the same aligned face from either decode
+
+
+def _descendants(pid: int) -> list[int]:
+    """Processes below ``pid``: children, their children, ... (Linux /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        below = [child for child, parent in parents.items() if parent in frontier]
+        found += below
+        frontier = below
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_kill_9_takes_the_workers_and_the_lock_with_it(tmp_path):
+    """kill -9 of a prepare with a pool: its workers die too, and a rerun resumes the folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    fcntl = pytest.importorskip("fcntl")
+    if not Path("/proc/self/stat").is_file():
+        pytest.skip("needs Linux /proc to find the workers")
+    src = tmp_path / "src"
+    for i in range(48):  # no faces: each costs a full MTCNN search, so the run is still going when killed
+        save_photo(src / f"{i:03d}.jpg", i, (256, 256))
+    config = PrepareConfig(sources=[str(src)], out_dir=str(tmp_path / "out"), workers=2, auto_caption=False)
+    script = (
+        "import sys; from facesmith.data.config import PrepareConfig; "
+        "from facesmith.data.prepare import run_prepare; "
+        "run_prepare(PrepareConfig.load(sys.argv[1]))"
+    )
+    config.save(tmp_path / "run.toml")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "run.toml")], env=env)
+    progress = tmp_path / "out" / PROGRESS_FILE
+    deadline = time.monotonic() + 120
+    while not (progress.is_file() and progress.read_text().count("\n") >= 1):
+        assert run.poll() is None and time.monotonic() < deadline, "prepare ended before it could be killed"
+        time.sleep(0.05)
+    workers = _descendants(run.pid)  # the pool's workers, and whatever process started them
+    assert len(workers) >= 2, "no pool workers found"
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    try:
+        with open(tmp_path / "out" / ".lock", "a+") as lock:  # free at once: no worker ever held it
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [Path(f"/proc/{pid}/cmdline").read_text()[:200] for pid in workers if _alive(pid)]
+        assert not left, f"the workers outlived their parent: {left}"
+    finally:  # never leave orphans behind, also when the test fails
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert progress.read_text().count("\n") < 48, "the run finished before the kill"
+    # The rerun is not refused as "being written by another": it resumes and decides the rest (all
+    # "no face", so it ends as a run that kept nothing).
+    config.workers = 1
+    with pytest.raises(FacesmithError, match="kept 0 of 48 images"):
+        run_prepare(config)
+    assert progress.read_text().count("\n") == 48

@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import multiprocessing
 import os
 import random
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -140,10 +142,47 @@ def _first_reduction(data: bytes, config: PrepareConfig) -> int:
     return dct_reduction((size[0] * size[1]) ** 0.5, DETECT_PIXELS**0.5)
 
 
-def _init_worker() -> None:
+def _init_worker(owner: int | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)  # one process per core; MTCNN's small ops get slower with more threads
+    if owner is not None:
+        _die_with_owner(owner)
+
+
+def _die_with_owner(owner: int) -> None:
+    """End this pool worker within a second of the prepare process ``owner`` ending, also by kill -9,
+    which runs no cleanup, so the pool can't stop its workers. A thread polls, rather than Linux's
+    PR_SET_PDEATHSIG: a worker's parent is the forkserver, which by design lives as long as its workers."""
+
+    def watch() -> None:
+        while _alive(owner):
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="facesmith-owner-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """forkserver where there is one, else spawn; never fork. A worker then holds none of this process's
+    descriptors, DIR/.lock included, so the kernel frees the lock the moment this process dies, even by
+    kill -9, and a rerun resumes. The forkserver imports the detector (torch) once for all workers and
+    all runs of this process; workers see the environment of the moment it started."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["facesmith.data.faces", "facesmith.data.prepare"])
+    return context
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -228,7 +267,9 @@ def _run_tasks(tasks: list[Task], workers: int) -> Iterator[dict]:
         _init_worker()
         yield from map(process_image, tasks)
         return
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=_pool_context(), initializer=_init_worker, initargs=(os.getpid(),)
+    ) as pool:
         # Chunks keep the inter-process overhead small; map keeps the order, which dedup depends on.
         yield from pool.map(process_image, tasks, chunksize=8)
 
