@@ -54,3 +54,17 @@ def test_main_face_of_nothing_is_none():
     small = DetectedFace((0, 0, 10, 10), 0.99, ((0, 0),) * 5)
     big = DetectedFace((0, 0, 50, 50), 0.9, ((0, 0),) * 5)
     assert main_face([small, big], (100, 100)) is big
+
+
+def test_a_large_image_is_searched_small_and_answered_in_its_own_pixels(shared_data):
+    face = Image.open(shared_data / "utkface" / "images" / "100_0_0_20170112215240346.jpg.chip.jpg")
+    big = Image.new("RGB", (1600, 1200), (20, 20, 20))
+    big.paste(face.resize((600, 600)), (700, 300))
+    full = detect_faces(big)
+    small = detect_faces(big, max_pixels=120_000)  # searched at 1/4 (400x300)
+    assert len(full) == len(small) == 1
+    points, reference = np.array(small[0].landmarks), np.array(full[0].landmarks)
+    assert np.abs(points - reference).max() < 20  # of a 240-px eye distance: detection noise, not a shift
+    assert np.abs(points[:2] - reference[:2]).max() < 8  # the eyes, which set the alignment
+    assert np.allclose(small[0].box, full[0].box, atol=25) and small[0].box[0] > 650
+    assert detect_faces(big, max_pixels=10**9) == full  # under the limit nothing changes

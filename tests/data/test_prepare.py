@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from PIL import Image, ImageFilter
 
 from facesmith.attributes.schema import CELEBA_ATTRIBUTES
 from facesmith.data.config import PrepareConfig
+from facesmith.data.manifest import read_manifest
 from facesmith.data.prepare import PROGRESS_FILE, run_prepare
 from facesmith.errors import FacesmithError
 from factory import photo, save_photo
@@ -173,10 +176,9 @@ def test_detection_path_aligns_faces_and_rejects_non_faces(tmp_path, shared_data
     rows = stored_rows(out)
     assert len(rows) == 3 and read_report(out)["rejected"] == {"no face": 1}
     assert all(len(r["landmarks"]) == 5 and r["score"] > 0.9 and r["outside"] < 0.5 for r in rows)
-    too_big = run_prepare(
-        PrepareConfig(sources=[str(src)], out_dir=str(tmp_path / "big"), size=512, workers=1)
-    )
-    assert read_report(too_big)["rejected"] == {"no face": 1, "too small": 3}
+    with pytest.raises(FacesmithError, match="kept 0 of 4 images.*use a smaller --size"):
+        run_prepare(PrepareConfig(sources=[str(src)], out_dir=str(tmp_path / "big"), size=512, workers=1))
+    assert read_report(tmp_path / "big")["rejected"] == {"no face": 1, "too small": 3}
 
 
 def test_output_folder_problems_are_user_errors(tmp_path):
@@ -196,6 +198,13 @@ def test_output_folder_problems_are_user_errors(tmp_path):
         run_prepare(aligned_config([tmp_path / "nowhere"], tmp_path / "new"))
     with pytest.raises(FacesmithError, match="unknown"):
         run_prepare(aligned_config([src], tmp_path / "new", format="lmdb"))
+    # An output inside a source would be read back as input on the next run; the reverse loops the same.
+    for inside in (src, src / "dataset", src / "deeper" / "dataset"):
+        with pytest.raises(FacesmithError, match="overlap"):
+            run_prepare(aligned_config([src], inside))
+    with pytest.raises(FacesmithError, match="overlap"):
+        run_prepare(aligned_config([tmp_path / "ok" / "images"], tmp_path / "ok"))
+    assert not (src / "dataset").exists() and sorted(p.name for p in src.iterdir()) == ["a.jpg"]
 
 
 def test_cli_prepare_and_its_errors(tmp_path):
@@ -271,3 +280,227 @@ def test_templates_come_from_toml(tmp_path):
     assert result.exit_code == 0, result.output
     assert [r["text"] for r in stored_rows(out)] == ["sks, senior Black man", "sks, child white girl"]
     assert PrepareConfig.load(out / "prepare.toml").templates == ["sks, {age} {ethnicity} {gender}"]
+
+
+def test_a_file_name_that_is_not_utf8_is_kept_and_reruns_work(tmp_path):
+    src = tmp_path / "src"
+    save_photo(src / "a.jpg", 1)
+    raw = os.path.join(os.fsencode(src), b"caf\xe9.jpg")
+    try:
+        save_photo(Path(os.fsdecode(raw)), 2)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    config = aligned_config([src], tmp_path / "out")
+    out = run_prepare(config)
+    first = (out / "metadata.jsonl").read_bytes()
+    first.decode("utf-8")  # still UTF-8: the odd byte is a \udcXX escape
+    rows = read_manifest(out)
+    assert len(rows) == 2
+    assert os.fsencode(rows[1].source_file) == raw  # the escaped name names the real file
+    (out / "metadata.jsonl").unlink()
+    assert (run_prepare(config) / "metadata.jsonl").read_bytes() == first
+    # A folder name can't be escaped in prepare.toml: that is refused in one line, before any work.
+    odd_source = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"fotos\xe9")))
+    save_photo(odd_source / "b.jpg", 3)
+    with pytest.raises(FacesmithError, match="not valid UTF-8: rename it"):
+        run_prepare(aligned_config([odd_source], tmp_path / "out2"))
+    assert not (tmp_path / "out2").exists()
+
+
+def test_keeping_nothing_fails_and_says_what_to_do(tmp_path):
+    from typer.testing import CliRunner
+
+    from facesmith.cli import app
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "notes.jpg").write_text("not a photo")
+    save_photo(mixed / "real.jpg", 1)
+    # No cause is most of them: the counts by reason are the message.
+    with pytest.raises(FacesmithError, match=r"kept 0 of 2 images \(1 not an image, 1 too many pixels\)"):
+        run_prepare(aligned_config([mixed], tmp_path / "out", max_pixels=1))
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"{i}.jpg").write_text("not a photo")
+    save_photo(src / "real.jpg", 1, (8, 8))
+    result = CliRunner().invoke(app, ["prepare", str(src), "-o", str(tmp_path / "cli"), "--aligned"])
+    assert result.exit_code == 2 and "kept 0 of 4" in result.output and "Traceback" not in result.output
+    assert "3 of 4 rejected as not an image" in result.output  # most share one cause: the advice leads
+    assert read_report(tmp_path / "cli")["kept"] == 0  # the report that explains it is still written
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FacesmithError, match="found no images in"):
+        run_prepare(aligned_config([tmp_path / "empty"], tmp_path / "none"))
+
+
+def test_tight_crops_without_aligned_point_to_aligned(tmp_path, shared_data):
+    src = tmp_path / "utk"
+    src.mkdir()
+    for path in sorted((shared_data / "utkface" / "images").glob("*.jpg"))[:4]:
+        shutil.copy(path, src / path.name)
+    with pytest.raises(FacesmithError, match="rejected as crop mostly outside the photo.*use --aligned"):
+        run_prepare(PrepareConfig(sources=[str(src)], out_dir=str(tmp_path / "out"), workers=1))
+    assert "use --aligned" in (tmp_path / "out" / "report.md").read_text()
+    kept = run_prepare(aligned_config([src], tmp_path / "aligned", size=128))
+    assert read_report(kept)["kept"] == 4 and read_report(kept)["advice"] is None
+
+
+def test_the_sha256_is_of_the_bytes_whose_pixels_are_kept(tmp_path):
+    """A file rewritten while prepare reads it: a FIFO gives one photo to the first read, another to a
+    second; the record must pair the hash and the crop of the same one."""
+    import hashlib
+    import threading
+
+    from facesmith.data.align import center_crop
+    from facesmith.data.prepare import Task, process_image
+    from facesmith.data.quality import open_photo
+    from facesmith.data.sources import SourceItem
+
+    versions = []
+    for seed in (1, 2):
+        buffer = io.BytesIO()
+        photo(seed, SIZE).save(buffer, "PNG")
+        versions.append(buffer.getvalue())
+    fifo = tmp_path / "face.png"
+    os.mkfifo(fifo)
+    finished = threading.Event()
+
+    def writer_fd() -> int | None:  # a write end if some reader has the FIFO open
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return None
+
+    def rewrite():  # each reader that opens the FIFO gets the next version
+        for data in versions:
+            while (fd := writer_fd()) is None:
+                if finished.wait(0.01):
+                    return
+            os.set_blocking(fd, True)
+            os.write(fd, data)
+            os.close(fd)
+            finished.wait(0.5)  # that reader reads to the end and closes; the next version is a new read
+
+    writer = threading.Thread(target=rewrite, daemon=True)
+    writer.start()
+    config = aligned_config([tmp_path], tmp_path / "out")
+    out_path = tmp_path / "out" / "images" / "000000.png"
+    record = process_image(Task(0, SourceItem(fifo, "folder"), out_path, config))
+    finished.set()
+    writer.join(5)
+    assert "rejected" not in record, record
+    assert record["sha256"] == hashlib.sha256(versions[0]).hexdigest()
+    with Image.open(out_path) as kept:
+        (tmp_path / "first.png").write_bytes(versions[0])
+        expected = center_crop(open_photo(tmp_path / "first.png"), 32)
+        assert np.array_equal(np.asarray(kept), np.asarray(expected))
+
+
+@pytest.mark.slow
+def test_a_large_rotated_jpeg_is_decoded_small_and_recorded_in_full_pixels(tmp_path, shared_data):
+    from facesmith.data.faces import detect_faces
+
+    face = Image.open(shared_data / "utkface" / "images" / "100_0_0_20170112215240346.jpg.chip.jpg")
+    face = face.convert("RGB").resize((1200, 1200), Image.Resampling.BICUBIC)
+    upright = Image.fromarray(np.random.default_rng(0).integers(40, 90, (120, 90, 3), dtype=np.uint8)).resize(
+        (3600, 4800)
+    )
+    upright.paste(face, (1200, 1500))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored on its side, 4800x3600 (17 Mpx): decoded at 1/2, searched at 1/4
+    src = tmp_path / "src"
+    src.mkdir()
+    upright.transpose(Image.Transpose.ROTATE_90).save(src / "big.jpg", exif=exif, quality=90)
+    expected = np.array(detect_faces(face)[0].landmarks) + (1200, 1500)
+    crops, landmarks = {}, []
+    for size in (128, 1024):  # 1024 needs more than the 1/2 decode: decoded again at full size
+        out = run_prepare(PrepareConfig(sources=[str(src)], out_dir=str(tmp_path / f"o{size}"), size=size))
+        (row,) = stored_rows(out)
+        # In the upright photo's full pixels: MTCNN's own spread between scales is ~15% of the eye
+        # distance here; a missed rotation or scale would be off by hundreds to thousands of pixels.
+        eye_distance = np.hypot(*(expected[1] - expected[0]))
+        assert np.abs(np.array(row["landmarks"])[:2] - expected[:2]).max() < 0.2 * eye_distance
+        landmarks.append(row["landmarks"])
+        assert json.loads((out / PROGRESS_FILE).read_text())["original_size"] == [3600, 4800]
+        assert 0.05 < row["upscale"] < 1 and row["outside"] == 0
+        with Image.open(out / row["file_name"]) as crop:
+            crops[size] = np.asarray(crop.convert("L").resize((64, 64)), dtype=np.float64)
+    assert landmarks[0] == landmarks[1]  # found in the same small copy, whatever the crop needs
+    assert np.abs(crops[128] - crops[1024]).mean() < 6  # the same aligned face from either decode
+
+
+def _descendants(pid: int) -> list[int]:
+    """Processes below ``pid``: children, their children, ... (Linux /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        below = [child for child, parent in parents.items() if parent in frontier]
+        found += below
+        frontier = below
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_kill_9_takes_the_workers_and_the_lock_with_it(tmp_path):
+    """kill -9 of a prepare with a pool: its workers die too, and a rerun resumes the folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    fcntl = pytest.importorskip("fcntl")
+    if not Path("/proc/self/stat").is_file():
+        pytest.skip("needs Linux /proc to find the workers")
+    src = tmp_path / "src"
+    for i in range(48):  # no faces: each costs a full MTCNN search, so the run is still going when killed
+        save_photo(src / f"{i:03d}.jpg", i, (256, 256))
+    config = PrepareConfig(sources=[str(src)], out_dir=str(tmp_path / "out"), workers=2, auto_caption=False)
+    script = (
+        "import sys; from facesmith.data.config import PrepareConfig; "
+        "from facesmith.data.prepare import run_prepare; "
+        "run_prepare(PrepareConfig.load(sys.argv[1]))"
+    )
+    config.save(tmp_path / "run.toml")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "run.toml")], env=env)
+    progress = tmp_path / "out" / PROGRESS_FILE
+    deadline = time.monotonic() + 120
+    while not (progress.is_file() and progress.read_text().count("\n") >= 1):
+        assert run.poll() is None and time.monotonic() < deadline, "prepare ended before it could be killed"
+        time.sleep(0.05)
+    workers = _descendants(run.pid)  # the pool's workers, and whatever process started them
+    assert len(workers) >= 2, "no pool workers found"
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    try:
+        with open(tmp_path / "out" / ".lock", "a+") as lock:  # free at once: no worker ever held it
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [Path(f"/proc/{pid}/cmdline").read_text()[:200] for pid in workers if _alive(pid)]
+        assert not left, f"the workers outlived their parent: {left}"
+    finally:  # never leave orphans behind, also when the test fails
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert progress.read_text().count("\n") < 48, "the run finished before the kill"
+    # The rerun is not refused as "being written by another": it resumes and decides the rest (all
+    # "no face", so it ends as a run that kept nothing).
+    config.workers = 1
+    with pytest.raises(FacesmithError, match="kept 0 of 48 images"):
+        run_prepare(config)
+    assert progress.read_text().count("\n") == 48

@@ -67,3 +67,32 @@ def test_phash_matches_near_copies_and_separates_others(tmp_path):
     assert hamming(phash(image), np.array([phash(copy)], dtype=np.uint64))[0] <= 4
     assert hamming(phash(image.resize((64, 64))), np.array([phash(image)], dtype=np.uint64))[0] <= 4
     assert hamming(phash(image), others).min() > 10
+
+
+def test_the_pixel_limit_is_ours_and_large_jpegs_decode_small(tmp_path):
+    import warnings
+
+    from facesmith.data.quality import MAX_PIXELS, decode_photo
+
+    # 90.25 Mpx: over Pillow's 89.5-Mpx bomb warning, under the documented 100-Mpx limit.
+    path = tmp_path / "huge.jpg"
+    Image.new("L", (9500, 9500), 128).save(path, quality=50)
+    assert 89_478_485 < 9500 * 9500 < MAX_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image, full = decode_photo(path, reduce=8)  # at 1/8 by the JPEG decoder: 1188 px, not 9500
+    assert image.size == (1188, 1188) and image.mode == "RGB" and full == (9500, 9500)
+    with pytest.raises(BadImage, match="too many pixels"):
+        open_photo(path, max_pixels=90_000_000)
+    # reduce asks, never forces: a PNG comes at full size; at most 1/8 for a JPEG, rotation is applied.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo(1, size=(400, 200)).save(tmp_path / "turned.jpg", exif=exif)
+    photo(1, size=(400, 200)).save(tmp_path / "flat.png")
+    assert decode_photo(tmp_path / "turned.jpg", reduce=3) == (
+        open_photo(tmp_path / "turned.jpg", reduce=2),
+        (200, 400),
+    )
+    assert open_photo(tmp_path / "turned.jpg", reduce=3).size == (100, 200)
+    assert open_photo(tmp_path / "flat.png", reduce=4).size == (400, 200)
+    assert open_photo(tmp_path / "turned.jpg", reduce=100).size == (25, 50)

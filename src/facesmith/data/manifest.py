@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,18 +104,30 @@ def image_name(index: int, fmt: str) -> str:
 def assign_split(key: str, seed: int, val_fraction: float) -> str:
     """'val' for a fixed `val_fraction` of keys (an identity, or a file where it is unknown), by sha256 of
     `seed:key`, else 'train': the same key always lands in the same split."""
-    draw = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    # surrogatepass: a file name that isn't valid UTF-8 reaches us with surrogate escapes (PEP 383).
+    digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8", "surrogatepass")).hexdigest()
+    draw = int(digest[:8], 16) / 0xFFFFFFFF
     return "val" if draw < val_fraction else "train"
 
 
 def write_manifest(directory: str | Path, rows: list[ManifestRow]) -> Path:
-    """Write `DIR/metadata.jsonl` (one row per line, non-ASCII kept); return its path."""
+    """Write `DIR/metadata.jsonl` (one row per line, non-ASCII kept); return its path.
+
+    A file name that isn't valid UTF-8 comes as a str with lone surrogates (PEP 383); those are written
+    as JSON `\\udcXX` escapes, so the file stays UTF-8 and `read_manifest` gives the same name back."""
     path = Path(directory) / MANIFEST
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
-            f.write(json.dumps(row.to_json(), ensure_ascii=False) + "\n")
+            f.write(_LONE_SURROGATE.sub(_escape, json.dumps(row.to_json(), ensure_ascii=False)) + "\n")
     return path
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape(match: re.Match) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 def read_manifest(directory: str | Path, split: str | None = None) -> list[ManifestRow]:

@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import multiprocessing
 import os
 import random
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -32,12 +34,18 @@ from pathlib import Path
 import numpy as np
 
 from facesmith.data.config import PrepareConfig
-from facesmith.data.manifest import ManifestRow, assign_split, image_name, write_manifest
+from facesmith.data.manifest import IMAGE_SUFFIXES, ManifestRow, assign_split, image_name, write_manifest
 from facesmith.data.sources import SourceItem, read_source
 from facesmith.errors import FacesmithError
 from facesmith.progress import Progress
 
 PROGRESS_FILE = "progress.jsonl"
+# Faces are searched in a copy of at most this many pixels (faces.detect_faces): MTCNN needs ~100 bytes
+# per pixel, and a face too small to find at this size is far too small to keep at any --size.
+DETECT_PIXELS = 4_000_000
+# A JPEG decoded small keeps at least twice the pixels its crop needs, then is resized with Lanczos:
+# Pillow's thumbnail(reducing_gap=2.0), so the reduced decode costs no visible quality.
+REDUCING_GAP = 2
 
 
 @dataclass
@@ -53,10 +61,16 @@ class Task:
 
 
 def process_image(task: Task) -> dict:
-    """Decode, find and align the face, measure quality, write the crop. Never raises for bad input."""
+    """Decode, find and align the face, measure quality, write the crop. Never raises for bad input.
+
+    The file is read once: the sha256 is of the bytes that are decoded (a file rewritten meanwhile can't
+    pair one version's hash with another's pixels). Large JPEGs are decoded small (``decode_photo``'s
+    ``reduce``): for detection to about DETECT_PIXELS, for the crop at the smallest scale that still
+    gives the face REDUCING_GAP x ``size`` pixels. Coordinates, ``upscale`` and ``outside`` are in the
+    full photo's pixels."""
     from facesmith.data.align import align_face, center_crop, face_quad, outside_fraction, quad_side
-    from facesmith.data.faces import detect_faces, main_face
-    from facesmith.data.quality import BadImage, open_photo, phash, sharpness
+    from facesmith.data.faces import detect_faces, main_face, scale_face
+    from facesmith.data.quality import BadImage, dct_reduction, decode_photo, open_photo, phash, sharpness
 
     item, config = task.item, task.config
     record: dict = {"index": task.index, "source_file": str(item.path)}
@@ -65,21 +79,23 @@ def process_image(task: Task) -> dict:
     try:
         data = item.path.read_bytes()
         record["sha256"] = hashlib.sha256(data).hexdigest()
-        image = open_photo(item.path, max_pixels=config.max_pixels)
+        image, full = decode_photo(data, config.max_pixels, reduce=_first_reduction(data, config))
     except BadImage as error:
         return {**record, "rejected": str(error)}
     except OSError as error:
         return {**record, "rejected": f"unreadable ({error.strerror or error})"}
 
-    record["original_size"] = list(image.size)
+    record["original_size"] = list(full)
     if config.aligned:
-        side = min(image.size)
+        side = min(full)
         record["upscale"] = round(config.size / side, 3)
         if config.size / side > config.max_upscale:
             return {**record, "rejected": "too small"}
         crop = center_crop(image, config.size)
     else:
-        face = main_face(detect_faces(image), image.size)
+        sx, sy = full[0] / image.width, full[1] / image.height
+        found = detect_faces(image, max_pixels=DETECT_PIXELS)
+        face = main_face([scale_face(f, sx, sy) for f in found], full)
         if face is None:
             return {**record, "rejected": "no face"}
         record["box"] = [round(v, 1) for v in face.box]
@@ -89,7 +105,7 @@ def process_image(task: Task) -> dict:
             return {**record, "rejected": "face score below min_score"}
         quad = face_quad(face.landmarks, config.margin)
         record["upscale"] = round(config.size / quad_side(quad), 3)
-        record["outside"] = round(outside_fraction(quad, *image.size), 3)
+        record["outside"] = round(outside_fraction(quad, *full), 3)
         if record["upscale"] > config.max_upscale:
             return {**record, "rejected": "too small"}
         if record["outside"] > config.max_outside:
@@ -97,7 +113,11 @@ def process_image(task: Task) -> dict:
                 **record,
                 "rejected": "crop mostly outside the photo (tight pre-cropped sets: use --aligned)",
             }
-        crop = align_face(image, face.landmarks, config.size, config.margin)
+        needed = dct_reduction(quad_side(quad), config.size * REDUCING_GAP)
+        if needed < round(sx):  # the detection decode is too small for this face: decode it larger
+            image = open_photo(data, config.max_pixels, reduce=needed)
+            sx, sy = full[0] / image.width, full[1] / image.height
+        crop = align_face(image, [(x / sx, y / sy) for x, y in face.landmarks], config.size, config.margin)
 
     record["sharpness"] = round(sharpness(crop), 2)
     if record["sharpness"] < config.min_sharpness:
@@ -109,10 +129,60 @@ def process_image(task: Task) -> dict:
     return record
 
 
-def _init_worker() -> None:
+def _first_reduction(data: bytes, config: PrepareConfig) -> int:
+    """How much smaller than the photo to decode it first: for --aligned, what the centre crop needs;
+    for detection, down to about DETECT_PIXELS (process_image decodes larger if the face needs it)."""
+    from facesmith.data.quality import dct_reduction, header_size
+
+    size = header_size(data)
+    if size is None:  # not an image: decode_photo says why
+        return 1
+    if config.aligned:
+        return dct_reduction(min(size), config.size * REDUCING_GAP)
+    return dct_reduction((size[0] * size[1]) ** 0.5, DETECT_PIXELS**0.5)
+
+
+def _init_worker(owner: int | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)  # one process per core; MTCNN's small ops get slower with more threads
+    if owner is not None:
+        _die_with_owner(owner)
+
+
+def _die_with_owner(owner: int) -> None:
+    """End this pool worker within a second of the prepare process ``owner`` ending, also by kill -9,
+    which runs no cleanup, so the pool can't stop its workers. A thread polls, rather than Linux's
+    PR_SET_PDEATHSIG: a worker's parent is the forkserver, which by design lives as long as its workers."""
+
+    def watch() -> None:
+        while _alive(owner):
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="facesmith-owner-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """forkserver where there is one, else spawn; never fork. A worker then holds none of this process's
+    descriptors, DIR/.lock included, so the kernel frees the lock the moment this process dies, even by
+    kill -9, and a rerun resumes. The forkserver imports the detector (torch) once for all workers and
+    all runs of this process; workers see the environment of the moment it started."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["facesmith.data.faces", "facesmith.data.prepare"])
+    return context
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -177,7 +247,16 @@ def _build(config: PrepareConfig, out: Path, start: float, progress: Progress | 
     write_manifest(out, rows)
     from facesmith.data.report import write_report
 
-    write_report(out, config, sources, items, done, rows, wall_s=time.perf_counter() - start, notes=notes)
+    summary = write_report(
+        out, config, sources, items, done, rows, wall_s=time.perf_counter() - start, notes=notes
+    )
+    if not rows:  # an empty dataset is a failed run (non-zero exit), with what to change
+        if not total:
+            raise FacesmithError(
+                f"found no images in {', '.join(config.sources)}: give folders of {'/'.join(IMAGE_SUFFIXES)} files"
+            )
+        why = summary["advice"] or ", ".join(f"{n} {reason}" for reason, n in summary["rejected"].items())
+        raise FacesmithError(f"kept 0 of {total} images ({why}); see {out / 'report.md'}")
     return out
 
 
@@ -188,7 +267,9 @@ def _run_tasks(tasks: list[Task], workers: int) -> Iterator[dict]:
         _init_worker()
         yield from map(process_image, tasks)
         return
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=_pool_context(), initializer=_init_worker, initargs=(os.getpid(),)
+    ) as pool:
         # Chunks keep the inter-process overhead small; map keeps the order, which dedup depends on.
         yield from pool.map(process_image, tasks, chunksize=8)
 
@@ -293,6 +374,22 @@ def _claim_out_dir(out: Path, config: PrepareConfig) -> None:
     toml = out / "prepare.toml"
     if out.exists() and not out.is_dir():
         raise FacesmithError(f"output {out} is a file: give a folder for the dataset")
+    for folder in (*config.sources, config.out_dir):
+        try:
+            folder.encode("utf-8")
+        except UnicodeEncodeError:  # prepare.toml (UTF-8 TOML) could not record it
+            raise FacesmithError(
+                f"folder {folder!r} has a name that is not valid UTF-8: rename it (file names inside may be)"
+            ) from None
+    target = out.resolve()
+    for source in config.sources:
+        root = Path(source).resolve()
+        # An output inside a source is listed as input on the next run (its crops, its contact sheet),
+        # which changes the sources and wipes the progress; a source inside the output is the same loop.
+        if target == root or root in target.parents or target in root.parents:
+            raise FacesmithError(
+                f"output {out} and source {source} overlap: give an output folder outside every source"
+            )
     if toml.is_file():
         previous = PrepareConfig.load(toml)
         if _comparable(previous) != _comparable(config):

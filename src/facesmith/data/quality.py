@@ -1,6 +1,7 @@
 """Image quality for datasets: safe decoding, sharpness, and perceptual hashes for duplicates.
 
-Owns: ``open_photo`` (decode any file a user points us at into an upright 8-bit RGB image, or say why not),
+Owns: ``open_photo`` / ``decode_photo`` (decode any file a user points us at into an upright 8-bit RGB
+image, large JPEGs at a reduced size, or say why not),
 ``sharpness`` (variance of the Laplacian) and ``phash`` / ``hamming``. What thresholds a dataset applies
 is ``PrepareConfig``'s business; the decisions are made in ``prepare``.
 
@@ -24,36 +25,72 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Larger images are refused as decompression bombs (Pillow's default limit is ~89 Mpx and only warns).
+# Larger images are refused as decompression bombs. Pillow's own guard (89.5 Mpx warns, 179 Mpx raises)
+# is left to raise only: below 179 Mpx this limit is the one that applies.
 MAX_PIXELS = 100_000_000
+DCT_SCALES = (8, 4, 2, 1)  # libjpeg decodes at 1/8, 1/4, 1/2 or full size
 
 
 class BadImage(Exception):
     """A file that can't become a training image; the message is the report's reason."""
 
 
-def open_photo(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """The file as an upright 8-bit RGB image: EXIF rotation applied, alpha composited on white,
-    palette/CMYK/grayscale/16-bit converted. Raises BadImage with a short reason."""
-    data = Path(path).read_bytes()
+def open_photo(source: bytes | str | Path, max_pixels: int = MAX_PIXELS, reduce: int = 1) -> Image.Image:
+    """The file (its bytes, or its path) as an upright 8-bit RGB image: EXIF rotation applied, alpha
+    composited on white, palette/CMYK/grayscale/16-bit converted. Raises BadImage with a short reason.
+    ``reduce``: see ``decode_photo``."""
+    return decode_photo(source, max_pixels, reduce)[0]
+
+
+def decode_photo(
+    source: bytes | str | Path, max_pixels: int = MAX_PIXELS, reduce: int = 1
+) -> tuple[Image.Image, tuple[int, int]]:
+    """``open_photo``'s image, and the upright photo's full width and height.
+
+    ``reduce`` > 1 asks for about 1/reduce of the size where decoding gives it for free: a JPEG is
+    decoded by libjpeg's DCT scaling (Pillow's ``draft``) at the largest of 1/8, 1/4, 1/2 that is not
+    smaller than 1/reduce, so a huge photo never exists at full size; other formats come at full size."""
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
     if not data:
         raise BadImage("empty file")
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels decides, below
         try:
             image = Image.open(io.BytesIO(data))
+            full = image.size
             if image.width * image.height > max_pixels:
                 raise BadImage(f"too many pixels ({image.width}x{image.height}, decompression bomb guard)")
+            if reduce > 1 and image.format == "JPEG":
+                image.draft(None, (max(image.width // reduce, 1), max(image.height // reduce, 1)))
             image.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        except Image.DecompressionBombError:
             raise BadImage("too many pixels (decompression bomb guard)") from None
         except UnidentifiedImageError:
             raise BadImage("not an image") from None
         except (OSError, SyntaxError, ValueError) as error:
             raise BadImage(f"corrupt or truncated ({error})") from None
     with contextlib.suppress(Exception):  # a broken EXIF block must not lose the picture; keep it unrotated
+        quarter_turn = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
         image = ImageOps.exif_transpose(image)
-    return to_rgb8(image)
+        if quarter_turn:
+            full = (full[1], full[0])
+    return to_rgb8(image), full
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height as stored (before EXIF rotation), from the header only; None if unreadable."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+        except Exception:  # not an image, or a bomb: decode_photo says which
+            return None
+
+
+def dct_reduction(available: float, needed: float) -> int:
+    """The largest JPEG DCT scale divisor (8, 4, 2, 1) that keeps ``available`` pixels >= ``needed``."""
+    return next(k for k in DCT_SCALES if available / k >= needed or k == 1)
 
 
 def to_rgb8(image: Image.Image) -> Image.Image:

@@ -26,6 +26,32 @@ def reason_key(reason: str) -> str:
     return reason.split(" (")[0]
 
 
+# What to change when most rejections share one cause (reason_key -> advice), for the summary line.
+ADVICE = {
+    "crop mostly outside the photo": "the faces fill the photos (a pre-cropped set): use --aligned",
+    "too small": "the faces are too small for --size at max_upscale: use a smaller --size",
+    "no face": "no face was found: check the SOURCE, or use --aligned if its photos are face crops",
+    "face score below min_score": "the detector is unsure of the faces: lower min_score (prepare.toml)",
+    "blurry": "the faces are blurry: lower min_sharpness (prepare.toml) if they are good enough",
+    "too many pixels": "the photos are over max_pixels: raise max_pixels (prepare.toml)",
+    "missing from the attribute table": "the attribute table names other files: check it, or use --format folder",
+    "file name has no age_gender_race_ labels": "the names are not UTKFace's: use --format folder",
+    "missing from the metadata file": "metadata.jsonl names other files: check it, or use --format folder",
+    "not an image": "the SOURCE holds files that are not photos",
+    "corrupt or truncated": "the photos are damaged: copy them again",
+}
+
+
+def advice(rejected: dict[str, int], total: int) -> str | None:
+    """What to do when one cause accounts for most (over half) of all images, else None."""
+    if not rejected:
+        return None
+    reason, count = max(rejected.items(), key=lambda kv: kv[1])
+    if count * 2 <= total or reason not in ADVICE:
+        return None
+    return f"{count} of {total} rejected as {reason}: {ADVICE[reason]}"
+
+
 def summarize(
     sources: list[Source],
     items: list[SourceItem],
@@ -59,6 +85,7 @@ def summarize(
         "total": len(items),
         "kept": len(rows),
         "rejected": dict(sorted(rejected.items(), key=lambda kv: -kv[1])),
+        "advice": advice(rejected, len(items)),
         "splits": dict(Counter(row.split for row in rows)),
         "sources": [
             {
@@ -100,7 +127,9 @@ def write_report(
     samples = rows[:: max(1, len(rows) // SHEET_FACES)][:SHEET_FACES]
     if samples:
         contact_sheet(out, samples).save(out / "contact_sheet.png")
-    (out / "report.md").write_text(_markdown(summary, config, samples), encoding="utf-8")
+    # backslashreplace: a source path that is not valid UTF-8 (PEP 383 surrogates) is shown escaped.
+    markdown = _markdown(summary, config, samples)
+    (out / "report.md").write_text(markdown, encoding="utf-8", errors="backslashreplace")
     return summary
 
 
@@ -112,6 +141,7 @@ def _markdown(summary: dict, config: PrepareConfig, samples: list[dict]) -> str:
         f"({'--aligned: centre crop' if config.aligned else 'MTCNN + FFHQ alignment'}), "
         f"in {summary['wall_s']} s ({summary['images_per_s']} images/s). Settings: `prepare.toml`.",
         "",
+        *([f"**{summary['advice']}.**", ""] if summary["advice"] else []),
         "| source | format | images | kept |",
         "| --- | --- | ---: | ---: |",
         *(f"| {s['path']} | {s['format']} | {s['images']} | {s['kept']} |" for s in summary["sources"]),
