@@ -155,7 +155,10 @@ def prepare(
         with Bars() as bars:
             folder = run_prepare(_settings(PrepareConfig, config, given), progress=bars)
         summary = json.loads((folder / "report.json").read_text())
-        out.print(f"{folder}: kept {summary['kept']} of {summary['total']}; see {folder / 'report.md'}")
+        advice = f"; {summary['advice']}" if summary.get("advice") else ""
+        out.print(
+            f"{folder}: kept {summary['kept']} of {summary['total']}{advice}; see {folder / 'report.md'}"
+        )
 
     guarded(work, models=False)
 

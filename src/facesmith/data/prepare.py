@@ -1,6 +1,6 @@
 """The `facesmith prepare` stage: face photos in, an aligned, captioned dataset directory out.
 
-Owns: the run (sources -> per-image work in a process pool -> in-order decisions -> files), resuming,
+Owns: the run (sources -> per-image work in the process pool of ``pool`` -> in-order decisions -> files), resuming,
 captions per image, the train/val split and the manifest. Reading sources is ``sources``, detection
 ``faces``, cropping ``align``, quality measures ``quality``, the report ``report``.
 
@@ -18,16 +18,10 @@ appended to ``DIR/progress.jsonl`` as it is made; a rerun with the same settings
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import multiprocessing
-import os
 import random
-import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +29,7 @@ import numpy as np
 
 from facesmith.data.config import PrepareConfig
 from facesmith.data.manifest import IMAGE_SUFFIXES, ManifestRow, assign_split, image_name, write_manifest
+from facesmith.data.pool import exclusive, run_in_order
 from facesmith.data.sources import SourceItem, read_source
 from facesmith.errors import FacesmithError
 from facesmith.progress import Progress
@@ -142,49 +137,6 @@ def _first_reduction(data: bytes, config: PrepareConfig) -> int:
     return dct_reduction((size[0] * size[1]) ** 0.5, DETECT_PIXELS**0.5)
 
 
-def _init_worker(owner: int | None = None) -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one process per core; MTCNN's small ops get slower with more threads
-    if owner is not None:
-        _die_with_owner(owner)
-
-
-def _die_with_owner(owner: int) -> None:
-    """End this pool worker within a second of the prepare process ``owner`` ending, also by kill -9,
-    which runs no cleanup, so the pool can't stop its workers. A thread polls, rather than Linux's
-    PR_SET_PDEATHSIG: a worker's parent is the forkserver, which by design lives as long as its workers."""
-
-    def watch() -> None:
-        while _alive(owner):
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="facesmith-owner-watch", daemon=True).start()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """forkserver where there is one, else spawn; never fork. A worker then holds none of this process's
-    descriptors, DIR/.lock included, so the kernel frees the lock the moment this process dies, even by
-    kill -9, and a rerun resumes. The forkserver imports the detector (torch) once for all workers and
-    all runs of this process; workers see the environment of the moment it started."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["facesmith.data.faces", "facesmith.data.prepare"])
-    return context
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The stage.
 
@@ -197,7 +149,7 @@ def run_prepare(config: PrepareConfig, progress: Progress | None = None) -> Path
     start = time.perf_counter()
     out = Path(config.out_dir)
     _claim_out_dir(out, config)
-    with _exclusive(out):
+    with exclusive(out):
         return _build(config, out, start, progress)
 
 
@@ -224,7 +176,7 @@ def _build(config: PrepareConfig, out: Path, start: float, progress: Progress | 
         count = len(done)
         if progress:
             progress("preparing", count, total)
-        for task, record in zip(tasks, _run_tasks(tasks, config.workers), strict=True):
+        for task, record in zip(tasks, run_in_order(process_image, tasks, config.workers), strict=True):
             record = _decide_duplicate(record, task, seen_sha, hashes, config.max_hash_distance)
             if "rejected" not in record:
                 hashes = np.append(hashes, np.uint64(int(record["phash"], 16)))
@@ -258,20 +210,6 @@ def _build(config: PrepareConfig, out: Path, start: float, progress: Progress | 
         why = summary["advice"] or ", ".join(f"{n} {reason}" for reason, n in summary["rejected"].items())
         raise FacesmithError(f"kept 0 of {total} images ({why}); see {out / 'report.md'}")
     return out
-
-
-def _run_tasks(tasks: list[Task], workers: int) -> Iterator[dict]:
-    """Results in task order; in this process for one worker, else in a process pool."""
-    workers = workers or os.cpu_count() or 1
-    if workers == 1 or len(tasks) < 2:
-        _init_worker()
-        yield from map(process_image, tasks)
-        return
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=_pool_context(), initializer=_init_worker, initargs=(os.getpid(),)
-    ) as pool:
-        # Chunks keep the inter-process overhead small; map keeps the order, which dedup depends on.
-        yield from pool.map(process_image, tasks, chunksize=8)
 
 
 def _decide_duplicate(
@@ -406,26 +344,6 @@ def _claim_out_dir(out: Path, config: PrepareConfig) -> None:
         config.save(toml)
     except OSError as error:
         raise FacesmithError(f"cannot write the output {out}: {error.strerror or error}") from None
-
-
-@contextlib.contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
-    """Hold DIR/.lock so a second run on the same folder stops instead of interleaving decisions."""
-    handle = open(out / ".lock", "a+")  # noqa: SIM115 - held for the whole run
-    try:
-        try:
-            import fcntl
-
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # Windows: no advisory locks; runs are not guarded
-            pass
-        except OSError:
-            raise FacesmithError(
-                f"output {out} is being written by another facesmith prepare: wait for it"
-            ) from None
-        yield
-    finally:
-        handle.close()
 
 
 def _comparable(config: PrepareConfig) -> dict:
