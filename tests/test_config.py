@@ -81,3 +81,27 @@ def test_seed_minus_one_means_random_and_sampler_aliases_become_a1111_names():
 
     assert GenerateConfig(prompt="a face", seed=-1).seed is None
     assert GenerateConfig(prompt="a face", sampler="k_euler_a").validate().sampler == "Euler a"
+
+
+def test_files_are_checked_by_validate_without_importing_torch(tmp_path):
+    """A missing --lora was reported after the model had loaded, 23 s in (issue 15.26): validate() checks
+    the model, LoRA and VAE paths itself, and imports neither torch nor diffusers to do it."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+from facesmith.config import GenerateConfig
+from facesmith.errors import FacesmithError
+for changes in ({{"loras": ["{tmp_path}/missing.safetensors:0.5"]}}, {{"model": "{tmp_path}/nothing"}},
+                {{"vae": "{tmp_path}/novae"}}):
+    try:
+        GenerateConfig(prompt="a face", sampler="k_euler_a", **changes).validate()
+    except FacesmithError as error:
+        print(error)
+assert "torch" not in sys.modules and "diffusers" not in sys.modules, "validate imported torch"
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    lines = result.stdout.splitlines()
+    assert "missing.safetensors does not exist" in lines[0]
+    assert "nothing does not exist" in lines[1] and "novae is not a folder" in lines[2]

@@ -12,7 +12,7 @@ from facesmith.engines import cache_root, resolve_engine
 from facesmith.errors import FacesmithError
 from facesmith.generate import FaceGenerator
 from facesmith.models.loading import LoadedModel
-from factory import FAST, tiny_sd15
+from factory import FAST, save_folder, tiny_sd15
 
 onnx = pytest.importorskip("onnxruntime")
 
@@ -210,3 +210,23 @@ def test_an_unwritable_cache_falls_back_to_eager_under_auto_and_stops_an_explici
     assert generator.engine == "eager" and generator.generate("a face", seed=1, **FAST)
     with pytest.raises(FacesmithError, match="set FACESMITH_CACHE_DIR to a writable folder"):
         facesmith.load(sd15_folder, engine="onnx")
+
+
+def test_a_first_onnx_export_is_announced_and_a_cached_one_is_not(tmp_path, monkeypatch):
+    """The first run showed ~14 s of "loading model 0/?" while the export ran, saying nothing (15.27)."""
+    monkeypatch.setenv("FACESMITH_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    save_folder(tiny_sd15(seed=5), folder)  # weights no other test exported
+    heard: list[tuple[str, int | None]] = []
+    facesmith.load(
+        folder, engine="onnx", progress=lambda stage, done, total, **_: heard.append((stage, total))
+    )
+    assert heard == [
+        ("exporting the UNet for ONNX Runtime (once per model)", None),
+        ("exporting the decoder for ONNX Runtime (once per model)", None),
+    ]
+    heard.clear()
+    facesmith.load(
+        folder, engine="onnx", progress=lambda stage, done, total, **_: heard.append((stage, total))
+    )
+    assert heard == []

@@ -120,3 +120,13 @@ def test_import_is_light():
     code = "import sys, facesmith; assert 'torch' not in sys.modules and 'diffusers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
     assert callable(facesmith.load)
+
+
+def test_the_python_api_loads_as_quietly_as_the_cli(sd15_folder):
+    """`facesmith.load` printed ~39 lines of library warnings and a scheduler-config dump (issue 15.29)."""
+    import subprocess
+    import sys
+
+    script = f"import facesmith; facesmith.load({str(sd15_folder)!r}).generate('a face', steps=1, seed=0)"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stderr.strip() == "", result.stderr

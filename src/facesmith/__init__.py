@@ -28,6 +28,16 @@ def load(source: str | os.PathLike | None = None, **options) -> FaceGenerator:
 
     `options` are those of `facesmith.generate.FaceGenerator.load`: device, dtype, loras, allow_pickle.
     """
+    import warnings
+
+    from facesmith.library_logs import quiet_libraries
+
+    quiet_libraries()  # as quiet as the CLI: no library logs, progress bars or config dumps
     from facesmith.generate import FaceGenerator
 
-    return FaceGenerator.load(source, **options)
+    with warnings.catch_warnings():
+        # diffusers' and transformers' deprecation notices (a scheduler config dump among them) are for
+        # their own users; facesmith's warnings (a fallback engine, a cut prompt) still show.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", module=r"(diffusers|transformers|accelerate|peft|torch)(\.|$)")
+        return FaceGenerator.load(source, **options)

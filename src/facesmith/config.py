@@ -118,8 +118,17 @@ class GenerateConfig(StageConfig):
             raise FacesmithError(f"trace_frames {self.trace_frames} must be at least 2")
         if self.sampler is not None:
             self.sampler = check_sampler(self.sampler).name
+        # Files are checked here, before torch and the model load (which can take half a minute).
+        if self.model and not Path(self.model).expanduser().exists():
+            raise FacesmithError(
+                f"model {self.model} does not exist: pass a diffusers folder or a .safetensors file"
+            )
         for spec in self.loras:
-            parse_lora_spec(spec)
+            lora = parse_lora_spec(spec).path.expanduser()
+            if not lora.is_file():
+                raise FacesmithError(f"LoRA file {lora} does not exist or is not a file")
+        if self.vae and not Path(self.vae).expanduser().is_dir():
+            raise FacesmithError(f"--vae {self.vae} is not a folder: pass a diffusers VAE folder")
         return self
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from facesmith.errors import FacesmithError
+from facesmith.progress import Progress
 
 ENGINES = ("auto", "eager", "onnx", "compile")
 ONNX_LIMIT_BYTES = 2_000_000_000  # protobuf's 2 GB cap on one ONNX file without external data
@@ -88,7 +89,7 @@ def resolve_engine(name: str | None, pipe, device: torch.device, dtype: torch.dt
     return name
 
 
-def engine_pipeline(pipe, engine: str, device: torch.device):
+def engine_pipeline(pipe, engine: str, device: torch.device, progress: Progress | None = None):
     """A pipeline that runs `pipe`'s UNet and VAE decoder on `engine`, sharing all of `pipe`'s weights.
 
     `pipe` itself is left as loaded: it can still be saved, exported or given LoRA weights. The copy is
@@ -99,8 +100,10 @@ def engine_pipeline(pipe, engine: str, device: torch.device):
     runner = copy.copy(pipe)
     if engine == "onnx":
         cache = cache_root() / "onnx"
-        runner.unet = OnnxUNet(pipe.unet, cache)
-        runner.vae = _with_decoder(pipe.vae, lambda d: OnnxDecoder(d, pipe.vae.config.latent_channels, cache))
+        runner.unet = OnnxUNet(pipe.unet, cache, progress)
+        runner.vae = _with_decoder(
+            pipe.vae, lambda d: OnnxDecoder(d, pipe.vae.config.latent_channels, cache, progress)
+        )
     elif engine == "compile":
         configure_compile_cache()
         if device.type == "cuda":
@@ -206,7 +209,13 @@ def open_session(path: Path):
 
 
 def _cached_export(
-    module: torch.nn.Module, kind: str, args: tuple, names: list[str], dynamic: dict, cache: Path
+    module: torch.nn.Module,
+    kind: str,
+    args: tuple,
+    names: list[str],
+    dynamic: dict,
+    cache: Path,
+    progress: Progress | None = None,
 ):
     import onnxruntime as ort
 
@@ -217,6 +226,10 @@ def _cached_export(
     ).hexdigest()[:20]
     path = cache / f"{kind}-{key}.onnx"
     if not path.is_file():
+        if progress is not None:  # the first run's 10-20 s would otherwise look like a hang
+            progress(
+                f"exporting the {kind.replace('unet', 'UNet')} for ONNX Runtime (once per model)", 0, None
+            )
         try:
             export_onnx(module, args, path, names, dynamic)
         except OSError as err:
@@ -241,7 +254,7 @@ class _UNetCall(torch.nn.Module):
 class OnnxUNet(torch.nn.Module):
     """Stands in for a UNet2DConditionModel inside a diffusers pipeline; ONNX Runtime computes it."""
 
-    def __init__(self, unet, cache: Path):
+    def __init__(self, unet, cache: Path, progress: Progress | None = None):
         super().__init__()
         self.config = unet.config
         self.register_buffer(
@@ -255,7 +268,7 @@ class OnnxUNet(torch.nn.Module):
         dynamic["encoder_hidden_states"][1] = "tokens"
         dynamic["out"].update({2: "height", 3: "width"})
         names = ["sample", "timestep", "encoder_hidden_states", "out"]
-        self.session = _cached_export(_UNetCall(unet), "unet", args, names, dynamic, cache)
+        self.session = _cached_export(_UNetCall(unet), "unet", args, names, dynamic, cache, progress)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -294,11 +307,13 @@ class _Output:
 class OnnxDecoder(torch.nn.Module):
     """Stands in for `vae.decoder` (latents -> pixels); AutoencoderKL and TAEF2 both call it with z."""
 
-    def __init__(self, decoder: torch.nn.Module, channels: int, cache: Path):
+    def __init__(
+        self, decoder: torch.nn.Module, channels: int, cache: Path, progress: Progress | None = None
+    ):
         super().__init__()
         dynamic = {"z": {0: "batch", 2: "height", 3: "width"}, "x": {0: "batch", 2: "H", 3: "W"}}
         self.session = _cached_export(
-            decoder, "decoder", (torch.randn(1, channels, 16, 16),), ["z", "x"], dynamic, cache
+            decoder, "decoder", (torch.randn(1, channels, 16, 16),), ["z", "x"], dynamic, cache, progress
         )
 
     def forward(self, z: torch.Tensor, *args, **kwargs) -> torch.Tensor:

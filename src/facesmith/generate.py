@@ -75,8 +75,9 @@ class FaceGenerator:
         engine: str | None = None,
         vae: str | None = None,
         fuse_loras: bool = True,
+        progress: Progress | None = None,
     ):
-        """`fuse_loras`: merge the LoRAs into the weights at their given weights (fast: plain layers, and
+        """`progress` hears what takes long at load (an ONNX export); `fuse_loras`: merge the LoRAs into the weights at their given weights (fast: plain layers, and
         the ONNX engine can run them); False keeps them as peft adapters whose weights can change per
         call, as the server's `<lora:name:weight>` tags need."""
         from facesmith.engines import engine_pipeline, resolve_engine
@@ -110,7 +111,7 @@ class FaceGenerator:
         self.engine = resolve_engine(engine, self.pipe, self.device, self.dtype)
         # `pipe` stays the model as loaded (saving, LoRA weights); `runner` is what samples, on the engine.
         try:
-            self.runner = engine_pipeline(self.pipe, self.engine, self.device)
+            self.runner = engine_pipeline(self.pipe, self.engine, self.device, progress)
         except Exception as err:
             if (engine or "auto").lower() != "auto":
                 raise
@@ -135,6 +136,7 @@ class FaceGenerator:
         engine: str | None = None,
         vae: str | None = None,
         fuse_loras: bool = True,
+        progress: Progress | None = None,
     ) -> FaceGenerator:
         model = load_model(source, allow_pickle=allow_pickle)
         return cls(
@@ -146,17 +148,20 @@ class FaceGenerator:
             engine=engine,
             vae=vae,
             fuse_loras=fuse_loras,
+            progress=progress,
         )
 
     @classmethod
-    def from_settings(cls, settings, *, fuse_loras: bool = True) -> FaceGenerator:
+    def from_settings(
+        cls, settings, *, fuse_loras: bool = True, progress: Progress | None = None
+    ) -> FaceGenerator:
         """Load what a stage's config names: its `model` and whichever LOAD_TIME_SETTINGS it has."""
         options = {
             name: getattr(settings, name)
             for name in LOAD_TIME_SETTINGS
             if name != "model" and getattr(settings, name, None) is not None
         }
-        return cls.load(settings.model, fuse_loras=fuse_loras, **options)
+        return cls.load(settings.model, fuse_loras=fuse_loras, progress=progress, **options)
 
     @property
     def native_size(self) -> tuple[int, int]:
@@ -286,7 +291,7 @@ def run_generate(
     if generator is None:
         if progress is not None:
             progress("loading model", 0, None)
-        generator = FaceGenerator.from_settings(config)
+        generator = FaceGenerator.from_settings(config, progress=progress)
     result = generator.sample(config, progress)
     used = dataclasses.replace(result.config, out_dir=str(out_dir))
     first = next_image_number(out_dir)

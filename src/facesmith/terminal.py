@@ -9,7 +9,6 @@ themselves are `cli.py`'s.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 import warnings
@@ -21,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from facesmith.errors import FacesmithError
+from facesmith.library_logs import quiet_libraries
 
 out = Console(markup=False)  # results are data (paths, JSON, prompts): brackets stay as they are
 err = Console(stderr=True)
@@ -28,7 +28,7 @@ err = Console(stderr=True)
 
 def guarded(work: Callable[[], Any], models: bool = True) -> Any:
     """Run `work`, turning user mistakes into one red line and exit status 2."""
-    _quiet_libraries(models)
+    quiet_libraries(models)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -57,21 +57,6 @@ def _facesmith_warnings() -> list[type[Warning]]:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
-
-
-def _quiet_libraries(models: bool = True) -> None:
-    """Keep library logs and their own progress bars off the terminal; facesmith shows its own."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for name in ("diffusers", "transformers", "accelerate", "peft"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    if models:
-        import diffusers.utils.logging
-        import transformers.utils.logging
-
-        diffusers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.disable_progress_bar()
 
 
 class Bars:

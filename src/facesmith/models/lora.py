@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from facesmith.errors import FacesmithError
+
+if TYPE_CHECKING:  # torch is imported where weights are read: parse_lora_spec stays light
+    import torch
 
 KOHYA_COMPONENTS = {
     "lora_unet_": "unet",
@@ -54,6 +56,8 @@ def read_lora(path: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tens
 
     if not path.is_file():
         raise FacesmithError(f"LoRA file {path} does not exist or is not a file")
+    import torch
+
     state = read_checkpoint(path, allow_pickle=allow_pickle)
     bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
@@ -169,6 +173,8 @@ def apply_loras(pipe, specs: list[LoraSpec], *, allow_pickle: bool = False) -> N
 
 def _layer_shapes(pipe, component: str, kohya: bool) -> dict[str, tuple[int, int]]:
     """Name -> (in, out) of every Linear/Conv2d layer, under each name a LoRA file may use for it."""
+    import torch
+
     model = getattr(pipe, component, None)
     if model is None:
         return {}
