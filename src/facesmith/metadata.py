@@ -9,10 +9,15 @@ read it:
 
 The `facesmith` chunk is JSON, laid out here and nowhere else:
 
-    {"config": {...the full GenerateConfig of that one image: its own seed, count 1...},
-     "model_name": "sd15", "model_hash": "0123456789"}
+    {"config": {...the GenerateConfig of that one image: its own seed, count 1...},
+     "model_name": "sd15", "model_hash": "0123456789",
+     "loras": [{"name": "face_style", "hash": "0123456789ab", "weight": 0.8}]}
 
-which is what `facesmith generate --from` reads. `recipe` makes both chunks for one image and
+which is what `facesmith generate --from` reads. Neither chunk holds a server path: the config's `model`,
+`loras` and `vae` are file names only (`sd15.safetensors`, `face_style.safetensors:0.8`), `out_dir` is
+left out, and the model and LoRAs are identified by name and hash, as A1111 records them (`Model hash`,
+`Lora hashes: "name: hash"`). `--from` looks those file names up in the current folder unless `--model`
+/ `--lora` say otherwise; a PNG of the default model records no model, so it uses the default model. `recipe` makes both chunks for one image and
 `png_bytes` the PNG that carries them; `facesmith generate`, the server and anything else that writes
 an image go through those two, and `config_from_png`/`prompt_from_png` read them back. Images from
 A1111 itself, with only `parameters`, are read through `parse_parameters`.
@@ -21,6 +26,8 @@ A1111 itself, with only `parameters`, are read through `parse_parameters`.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import io
 import json
 import re
@@ -43,17 +50,79 @@ class Recipe:
     settings: dict[str, Any]
 
 
-def recipe(config: GenerateConfig, model, seed: int) -> Recipe:
+def recipe(config: GenerateConfig, model, seed: int, lora_names: list[str] | None = None) -> Recipe:
     """Both chunks for the image that `seed` made in a run of `config` (as resolved by the run: sampler,
-    CFG, size); `model` is the LoadedModel it ran on (its name and short hash are recorded)."""
+    CFG, size); `model` is the LoadedModel it ran on (its name and short hash are recorded).
+
+    `lora_names` name `config.loras` (the server passes the names it shows); by default they are
+    `unique_lora_names` of the LoRA files.
+    """
     one = dataclasses.replace(config, seed=seed, count=1, trace=False)
     model_hash = model.model_hash()
-    settings = {"config": one.to_dict(), "model_name": model.name, "model_hash": model_hash}
-    return Recipe(format_parameters(one, model_name=model.name, model_hash=model_hash), settings)
+    paths = [spec.rpartition(":")[0] for spec in one.loras]
+    names = lora_names if lora_names is not None else unique_lora_names(paths)
+    loras = [
+        {"name": name, "hash": lora_hash(path), "weight": float(spec.rpartition(":")[2])}
+        for name, path, spec in zip(names, paths, one.loras, strict=True)
+    ]
+    recorded = one.to_dict()
+    del recorded["out_dir"]  # a folder on the machine that made it, not part of the recipe
+    recorded["model"] = Path(one.model).name if one.model else None
+    recorded["vae"] = Path(one.vae).name if one.vae else None
+    recorded["loras"] = [
+        f"{lora['name']}{Path(path).suffix}:{lora['weight']:g}"
+        for lora, path in zip(loras, paths, strict=True)
+    ]
+    settings = {"config": recorded, "model_name": model.name, "model_hash": model_hash, "loras": loras}
+    return Recipe(format_parameters(one, model_name=model.name, model_hash=model_hash, loras=loras), settings)
 
 
-def format_parameters(config: GenerateConfig, *, model_name: str, model_hash: str | None) -> str:
-    """A1111's `parameters` text for the one image `config` describes (its seed, width and height)."""
+def unique_lora_names(paths: list[str]) -> list[str]:
+    """A name for each LoRA file: its stem, as A1111 names LoRAs, and where the stems of different files
+    clash, their parent folders as well (`runA/lora`, `runB/lora`), as many as it takes to tell them apart.
+    The same file given twice keeps one name."""
+    files = [Path(str(path).replace("\\", "/")).with_suffix("") for path in paths]
+    parts = [f.parts[1:] if f.is_absolute() else f.parts for f in files]  # never the root: no full paths
+    depth = [1] * len(parts)
+    while True:
+        names = ["/".join(p[-d:]) for p, d in zip(parts, depth, strict=True)]
+        grow = [
+            i
+            for i, name in enumerate(names)
+            if depth[i] < len(parts[i])
+            and any(names[j] == name and parts[j] != parts[i] for j in range(len(names)))
+        ]
+        if not grow:
+            return names
+        for i in grow:
+            depth[i] += 1
+
+
+def lora_hash(path: str | Path) -> str:
+    """A1111's short LoRA hash: the first 12 hex digits of the sha256 of a .safetensors file's tensor data
+    (after its JSON header, the "AutoV3" hash A1111 and Civitai use), or of a whole other file."""
+    path = Path(path)
+    stat = path.stat()
+    return _lora_hash(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _lora_hash(path: str, _size: int, _mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        if path.endswith(".safetensors"):
+            header = int.from_bytes(handle.read(8), "little")
+            handle.seek(8 + header)
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def format_parameters(
+    config: GenerateConfig, *, model_name: str, model_hash: str | None, loras: list[dict] | None = None
+) -> str:
+    """A1111's `parameters` text for the one image `config` describes (its seed, width and height);
+    `loras` are `recipe`'s records (name, hash, weight)."""
     lines = [config.prompt]
     if config.negative:
         lines.append(f"Negative prompt: {config.negative}")
@@ -66,8 +135,8 @@ def format_parameters(config: GenerateConfig, *, model_name: str, model_hash: st
         "Model hash": model_hash,
         "Model": model_name,
     }
-    if config.loras:
-        fields["Lora"] = _quote(" ".join(config.loras))
+    if loras:
+        fields["Lora hashes"] = _quote(", ".join(f"{lora['name']}: {lora['hash']}" for lora in loras))
     fields["Version"] = "facesmith"
     lines.append(", ".join(f"{k}: {v}" for k, v in fields.items() if v is not None))
     return "\n".join(lines)

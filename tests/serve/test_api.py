@@ -182,24 +182,29 @@ def test_a_client_that_disconnects_does_not_wedge_the_queue(server):
     assert response.status_code == 200 and len(response.json()["images"]) == 1
 
 
-def test_interrupt_stops_the_running_job(server):
+def test_interrupt_stops_the_running_job_and_returns_what_it_made(server):
     import threading
 
     result = {}
     worker = threading.Thread(
         target=lambda: result.setdefault(
-            "r", txt2img(server, prompt="long", steps=LIMITS["max_steps"], batch_size=4, width=64, height=64)
+            "r",
+            txt2img(server, prompt="long", steps=LIMITS["max_steps"], n_iter=4, seed=9, width=64, height=64),
         )
     )
     worker.start()
     deadline = time.time() + 60
-    while time.time() < deadline and not _progress(server)["state"]["job"]:
-        time.sleep(0.05)
+    while time.time() < deadline and _progress(server)["state"]["job_no"] < 1:  # the first image is done
+        time.sleep(0.02)
     assert httpx.post(server.url + "/sdapi/v1/interrupt", timeout=10).status_code == 200
     worker.join(60)
     response = result["r"]
-    assert response.status_code == 200 and response.json()["images"] == []
-    assert "interrupted" in json.loads(response.json()["info"])
+    assert response.status_code == 200
+    images, info = response.json()["images"], json.loads(response.json()["info"])
+    assert "interrupted" in info and 1 <= len(images) < 4  # A1111 returns the images made so far
+    assert info["all_seeds"] == list(range(9, 9 + len(images)))
+    for b64, infotext in zip(images, info["infotexts"], strict=True):
+        assert png(b64).text["parameters"] == infotext
 
 
 def test_an_existing_a1111_client_works_unchanged(server):
@@ -265,7 +270,7 @@ def test_lora_tags_are_parsed_in_linear_time_and_strip_their_commas():
 
     from facesmith.serve.api import lora_tags
 
-    loras = {"style": None}
+    loras = {"style": ("lora0", 1.0, "/models/style.safetensors")}
     assert lora_tags("a face, <lora:style:0.6>, smiling", loras) == ("a face, smiling", {"style": 0.6})
     assert lora_tags("<lora:style> a face ,  <lora:style:2>", loras) == ("a face", {"style": 2.0})
     assert lora_tags("a face", loras) == ("a face", {})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import psutil
@@ -20,10 +21,21 @@ FAST = {"prompt": "a face", "steps": 1, "width": 64, "height": 64}
 
 @pytest.fixture(scope="module")
 def guarded(sd15_folder, tmp_path_factory):
+    """A server with two users (alice is the first) and two LoRAs that share a file name."""
+    from safetensors.torch import save_file
+
+    import factory
+
+    folder = tmp_path_factory.mktemp("guarded")
+    loras = []
+    for seed, run in enumerate(("runA", "runB")):
+        (folder / run).mkdir()
+        save_file(
+            factory.kohya_lora(factory.tiny_sd15(), seed=seed, scale=2.0), folder / run / "lora.safetensors"
+        )
+        loras += ["--lora", f"{folder / run / 'lora.safetensors'}:0.8"]
     auth = ",".join(f"{u}:{p}" for u, p in USERS)
-    running = start_server(
-        tmp_path_factory.mktemp("guarded"), ["--model", str(sd15_folder), "--api-auth", auth], auth=USERS[0]
-    )
+    running = start_server(folder, ["--model", str(sd15_folder), "--api-auth", auth, *loras], auth=USERS[0])
     yield running
     stop_server(running)
 
@@ -94,3 +106,83 @@ def test_an_a1111_client_logs_in_as_it_does_with_a1111(guarded):
     anonymous = webuiapi.WebUIApi(host=host, port=int(port), steps=1)
     with pytest.raises(RuntimeError, match="401"):
         anonymous.txt2img(prompt="a face", width=64, height=64)
+
+
+def test_loras_with_one_file_name_keep_two_names_and_no_server_path_leaks(guarded, sd15_folder):
+    import base64
+    import io
+
+    from PIL import Image
+
+    listed = httpx.get(guarded.url + "/sdapi/v1/loras", auth=USERS[0], timeout=10).json()
+    assert [lora["name"] for lora in listed] == ["runA/lora", "runB/lora"]
+    url = guarded.url + "/sdapi/v1/txt2img"
+    tagged = httpx.post(url, json={**FAST, "prompt": "a face <lora:runB/lora>"}, auth=USERS[0], timeout=60)
+    plain = httpx.post(url, json=FAST, auth=USERS[0], timeout=60)
+    assert tagged.status_code == plain.status_code == 200, tagged.text
+    assert tagged.json()["images"] != plain.json()["images"]  # the start-up LoRA is not applied untagged
+    info = json.loads(tagged.json()["info"])
+    assert (
+        'Lora hashes: "runB/lora: ' in info["infotexts"][0]
+        and "Lora" not in json.loads(plain.json()["info"])["infotexts"][0]
+    )
+    chunks = Image.open(io.BytesIO(base64.b64decode(tagged.json()["images"][0]))).text
+    for text in (tagged.text, *chunks.values()):
+        assert str(guarded.log.parent) not in text and str(sd15_folder) not in text
+    assert json.loads(chunks["facesmith"])["loras"][0] | {"hash": None} == {
+        "name": "runB/lora",
+        "weight": 0.8,
+        "hash": None,
+    }
+
+
+def test_under_auth_only_the_owner_or_the_first_user_can_interrupt_a_job(guarded):
+    import threading
+    import time
+
+    url = guarded.url + "/sdapi/v1"
+    long = {**FAST, "steps": 150, "n_iter": 4, "width": 128, "height": 128}
+
+    def running(user) -> dict:
+        return httpx.get(url + "/progress", auth=user, timeout=10).json()["state"]
+
+    for owner, interrupter, stops in ((USERS[0], USERS[1], False), (USERS[1], USERS[0], True)):
+        result = {}
+        worker = threading.Thread(
+            target=lambda owner=owner, result=result: result.setdefault(
+                "r", httpx.post(url + "/txt2img", json=long, auth=owner, timeout=120)
+            )
+        )
+        worker.start()
+        deadline = time.time() + 60
+        while time.time() < deadline and not running(owner)["job"]:
+            time.sleep(0.02)
+        assert httpx.post(url + "/interrupt", auth=interrupter, timeout=10).status_code == 200
+        if not stops:  # bob's interrupt left alice's job running
+            state = running(owner)
+            assert state["job"] and not state["interrupted"]
+        worker.join(120)
+        info = json.loads(result["r"].json()["info"])
+        assert ("interrupted" in info) == stops and (len(info["all_seeds"]) < 4) == stops
+
+
+def test_a_page_job_belongs_to_its_user_who_can_interrupt_it(guarded):
+    # the page's Generate button, as the browser calls it: prompt ... lora, lora_weight
+    inputs = ["a face", "", 150, 7.5, "DDIM", 3, 4, 128, 128, "none", 1.0]
+    call = httpx.post(
+        guarded.url + "/gradio_api/call/generate", json={"data": inputs}, auth=USERS[1], timeout=30
+    )
+    assert call.status_code == 200, call.text
+    with httpx.stream("GET", f"{guarded.url}/gradio_api/call/generate/{call.json()['event_id']}", auth=USERS[1],
+                      timeout=120) as stream:  # fmt: skip
+        lines = stream.iter_lines()
+        for line in lines:  # the page's progress bar: "step N of 600"; wait until the first image is done
+            step = re.search(r"step (\d+) of 600", line)
+            if step and int(step.group(1)) > 150:
+                break
+        state = httpx.get(guarded.url + "/sdapi/v1/progress", auth=USERS[1], timeout=10).json()["state"]
+        assert state["job"]
+        assert httpx.post(guarded.url + "/sdapi/v1/interrupt", auth=USERS[1], timeout=10).status_code == 200
+        rest = "\n".join(lines)
+    final = json.loads(rest.rsplit("data: ", 1)[1])
+    assert "event: complete" in rest and 1 <= len(final[0]) < 4  # stopped early, showing what it finished

@@ -90,37 +90,92 @@ def test_pngs_carry_both_metadata_chunks(queue):
     assert json.loads(image.text["facesmith"])["config"]["seed"] == 1
 
 
-def test_each_job_chooses_the_weight_of_a_loaded_lora(sd15, sd15_folder, tmp_path):
+@pytest.fixture(scope="module")
+def two_loras(sd15_folder, tmp_path_factory):
+    """A generator with two LoRAs that share a file name (every training run writes lora.safetensors),
+    beside one on the same model without LoRAs; both sample eagerly so their pixels compare exactly."""
     from safetensors.torch import save_file
 
     import facesmith
 
-    lora = tmp_path / "face_style.safetensors"
-    save_file(factory.kohya_lora(factory.tiny_sd15()), lora)
-    generator = facesmith.load(sd15_folder, loras=[f"{lora}:1"])
-    with_lora = JobQueue(generator)
-    base = JobQueue(sd15)
+    folder = tmp_path_factory.mktemp("loras")
+    paths = []
+    for seed, run in enumerate(("runA", "runB")):
+        (folder / run).mkdir()
+        save_file(
+            factory.kohya_lora(factory.tiny_sd15(), seed=seed, scale=2.0), folder / run / "lora.safetensors"
+        )
+        paths.append(folder / run / "lora.safetensors")
+    with_loras = facesmith.load(sd15_folder, loras=[f"{paths[0]}:1", f"{paths[1]}:0.5"], engine="eager")
+    base = facesmith.load(sd15_folder, engine="eager")
+    return with_loras, base, paths
+
+
+def test_only_the_loras_a_job_names_are_applied(two_loras):
+    generator, base_generator, paths = two_loras
+    with_loras, base = JobQueue(generator), JobQueue(base_generator)
     try:
-        assert list(with_lora.loras) == ["face_style"]
-        [off] = with_lora.submit(config(), {"face_style": 0.0}).future.result(timeout=60)
-        [on] = with_lora.submit(config(), {"face_style": 1.0}).future.result(timeout=60)
-        [default] = with_lora.submit(config()).future.result(timeout=60)
-        [plain] = base.submit(config()).future.result(timeout=60)
+        assert list(with_loras.loras) == ["runA/lora", "runB/lora"]  # same file name, two names
+        [plain] = with_loras.submit(config()).future.result(timeout=60)
+        [a] = with_loras.submit(config(), {"runA/lora": 1.0}).future.result(timeout=60)
+        [b] = with_loras.submit(config(), {"runB/lora": 1.0}).future.result(timeout=60)
+        [off] = with_loras.submit(config(), {"runA/lora": 0.0}).future.result(timeout=60)
+        [plain_again] = with_loras.submit(config()).future.result(timeout=60)
+        [reference] = base.submit(config()).future.result(timeout=60)
     finally:
-        with_lora.close()
+        with_loras.close()
         base.close()
-    assert np.abs(pixels(off) - pixels(plain)).max() <= 1  # weight 0 is the base model
-    assert np.abs(pixels(on) - pixels(plain)).mean() > 1
-    assert np.array_equal(pixels(default), pixels(on))  # absent = the start-up weight
-    assert off.settings["config"]["loras"][0].endswith("face_style.safetensors:0")
-    assert on.settings["config"]["loras"][0].endswith("face_style.safetensors:1")
-    assert generator.loras == [f"{lora.resolve()}:1"]  # a job's weight doesn't outlive the job
+    # a job that names no LoRA is the base model's image, to the bit, also right after one that did
+    assert np.array_equal(pixels(plain), pixels(reference))
+    assert np.array_equal(pixels(plain_again), pixels(reference))
+    assert np.abs(pixels(a) - pixels(reference)).mean() > 1
+    assert np.abs(pixels(b) - pixels(a)).mean() > 1  # the two same-named files stay two LoRAs
+    assert np.abs(pixels(off) - pixels(reference)).max() <= 1  # weight 0 is the base model
+    assert plain.settings["loras"] == [] and "Lora" not in plain.parameters
+    assert [lora["name"] for lora in a.settings["loras"]] == ["runA/lora"]
+    assert (
+        a.settings["loras"][0]["weight"] == 1.0
+        and f'Lora hashes: "runA/lora: {a.settings["loras"][0]["hash"]}"' in a.parameters
+    )
+    assert a.settings["loras"][0]["hash"] != b.settings["loras"][0]["hash"]
+    assert a.settings["config"]["loras"] == ["runA/lora.safetensors:1"]  # a name, never the server's path
+    assert generator.loras == [
+        f"{paths[0].resolve()}:1",
+        f"{paths[1].resolve()}:0.5",
+    ]  # jobs leave it as loaded
+
+
+def test_an_interrupted_job_keeps_the_images_it_finished(queue):
+    job = queue.submit(config(steps=30, count=4, seed=7))
+    deadline = time.time() + 120
+    while job.step <= 30 and time.time() < deadline:  # past the first image
+        time.sleep(0.005)
+    assert queue.interrupt() is job
+    with pytest.raises(JobCancelled) as raised:
+        job.future.result(timeout=60)
+    made = raised.value.pictures
+    assert 1 <= len(made) < 4 and [p.seed for p in made] == list(range(7, 7 + len(made)))
+    [alone] = queue.submit(config(steps=30, seed=7)).future.result(timeout=60)
+    assert made[0].png == alone.png  # the first image is the one its seed makes alone
+
+
+def test_under_auth_a_job_is_interrupted_only_by_its_owner_or_the_first_user(queue):
+    job = queue.submit(config(steps=200), owner="alice")
+    wait_started(job)
+    assert queue.interrupt("bob", any_job=False) is None and not job.cancel.is_set()
+    assert queue.interrupt("alice", any_job=False) is job
+    with pytest.raises(JobCancelled):
+        job.future.result(timeout=60)
+    other = queue.submit(config(steps=200), owner="bob")
+    wait_started(other)
+    assert queue.interrupt("alice", any_job=True) is other  # the first user may stop anyone's
 
 
 def test_lora_tags_name_loaded_loras_only():
-    loaded = {"face_style": ("lora0", 1.0, "/models/face_style.safetensors")}
+    loaded = {"face_style": ("lora0", 0.8, "/models/face_style.safetensors")}
     assert lora_tags("a face, <lora:face_style:0.6>", loaded) == ("a face", {"face_style": 0.6})
-    assert lora_tags("<lora:face_style> a face", loaded) == ("a face", {"face_style": 1.0})
+    # no weight in the tag: the start-up weight (--lora FILE:0.8)
+    assert lora_tags("<lora:face_style> a face", loaded) == ("a face", {"face_style": 0.8})
     for prompt in ("a face <lora:other:1>", "a face <lora:/etc/passwd:1>", "a face <lora:face_style:x>"):
         with pytest.raises(Exception) as raised:
             lora_tags(prompt, loaded)

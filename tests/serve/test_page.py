@@ -142,3 +142,43 @@ def test_type_a_prompt_click_generate_and_see_an_image(page_server, browser, tmp
     }  # fmt: skip
     assert not outside
     assert server.outbound() == []
+
+
+def _reproduce(server, file_data: dict) -> str:
+    """Call the page's `reproduce` event as any HTTP client can; the answer's event stream as text."""
+    call = httpx.post(server.url + "/gradio_api/call/reproduce", json={"data": [file_data]}, timeout=30)
+    assert call.status_code == 200, call.text
+    return httpx.get(f"{server.url}/gradio_api/call/reproduce/{call.json()['event_id']}", timeout=60).text
+
+
+def test_reproduce_reads_only_pngs_uploaded_through_the_page(server, tmp_path):
+    from facesmith.config import GenerateConfig
+    from facesmith.metadata import png_bytes, recipe
+
+    class Model:
+        name, model_hash = "m", staticmethod(lambda: "0123456789")
+
+    secret = png_bytes(
+        Image.new("RGB", (8, 8)),
+        recipe(
+            GenerateConfig(prompt="a secret prompt", cfg=7.0, sampler="DDIM", width=64, height=64), Model(), 1
+        ),
+    )
+    # a PNG with metadata on the server, inside Gradio's upload folder but never uploaded, and one outside
+    planted = server.log.parent / "gradio" / "planted" / "secret.png"
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.write_bytes(secret)
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(secret)
+    for path in (planted, outside, tmp_path / "missing.png", Path("relative.png")):
+        answer = _reproduce(server, {"path": str(path), "meta": {"_type": "gradio.FileData"}})
+        assert "event: error" in answer and "a secret prompt" not in answer
+        assert str(path.parent) not in answer and os.getcwd() not in answer  # no paths, no working directory
+    # the same bytes uploaded through the page are read
+    [uploaded] = httpx.post(
+        server.url + "/gradio_api/upload", files=[("files", ("face.png", secret, "image/png"))], timeout=30
+    ).json()
+    answer = _reproduce(
+        server, {"path": uploaded, "orig_name": "face.png", "meta": {"_type": "gradio.FileData"}}
+    )
+    assert "event: complete" in answer and "a secret prompt" in answer

@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from facesmith.config import GenerateConfig
 from facesmith.errors import FacesmithError
 from facesmith.samplers import SAMPLERS, check_sampler
+from facesmith.serve.config import AUTH_USER, credentials
 from facesmith.serve.jobs import Job, JobCancelled, JobQueue, Picture, QueueFull
 
 if TYPE_CHECKING:
@@ -188,7 +189,9 @@ def sampler_name(name: str | None, scheduler: str | None, field: str = "sampler_
 def lora_tags(prompt: str, loras: dict) -> tuple[str, dict[str, float]]:
     """Strip A1111's `<lora:NAME:WEIGHT>` tags from the prompt; NAME must be a LoRA the server loaded.
 
-    The name is only looked up among the LoRAs given at start-up (`--lora`), never used as a path.
+    The name is only looked up among the LoRAs given at start-up (`--lora`), never used as a path. A tag
+    without a weight takes the LoRA's start-up weight (`--lora FILE:WEIGHT`, 1 by default). Only the LoRAs
+    tagged here are applied to the job.
     """
     weights, kept, end = {}, [], 0
     for match in LORA_TAG.finditer(prompt):
@@ -202,7 +205,7 @@ def lora_tags(prompt: str, loras: dict) -> tuple[str, dict[str, float]]:
             known = ", ".join(loras) or "none"
             raise invalid("prompt", f"<lora:{name}> is not loaded on this server (loaded: {known})", prompt)
         try:
-            weights[name] = float(weight) if weight not in (None, "") else 1.0
+            weights[name] = float(weight) if weight not in (None, "") else float(loras[name][1])
         except ValueError:
             raise invalid("prompt", f"<lora:{name}:{weight}>: the weight is not a number", prompt) from None
     kept.append(prompt[end:])
@@ -317,13 +320,13 @@ def api_router(queue: JobQueue, serve: ServeConfig, model: dict) -> APIRouter:
         if queue.generator.device.type == "cuda":
             config.batch_size = body.batch_size
         try:
-            job = queue.submit(config, weights)
+            job = queue.submit(config, weights, owner=request.scope.get(AUTH_USER))
         except QueueFull as err:
             raise HTTPException(503, str(err), headers={"Retry-After": "5"}) from None
         try:
             pictures = await wait_for_job(job, queue, request)
         except JobCancelled as err:  # interrupted through /sdapi/v1/interrupt: A1111 returns what it has
-            pictures = []
+            pictures = err.pictures
             message = str(err)
         except FacesmithError as err:
             raise invalid("prompt", str(err)) from None
@@ -351,7 +354,7 @@ def api_router(queue: JobQueue, serve: ServeConfig, model: dict) -> APIRouter:
     @router.get("/loras")
     def loras() -> list[dict]:
         return [
-            {"name": name, "alias": name, "path": name, "metadata": {}, "weight": weight}
+            {"name": name, "alias": name, "path": name, "metadata": {}, "weight": weight}  # no server paths
             for name, (_, weight, _) in queue.loras.items()
         ]
 
@@ -380,8 +383,11 @@ def api_router(queue: JobQueue, serve: ServeConfig, model: dict) -> APIRouter:
         return progress_report(queue)
 
     @router.post("/interrupt")
-    def interrupt() -> dict:
-        queue.interrupt()
+    def interrupt(request: Request) -> dict:
+        """Stop the running job. Under --api-auth only its own user may, or the server's first user."""
+        user = request.scope.get(AUTH_USER)
+        users = [name for name, _ in credentials(serve.api_auth)]
+        queue.interrupt(user, any_job=not users or user == users[0])
         return {}
 
     return router

@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Callable
 
 from facesmith.errors import FacesmithError
-from facesmith.serve.config import ServeConfig, credentials
+from facesmith.serve.config import AUTH_USER, ServeConfig, credentials
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before anything can import gradio
 
@@ -78,30 +78,36 @@ class BodyLimit:
 
 
 class BasicAuth:
-    """ASGI middleware: every HTTP request and websocket needs one of the user:pass pairs (RFC 7617)."""
+    """ASGI middleware: every HTTP request and websocket needs one of the user:pass pairs (RFC 7617).
+
+    The user it let in is left in the scope under `AUTH_USER`: jobs are theirs, and only they (or the
+    first user) may interrupt them.
+    """
 
     def __init__(self, app, pairs: list[tuple[str, str]]):
         self.app = app
         self.pairs = [(u.encode(), p.encode()) for u, p in pairs]
 
-    def allowed(self, header: bytes | None) -> bool:
+    def user(self, header: bytes | None) -> str | None:
+        """The user whose pair the Authorization header holds, or None."""
         if not header or header[:6].lower() != b"basic ":
-            return False
+            return None
         try:
             user, _, password = base64.b64decode(header[6:].strip(), validate=True).partition(b":")
         except (binascii.Error, ValueError):
-            return False
+            return None
         # compare every pair in full so the time taken says nothing about which part was wrong
         matches = [
             secrets.compare_digest(user, u) & secrets.compare_digest(password, p) for u, p in self.pairs
         ]
-        return any(matches)
+        return user.decode("utf-8", "replace") if any(matches) else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
-        if self.allowed(dict(scope["headers"]).get(b"authorization")):
-            return await self.app(scope, receive, send)
+        user = self.user(dict(scope["headers"]).get(b"authorization"))
+        if user is not None:
+            return await self.app({**scope, AUTH_USER: user}, receive, send)
         if scope["type"] == "websocket":
             return await send({"type": "websocket.close", "code": 1008})
         await send({"type": "http.response.start", "status": 401,

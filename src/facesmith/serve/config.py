@@ -2,7 +2,8 @@
 
 Defaults are the documented behaviour: 127.0.0.1:7860, no auth, the limits below. `serve --config
 serve.toml` reads one back (`StageConfig.load`), as every stage's `--config` does. `--api-auth
-user:pass[,user2:pass2]` follows A1111's flag; `credentials` reads it.
+user:pass[,user2:pass2]` follows A1111's flag; `credentials` reads it. The first pair is the server's
+first user, the one who may interrupt anyone's job.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field
 
 from facesmith.config import StageConfig
 from facesmith.errors import FacesmithError
+
+AUTH_USER = "facesmith.user"  # the ASGI scope key under which app.BasicAuth leaves the signed-in user
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Owns: `JobQueue`, a worker thread that takes `Job`s in arrival order and runs `FaceGenerator.run` for each;
 the step progress that `/sdapi/v1/progress` and the page's progress bar read; cancellation (a job whose
 client went away is dropped before it starts, or stopped at its next denoising step, so the queue moves
-on); per-job LoRA weights; and turning the images into PNG bytes that carry facesmith's metadata
+on, and an interrupted job keeps the images it finished, as A1111 returns them); per-job LoRAs (a job
+gets only the LoRAs it names, as in A1111); and turning the images into PNG bytes that carry facesmith's metadata
 (`metadata.recipe` and `metadata.png_bytes`, the same two functions `facesmith generate` writes with). HTTP and the page are
 `api.py`'s and `page.py`'s business; both submit here, so the page and the API share one queue.
 
@@ -14,7 +15,9 @@ per-pipeline state, and two jobs on one device only compete for the same compute
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
+import secrets
 import threading
 import time
 from concurrent.futures import Future
@@ -22,11 +25,16 @@ from dataclasses import dataclass, field
 
 from facesmith.config import GenerateConfig
 from facesmith.errors import FacesmithError
-from facesmith.metadata import png_bytes, recipe
+from facesmith.metadata import png_bytes, recipe, unique_lora_names
 
 
 class JobCancelled(Exception):
-    """The job's client went away or asked to interrupt; the worker moved on."""
+    """The job's client went away or asked to interrupt; the worker moved on. `pictures` holds the images
+    it finished before it stopped."""
+
+    def __init__(self, message: str, pictures: list[Picture] | None = None):
+        super().__init__(message)
+        self.pictures = pictures or []
 
 
 class QueueFull(FacesmithError):
@@ -47,7 +55,8 @@ class Picture:
 class Job:
     id: int
     config: GenerateConfig
-    lora_weights: dict[str, float] = field(default_factory=dict)  # LoRA name -> weight for this job
+    lora_weights: dict[str, float] = field(default_factory=dict)  # LoRA name -> weight; absent = not applied
+    owner: str | None = None  # the --api-auth user who submitted it; None without auth
     queued_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
@@ -79,15 +88,18 @@ class JobQueue:
         self._worker.start()
 
     # ------------------------------------------------------------------------------------------------------
-    def submit(self, config: GenerateConfig, lora_weights: dict[str, float] | None = None) -> Job:
-        """Queue a validated config; raise QueueFull when --max-queue jobs are already waiting."""
+    def submit(
+        self, config: GenerateConfig, lora_weights: dict[str, float] | None = None, owner: str | None = None
+    ) -> Job:
+        """Queue a validated config with the LoRAs it names; raise QueueFull when --max-queue jobs are
+        already waiting."""
         with self._wake:
             if len(self._waiting) >= self.max_waiting:
                 raise QueueFull(
                     f"{len(self._waiting)} jobs are already waiting (--max-queue {self.max_waiting}): "
                     "retry later"
                 )
-            job = Job(next(self._ids), config, dict(lora_weights or {}))
+            job = Job(next(self._ids), config, dict(lora_weights or {}), owner)
             job.total = config.count * config.steps
             self._waiting.append(job)
             self._wake.notify()
@@ -102,11 +114,13 @@ class JobQueue:
                 self.cancelled += 1
                 job.future.set_exception(JobCancelled(f"job {job.id} was cancelled before it started"))
 
-    def interrupt(self) -> None:
-        """A1111's /sdapi/v1/interrupt: stop the running job."""
+    def interrupt(self, user: str | None = None, *, any_job: bool = True) -> Job | None:
+        """A1111's /sdapi/v1/interrupt: stop the running job, if `any_job` or it is `user`'s; return it."""
         running = self._running
-        if running is not None:
-            self.cancel(running)
+        if running is None or not (any_job or running.owner == user):
+            return None
+        self.cancel(running)
+        return running
 
     def snapshot(self) -> dict:
         """The running job and queue length, for progress reports."""
@@ -159,18 +173,33 @@ class JobQueue:
                 job.future.set_exception(error)
 
     def _run(self, job: Job) -> list[Picture]:
+        """Run `job` one batch at a time (batch i+1 from seed s + i*batch_size, the images that run would
+        make), so an interrupt keeps the batches already finished."""
+        config = job.config.validate()
+        if config.seed is None:
+            config = dataclasses.replace(config, seed=secrets.randbelow(2**32))
+        pictures: list[Picture] = []
+        done = 0
+
         def progress(stage: str, step: int, total: int | None, **fields: float) -> None:
-            job.step, job.total = step, total
+            job.step, job.total = done * config.steps + step, config.count * config.steps
             if job.cancel.is_set():
-                raise JobCancelled(f"job {job.id} was interrupted at step {step} of {total}")
+                raise JobCancelled(
+                    f"job {job.id} was interrupted at step {job.step} of {job.total}", pictures
+                )
 
         if job.cancel.is_set():
             raise JobCancelled(f"job {job.id} was cancelled before it started")
         generator = self.generator
-        with lora_weights_applied(generator, self.loras, job.lora_weights):
-            result = generator.run(job.config, progress=progress)
-        job.used = result.config
-        return pictures_from(generator, result)
+        with lora_weights_applied(generator, self.loras, job.lora_weights) as applied:
+            while done < config.count:
+                size = min(config.batch_size, config.count - done)
+                batch = dataclasses.replace(config, seed=config.seed + done, count=size)
+                result = generator.sample(batch, progress=progress)
+                pictures += pictures_from(generator, result, applied.names)
+                done += size
+        job.used = dataclasses.replace(result.config, seed=config.seed, count=config.count)
+        return pictures
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -178,34 +207,45 @@ class JobQueue:
 
 
 def lora_names(generator) -> dict[str, tuple[str, float, str]]:
-    """{LoRA name (file stem): (adapter name, start-up weight, spec)} in load order.
+    """{LoRA name: (adapter name, start-up weight, path)} in load order.
 
-    `models.lora.apply_loras` names the adapter of the i-th LoRA `lora{i}`; a request names a LoRA by its
-    file stem, looked up here, never as a path.
+    `models.lora.apply_loras` names the adapter of the i-th LoRA `lora{i}`; a request names a LoRA by the
+    name `metadata.unique_lora_names` gives it (its file stem, with parent folders where stems clash),
+    looked up here, never as a path.
     """
-    names = {}
-    for index, spec in enumerate(generator.loras):
-        path, _, weight = spec.rpartition(":")
-        stem = path.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
-        names[stem] = (f"lora{index}", float(weight), path)
-    return names
+    specs = [spec.rpartition(":") for spec in generator.loras]
+    names = unique_lora_names([path for path, _, _ in specs])
+    return {
+        name: (f"lora{index}", float(weight), path)
+        for index, (name, (path, _, weight)) in enumerate(zip(names, specs, strict=True))
+    }
 
 
 class lora_weights_applied:  # noqa: N801 - used as a context manager, reads as a phrase
-    """Set this job's LoRA weights (absent = the start-up weight) and record them in the metadata."""
+    """Apply only the LoRAs this job names, at its weights, and record just those in the metadata.
+
+    A LoRA the job does not name is off, not at its start-up weight: A1111 applies a LoRA only when the
+    prompt names it. With none named, peft's adapters are disabled, so the image is the base model's.
+    """
 
     def __init__(self, generator, loras: dict[str, tuple[str, float, str]], weights: dict[str, float]):
-        self.generator, self.loras, self.weights = generator, loras, weights
+        self.generator, self.loras = generator, loras
+        self.chosen = {name: weight for name, weight in weights.items() if name in loras}
+        self.names = list(self.chosen)
 
     def __enter__(self):
         if not self.loras:
             return self
-        chosen = {name: self.weights.get(name, default) for name, (_, default, _) in self.loras.items()}
+        pipe = self.generator.pipe
         self.saved = list(self.generator.loras)
-        self.generator.pipe.set_adapters(
-            [adapter for adapter, _, _ in self.loras.values()], adapter_weights=list(chosen.values())
-        )
-        self.generator.loras = [f"{path}:{chosen[name]:g}" for name, (_, _, path) in self.loras.items()]
+        if self.chosen:
+            pipe.enable_lora()
+            pipe.set_adapters(
+                [self.loras[name][0] for name in self.chosen], adapter_weights=list(self.chosen.values())
+            )
+        else:
+            pipe.disable_lora()
+        self.generator.loras = [f"{self.loras[name][2]}:{weight:g}" for name, weight in self.chosen.items()]
         return self
 
     def __exit__(self, *exc):
@@ -214,10 +254,10 @@ class lora_weights_applied:  # noqa: N801 - used as a context manager, reads as 
         return False
 
 
-def pictures_from(generator, result) -> list[Picture]:
+def pictures_from(generator, result, lora_names: list[str] | None = None) -> list[Picture]:
     """PNG bytes with A1111's `parameters` chunk and facesmith's JSON chunk, as `run_generate` writes."""
     pictures = []
     for image, seed in zip(result.images, result.seeds, strict=True):
-        chunks = recipe(result.config, generator.model, seed)
+        chunks = recipe(result.config, generator.model, seed, lora_names)
         pictures.append(Picture(png_bytes(image, chunks), seed, chunks.parameters, chunks.settings))
     return pictures

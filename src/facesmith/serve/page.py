@@ -3,8 +3,9 @@
 Owns: the controls (prompt, negative prompt, steps, CFG, sampler, seed with random/reuse, count, size,
 LoRA and weight), the face-attribute controls that write the prompt (through `data.captions`, the same
 wording the default model was trained on), the gallery with each image's parameters and its PNG for
-download (metadata inside), reproducing an uploaded PNG's recipe (`metadata.config_from_png`), and the
-progress bar. Jobs go through the server's one `JobQueue`, so the page and the API wait in the same line.
+download (metadata inside), reproducing an uploaded PNG's recipe (`metadata.config_from_png`; only a
+file uploaded through the page, never a path a request names), and the progress bar. Jobs go through
+the server's one `JobQueue`, so the page and the API wait in the same line.
 
 Gradio must never phone home: analytics are switched off before it is imported and in the Blocks, the
 theme uses local fonts only, and server-side rendering (a Node process) is off.
@@ -20,10 +21,15 @@ from pathlib import Path
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by gradio at import time as well as by Blocks
 
+# At module level: gradio finds gr.Request and gr.SelectData parameters through typing.get_type_hints,
+# which resolves these (string) annotations in the module's globals.
+import gradio as gr
+
 from facesmith.config import GenerateConfig
 from facesmith.errors import FacesmithError
 from facesmith.samplers import sampler_names
-from facesmith.serve.jobs import JobQueue
+from facesmith.serve.config import AUTH_USER
+from facesmith.serve.jobs import JobCancelled, JobQueue
 
 NO_LORA = "none"
 KEEP_IMAGES = 256  # the page's PNGs on disk; older ones are removed so a long-running server stays flat
@@ -82,6 +88,12 @@ class PictureFolder:
         return str(path)
 
 
+def page_user(request) -> str | None:
+    """The --api-auth user of a page event (app.BasicAuth left it in the HTTP request's scope)."""
+    http = getattr(request, "request", None)  # gr.Request wraps the starlette request
+    return getattr(http, "scope", {}).get(AUTH_USER) if http is not None else None
+
+
 def progress_bar(job, queue: JobQueue) -> str:
     """An HTML <progress> bar and a line of text for `job`: its place in the queue, its step, or done."""
     if job.future.done():
@@ -93,8 +105,6 @@ def progress_bar(job, queue: JobQueue) -> str:
 
 def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int):
     """The gr.Blocks page over `queue`; mount it with `gradio.mount_gradio_app`."""
-    import gradio as gr
-
     folder = PictureFolder()
     native = queue.generator.native_size[0]
     loras = [NO_LORA, *queue.loras]
@@ -104,9 +114,12 @@ def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int
     def write_prompt(gender, age, hair, ethnicity, features):
         return prompt_from_controls(gender, age, hair, ethnicity, features)
 
-    def generate(prompt, negative, steps, cfg, sampler, seed, count, width, height, lora, lora_weight):
+    def generate(
+        prompt, negative, steps, cfg, sampler, seed, count, width, height, lora, lora_weight,
+        request: gr.Request,
+    ):  # fmt: skip
         """Stream the progress bar while the job waits and runs, then the gallery; a generator, so a
-        closed page closes it and its job is cancelled."""
+        closed page closes it and its job is cancelled. The LoRA "none" applies none."""
         seed = int(seed) if seed is not None and int(seed) >= 0 else None
         config = GenerateConfig(prompt=prompt, negative=negative, steps=int(steps), cfg=float(cfg),
                                 sampler=sampler, seed=seed, count=int(count), width=int(width),
@@ -115,7 +128,11 @@ def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int
             config.validate()
             if config.steps > max_steps or max(config.width, config.height) > max_size:
                 raise FacesmithError(f"this server allows at most {max_steps} steps and {max_size} px")
-            job = queue.submit(config, {lora: float(lora_weight)} if lora in queue.loras else {})
+            job = queue.submit(
+                config,
+                {lora: float(lora_weight)} if lora in queue.loras else {},
+                owner=page_user(request),
+            )
         except FacesmithError as err:
             raise gr.Error(str(err)) from None
         keep = (gr.update(),) * 5
@@ -128,6 +145,10 @@ def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int
                     yield (*keep, progress_bar(job, queue))
                 time.sleep(0.1)
             pictures = job.future.result()
+        except JobCancelled as err:  # interrupted: show what it finished, as A1111 does
+            if not err.pictures:
+                raise gr.Error(str(err)) from None
+            pictures = err.pictures
         except Exception as err:
             raise gr.Error(str(err)) from None
         finally:
@@ -141,14 +162,27 @@ def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int
         return parameters[event.index] if parameters and event.index < len(parameters) else ""
 
     def reproduce(path):
+        """Fill the controls from an uploaded PNG's recipe.
+
+        Only a file that came in through Gradio's upload route is read: an event can name any path, and
+        reading one would tell a client which files exist on the server and what their metadata holds.
+        Upload folders are named by a hash of the content, so only who has the file can name its upload.
+        Errors never show the path.
+        """
         from facesmith.metadata import config_from_png
 
         if not path:
             return [gr.update()] * 8
+        uploaded = {os.path.realpath(p) for p in page.upload_file_set}
+        real = os.path.realpath(path)
+        if real not in uploaded or not os.path.isfile(real):
+            raise gr.Error("only a PNG uploaded on this page can be reproduced: upload the image")
         try:
-            config = config_from_png(path)
-        except FacesmithError as err:
-            raise gr.Error(str(err)) from None
+            config = config_from_png(real)
+        except FacesmithError:
+            raise gr.Error(
+                "the uploaded file is not a PNG with facesmith or A1111 metadata: upload one that has it"
+            ) from None
         if config.sampler not in sampler_names():
             gr.Warning(f"sampler {config.sampler} is not known here; keeping the current one")
         size = [min(max_size, v) if v else native for v in (config.width, config.height)]
@@ -221,5 +255,10 @@ def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int
             concurrency_limit=None,  # the JobQueue orders the work; gradio only waits on it
         )
         gallery.select(show_parameters, all_parameters, parameters)
-        upload.upload(reproduce, upload, [prompt, negative, steps, cfg, sampler, seed, width, height])
+        upload.upload(
+            reproduce,
+            upload,
+            [prompt, negative, steps, cfg, sampler, seed, width, height],
+            api_name="reproduce",
+        )
     return page
