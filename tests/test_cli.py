@@ -37,13 +37,13 @@ def test_generate_info_and_from_reproduce_the_image(sd15_folder, tmp_path):
     )
     assert '"sampler": "DDIM"' in info.stdout
 
-    again = invoke("generate", "--from", pngs[1], "-o", tmp_path / "b")
+    again = invoke("generate", "--from", pngs[1], "--model", sd15_folder, "-o", tmp_path / "b")
     assert again.exit_code == 0, again.output
     (copy,) = (tmp_path / "b").glob("*.png")
     assert copy.name == "00001-6.png"
     assert np.array_equal(np.asarray(Image.open(copy)), np.asarray(Image.open(pngs[1])))
 
-    changed = invoke("generate", "--from", pngs[1], "--seed", 9, "-o", tmp_path / "b")
+    changed = invoke("generate", "--from", pngs[1], "--model", sd15_folder, "--seed", 9, "-o", tmp_path / "b")
     assert changed.exit_code == 0 and (tmp_path / "b" / "00002-9.png").is_file()
 
 
@@ -326,3 +326,18 @@ def test_ctrl_c_exits_130_and_a_stage_s_interrupt_advice_is_one_line(capsys):
             guarded(work, models=False)
         assert stop.value.exit_code == 130
         assert line in capsys.readouterr().err
+
+
+def test_from_a_png_of_another_model_warns_that_the_image_will_differ(sd15_folder, tmp_path):
+    """--from used whatever model was loaded without a word (issue 15.6)."""
+    import factory
+
+    other = factory.save_folder(factory.tiny_sd15(seed=7), tmp_path / "other")
+    made = invoke("generate", "a face", "--model", sd15_folder, "--seed", 1, "-o", tmp_path / "a", *FAST)
+    assert made.exit_code == 0, made.output
+    (png,) = (tmp_path / "a").glob("*.png")
+    same = invoke("generate", "--from", png, "--model", sd15_folder, "-o", tmp_path / "b")
+    assert same.exit_code == 0 and "warning" not in same.stderr
+    differs = invoke("generate", "--from", png, "--model", other, "-o", tmp_path / "c")
+    assert differs.exit_code == 0, differs.output
+    assert "was made with model hash" in " ".join(differs.stderr.split())

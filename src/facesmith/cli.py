@@ -103,7 +103,7 @@ def generate(
 
     def work():
         from facesmith.generate import run_generate
-        from facesmith.metadata import config_from_png
+        from facesmith.metadata import config_from_png, model_hash_from_png
         from facesmith.samplers import check_sampler
 
         if scheduler is not None and sampler is None:
@@ -117,9 +117,10 @@ def generate(
             "allow_pickle": allow_pickle,
         }  # fmt: skip
         base = config_from_png(from_image) if from_image is not None else None
+        made_with = model_hash_from_png(from_image) if from_image is not None else None
         settings = _settings(GenerateConfig, config, given, base=base)
         with Bars() as bars:
-            paths = run_generate(settings, progress=bars)
+            paths = run_generate(settings, progress=bars, made_with=made_with)
         for path in paths:
             out.print(str(path), highlight=False)
 

@@ -53,6 +53,10 @@ class SizeWarning(UserWarning):
     """The image size is far from the model's native one: SD models repeat or break faces there."""
 
 
+class ModelMismatchWarning(UserWarning):
+    """`--from` a PNG made with another model than the one loaded: the image will not be the same."""
+
+
 @dataclass
 class Generation:
     images: list[Image.Image]
@@ -283,15 +287,28 @@ class FaceGenerator:
 
 
 def run_generate(
-    config: GenerateConfig, generator: FaceGenerator | None = None, progress: Progress | None = None
+    config: GenerateConfig,
+    generator: FaceGenerator | None = None,
+    progress: Progress | None = None,
+    made_with: str | None = None,
 ) -> list[Path]:
-    """`facesmith generate`: make the images, write PNGs with metadata (and trace strips) to out_dir."""
+    """`facesmith generate`: make the images, write PNGs with metadata (and trace strips) to out_dir.
+
+    `made_with`: the model hash a `--from` PNG records; another loaded model is warned about."""
     config.validate()
     out_dir = prepare_out_dir(config.out_dir)
     if generator is None:
         if progress is not None:
             progress("loading model", 0, None)
         generator = FaceGenerator.from_settings(config, progress=progress)
+    loaded = generator.model.model_hash()
+    if made_with and loaded and made_with.lower() != loaded.lower():
+        warnings.warn(
+            f"the image was made with model hash {made_with}, but the loaded model's is {loaded}: "
+            "the result will differ; pass --model with the model it was made with",
+            ModelMismatchWarning,
+            stacklevel=2,
+        )
     result = generator.sample(config, progress)
     used = dataclasses.replace(result.config, out_dir=str(out_dir))
     first = next_image_number(out_dir)

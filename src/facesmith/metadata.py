@@ -196,6 +196,16 @@ def config_from_png(path: str | Path) -> GenerateConfig:
     raise FacesmithError(f"{path} carries no generation metadata (no `parameters` or `facesmith` chunk)")
 
 
+def model_hash_from_png(path: str | Path) -> str | None:
+    """The hash of the model an image was made with (facesmith JSON, else A1111's `Model hash`)."""
+    parameters, settings = read_png(path)
+    if settings and settings.get("model_hash"):
+        return str(settings["model_hash"])
+    if parameters is not None:
+        return parse_parameters(parameters)[2].get("Model hash")
+    return None
+
+
 def prompt_from_png(path: str | Path) -> str:
     """The prompt an image was made with (facesmith JSON, else A1111 parameters); '' when it has none."""
     parameters, settings = read_png(path)

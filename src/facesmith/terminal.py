@@ -49,10 +49,21 @@ def guarded(work: Callable[[], Any], models: bool = True) -> Any:
 
 
 def _facesmith_warnings() -> list[type[Warning]]:
-    from facesmith.generate import EngineFallbackWarning, PromptTruncatedWarning, SizeWarning
+    from facesmith.generate import (
+        EngineFallbackWarning,
+        ModelMismatchWarning,
+        PromptTruncatedWarning,
+        SizeWarning,
+    )
     from facesmith.latents import VaeUpcastWarning
 
-    return [PromptTruncatedWarning, SizeWarning, EngineFallbackWarning, VaeUpcastWarning]
+    return [
+        PromptTruncatedWarning,
+        SizeWarning,
+        ModelMismatchWarning,
+        EngineFallbackWarning,
+        VaeUpcastWarning,
+    ]
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
