@@ -62,7 +62,11 @@ def test_noise_saves_the_forward_process(sd15_folder, tmp_path):
         "noise", tmp_path / "face.png", "--steps", 3, "--model", sd15_folder, "-o", tmp_path / "out"
     )
     assert result.exit_code == 0, result.output
-    assert Image.open(tmp_path / "out" / "face-noise.png").size == (4 * 64, 64)
+    strip = Image.open(tmp_path / "out" / "face-noise.png").convert("L")
+    assert strip.size == (4 * 64, 64 + 14)  # four frames, each labelled with its t underneath
+    bands = [np.asarray(strip)[64:, i * 64 : (i + 1) * 64] for i in range(4)]
+    assert all((band < 128).any() for band in bands)  # text in every band
+    assert not np.array_equal(bands[0], bands[1])  # t = 0 and t = 333 differ
 
 
 def test_long_prompt_prints_a_warning_line_naming_the_cut_words(sd15_folder, tmp_path):

@@ -271,14 +271,14 @@ class FaceGenerator:
         pixels = np.asarray(image.convert("RGB").resize((width, height), Image.LANCZOS), dtype=np.float32)
         x = torch.from_numpy(pixels / 127.5 - 1).permute(2, 0, 1)[None].to(self.device, self.pipe.vae.dtype)
         schedule = DDPMScheduler.from_config(self.base_scheduler_config)
-        total = schedule.config.num_train_timesteps
         with torch.inference_mode():
             latents = encode_image(self.pipe.vae, x)
             noise = torch.randn(latents.shape, generator=torch.Generator("cpu").manual_seed(seed)).to(latents)
             frames = [decode_latents(self.pipe.vae, latents)]
-            for k in range(1, slices + 1):
-                t = torch.tensor([round(k * (total - 1) / slices)])
-                frames.append(decode_latents(self.pipe.vae, schedule.add_noise(latents, noise, t)))
+            for t in forward_timesteps(slices, schedule.config.num_train_timesteps)[1:]:
+                frames.append(
+                    decode_latents(self.pipe.vae, schedule.add_noise(latents, noise, torch.tensor([t])))
+                )
         return [to_pil(frame)[0] for frame in frames]
 
 
@@ -343,8 +343,9 @@ def run_noise(config: NoiseConfig, progress: Progress | None = None) -> Path:
         engine="eager",
     )  # fmt: skip
     frames = generator.forward_process(picture, slices=config.steps, seed=config.seed)
+    timesteps = forward_timesteps(config.steps, generator.base_scheduler_config["num_train_timesteps"])
     path = out_dir / f"{image.stem}-noise.png"
-    image_strip(frames).save(path)
+    image_strip(frames, labels=[f"t = {t}" for t in timesteps]).save(path)
     return path
 
 
@@ -353,11 +354,26 @@ def next_image_number(out_dir: Path) -> int:
     return max(numbers, default=0) + 1
 
 
-def image_strip(frames: list[Image.Image]) -> Image.Image:
+def forward_timesteps(slices: int, total: int) -> list[int]:
+    """t = 0 (the clean image), then `slices` timesteps evenly spaced up to the last of `total`."""
+    return [round(k * (total - 1) / slices) for k in range(slices + 1)]
+
+
+LABEL_BAND = 14  # pixels under each frame of a labelled strip: one line of PIL's default font
+
+
+def image_strip(frames: list[Image.Image], labels: list[str] | None = None) -> Image.Image:
+    """Frames side by side; with `labels`, each written in a white band under its frame."""
+    from PIL import ImageDraw, ImageFont
+
     width, height = frames[0].size
-    strip = Image.new("RGB", (width * len(frames), height))
+    band = LABEL_BAND if labels else 0
+    strip = Image.new("RGB", (width * len(frames), height + band), "white")
+    draw, font = ImageDraw.Draw(strip), ImageFont.load_default()
     for i, frame in enumerate(frames):
         strip.paste(frame, (i * width, 0))
+        if labels:
+            draw.text((i * width + 2, height + 1), labels[i], fill="black", font=font)
     return strip
 
 
