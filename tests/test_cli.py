@@ -345,3 +345,12 @@ def test_from_a_png_of_another_model_warns_that_the_image_will_differ(sd15_folde
     differs = invoke("generate", "--from", png, "--model", other, "-o", tmp_path / "c")
     assert differs.exit_code == 0, differs.output
     assert "was made with model hash" in " ".join(differs.stderr.split())
+
+
+def test_a1111_emphasis_is_warned_about_not_silently_read_as_words(sd15_folder, tmp_path):
+    result = invoke("generate", "a (smiling:1.2) woman", "--model", sd15_folder, "--seed", 1,
+                    "-o", tmp_path, *FAST)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "A1111's emphasis syntax ((smiling:1.2))" in " ".join(result.stderr.split())
+    plain = invoke("generate", "a smiling woman", "--model", sd15_folder, "--seed", 1, "-o", tmp_path, *FAST)
+    assert plain.exit_code == 0 and "emphasis" not in plain.stderr

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import re
 import secrets
 import warnings
 from dataclasses import dataclass, field
@@ -47,6 +48,14 @@ class EngineFallbackWarning(UserWarning):
 
 class PromptTruncatedWarning(UserWarning):
     """The prompt is longer than the text encoder reads; the message names the words that were cut."""
+
+
+class PromptWeightingWarning(UserWarning):
+    """The prompt uses A1111's emphasis syntax, which facesmith reads as plain text."""
+
+
+# A1111's attention syntax (modules/prompt_parser.py): (words:1.2), (words) = x1.1, [words] = /1.1.
+EMPHASIS = re.compile(r"\([^()]*:\s*[-+]?\d*\.?\d+\s*\)|\([^()]+\)|\[[^\[\]]+\]")
 
 
 class SizeWarning(UserWarning):
@@ -215,6 +224,14 @@ class FaceGenerator:
         pipe = self.runner
         pipe.scheduler = make_scheduler(config.sampler, self.base_scheduler_config)
         for label, text in (("prompt", config.prompt), ("negative prompt", config.negative)):
+            emphasis = EMPHASIS.search(text)
+            if emphasis:
+                warnings.warn(
+                    f"the {label} uses A1111's emphasis syntax ({emphasis.group(0)}), which facesmith does "
+                    "not weight yet: the brackets and numbers are read as words; write the words plainly",
+                    PromptWeightingWarning,
+                    stacklevel=2,
+                )
             cut = truncated_words(pipe.tokenizer, text)
             if cut:
                 warnings.warn(

@@ -53,12 +53,14 @@ def _facesmith_warnings() -> list[type[Warning]]:
         EngineFallbackWarning,
         ModelMismatchWarning,
         PromptTruncatedWarning,
+        PromptWeightingWarning,
         SizeWarning,
     )
     from facesmith.latents import VaeUpcastWarning
 
     return [
         PromptTruncatedWarning,
+        PromptWeightingWarning,
         SizeWarning,
         ModelMismatchWarning,
         EngineFallbackWarning,
