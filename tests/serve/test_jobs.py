@@ -106,7 +106,9 @@ def two_loras(sd15_folder, tmp_path_factory):
             factory.kohya_lora(factory.tiny_sd15(), seed=seed, scale=2.0), folder / run / "lora.safetensors"
         )
         paths.append(folder / run / "lora.safetensors")
-    with_loras = facesmith.load(sd15_folder, loras=[f"{paths[0]}:1", f"{paths[1]}:0.5"], engine="eager")
+    with_loras = facesmith.load(
+        sd15_folder, loras=[f"{paths[0]}:1", f"{paths[1]}:0.5"], engine="eager", fuse_loras=False
+    )
     base = facesmith.load(sd15_folder, engine="eager")
     return with_loras, base, paths
 
