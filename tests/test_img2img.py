@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 from typer.testing import CliRunner
 
 import facesmith
@@ -214,3 +214,21 @@ def test_validate_names_the_setting():
         GenerateConfig(prompt="a", init_image="x.png", strength=0.1, steps=5).validate()
     with pytest.raises(FacesmithError, match="--masked-content"):
         GenerateConfig(prompt="a", init_image="x.png", masked_content="fill").validate()
+
+
+def test_cli_repaints_the_detected_face_of_a_real_photo(sd15_folder, shared_data, tmp_path):
+    from facesmith.masks import face_part_mask
+
+    photo = shared_data / "celeba" / "images" / "000001.jpg"
+    result = runner.invoke(app, ["generate", "a face", "--model", str(sd15_folder), "--init", str(photo),
+                                 "--mask", "face", "--only-masked", "--width", "64", "--height", "64",
+                                 "--steps", "2", "--seed", "1", "-o", str(tmp_path)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (made,) = tmp_path.glob("*.png")
+    original = Image.open(photo).convert("RGB")
+    assert Image.open(made).size == original.size
+    mask = np.asarray(face_part_mask(original, "face"))
+    change = np.abs(pixels(Image.open(made).convert("RGB")) - pixels(original)).max(axis=-1)
+    # Outside the face (and its 4-pixel feather) the photo is untouched; the face is repainted.
+    far = np.asarray(Image.fromarray(mask).filter(ImageFilter.MaxFilter(17))) == 0
+    assert change[far].max() <= 2 and change[mask == 255].mean() > 10

@@ -150,12 +150,17 @@ def generate(
             raise FacesmithError(f"--scheduler {scheduler} changes a sampler: give --sampler too")
         chosen = check_sampler(sampler, scheduler).name if sampler is not None else None
 
+        def _absolute(path) -> str | None:
+            # The recipe (PNG JSON, generate.toml) names the init image and mask so --from finds them anywhere.
+            return str(Path(path).expanduser().resolve()) if path is not None else None
+
         given = {
             "prompt": prompt, "negative": negative, "steps": steps, "cfg": cfg, "sampler": chosen,
             "seed": seed, "count": count, "batch_size": batch_size, "engine": engine, "width": width, "height": height, "model": model,
             "loras": lora or None, "vae": vae, "out_dir": out_dir, "device": device, "dtype": dtype, "trace": trace,
-            "allow_pickle": allow_pickle, "init_image": str(init) if init is not None else None,
-            "strength": strength, "resize_mode": resize_mode, "mask": mask, "mask_blur": mask_blur,
+            "allow_pickle": allow_pickle, "init_image": _absolute(init), "strength": strength,
+            "resize_mode": resize_mode, "mask": _absolute(mask) if mask and Path(mask).is_file() else mask,
+            "mask_blur": mask_blur,
             "mask_invert": invert_mask, "inpaint_full_res": only_masked, "inpaint_full_res_padding": padding,
             "masked_content": masked_content,
         }  # fmt: skip
