@@ -232,3 +232,13 @@ def test_cli_repaints_the_detected_face_of_a_real_photo(sd15_folder, shared_data
     # Outside the face (and its 4-pixel feather) the photo is untouched; the face is repainted.
     far = np.asarray(Image.fromarray(mask).filter(ImageFilter.MaxFilter(17))) == 0
     assert change[far].max() <= 2 and change[mask == 255].mean() > 10
+
+
+def test_progress_counts_the_steps_img2img_runs_and_trace_follows_them(sd15, photo):
+    reports = []
+    config = GenerateConfig(prompt="a face", init_image=str(photo), strength=0.5, steps=8, seed=2, count=2,
+                            trace=True, trace_frames=2)  # fmt: skip
+    result = sd15.run(config, progress=lambda stage, done, total, **_: reports.append((stage, done, total)))
+    assert reports[-1] == ("sampling", 8, 8)  # 2 images x (8 steps x 0.5)
+    # The trace's last x0 prediction lands on the image before the overlay (no mask: the image itself).
+    assert np.abs(pixels(result.trace[0][-1]) - pixels(result.images[0])).mean() < 3

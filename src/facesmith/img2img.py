@@ -8,14 +8,15 @@ Owns what a run starting from a picture adds to txt2img, following AUTOMATIC1111
   `mask_blur`; "only masked" (A1111's inpaint_full_res) repaints the padded crop around the mask at the
   full working size and pastes it back into the untouched original;
 - sampling on diffusers' own StableDiffusionImg2ImgPipeline / StableDiffusionXLImg2ImgPipeline, built
-  from the components already loaded (`from_pipe`: the same modules, nothing loaded twice), so every
-  model facesmith loads runs it: SD1.x/2.x/SDXL folders and single files, fused LoRAs, the ONNX and
-  compiled engines, and the default model with its 32-channel TAEF2 latents;
+  from the components already loaded (`pipe.components`: the same modules, nothing loaded twice), so every
+  model facesmith loads runs it: SD1.x/2.x/SDXL folders and single files, fused LoRAs, the ONNX engine
+  (torch.compile runs the same modules; not yet run on a GPU), and the default model with its
+  32-channel TAEF2 latents;
 - inpainting as the standard latent blend: every UNet facesmith loads is a plain (non-inpainting) one,
-  whose input is the latents alone, which diffusers' inpainting pipelines take only in their 4-channel
-  form. So, as A1111 does for such models, img2img runs and after every step the unmasked latents are
-  put back at that step's noise level (the mask rounded to latent pixels); "latent noise" starts the
-  masked area from fresh noise instead of the image;
+  and diffusers' inpainting pipelines run a plain UNet only with 4 latent channels (not TAEF2's 32). So,
+  as A1111 does for such models, img2img runs and after every step the unmasked latents are put back at
+  that step's noise level (the mask rounded to latent pixels); "latent noise" starts the masked area
+  from fresh noise instead of the image;
 - the seam: the decoded image is composited over the input through the blurred mask, so the pixels the
   mask leaves out are the input's exactly (a VAE round trip alone shifts their colours).
 `generate.py` calls `prepare_start` and `Start.denoise`/`Start.finish` from `FaceGenerator.sample`; the

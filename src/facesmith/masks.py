@@ -15,8 +15,9 @@ distance d the scale, so a tilted or small face gets a tilted or small mask.
 
 Why MTCNN and not the MediaPipe face mesh in ../shared/weights/mediapipe_face_tflite (Apache-2.0): its
 .tflite files need a TFLite runtime, and none is a dependency. mediapipe 0.10.21, the last release that
-ships them, pins numpy<2 (facesmith runs on numpy 2) and protobuf<5; `ai-edge-litert` could run the files
-but is a new ~10 MB dependency. MTCNN's five points are enough for these four masks, so no weights ship.
+ships them, installs with numpy<2 and protobuf<5 (its SOURCE.md), and facesmith runs on numpy 2;
+`ai-edge-litert` could run the files but would be a new dependency. MTCNN's five points are enough for
+these four masks, so no weights ship with them.
 """
 
 from __future__ import annotations
@@ -49,11 +50,13 @@ def face_part_mask(image: Image.Image, part: str, *, name: str = "the image") ->
         )
     mask = np.zeros((image.height, image.width), dtype=bool)
     for face in faces:
-        mask |= _part(face, part, image.size)
+        mask |= face_part(face, part, image.size)
     return Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
 
 
-def _part(face, part: str, size: tuple[int, int]) -> np.ndarray:
+def face_part(face, part: str, size: tuple[int, int]) -> np.ndarray:
+    """A boolean (height, width) mask of `part` of one DetectedFace in an image of `size` (width, height):
+    the per-face shape behind `face_part_mask`, for passes that treat faces one at a time (a detailer)."""
     (lx, ly), (rx, ry), _nose, (mlx, mly), (mrx, mry) = face.landmarks
     angle = math.atan2(ry - ly, rx - lx)  # the face's roll: its eye line against the image's x axis
     d = max(math.hypot(rx - lx, ry - ly), 1.0)
