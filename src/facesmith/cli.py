@@ -98,8 +98,48 @@ def generate(
         Path | None, typer.Option("--from", help="Reproduce a PNG made by facesmith or A1111.")
     ] = None,
     config: Annotated[Path | None, typer.Option(help="Start from a generate.toml.")] = None,
+    init: Annotated[
+        Path | None, typer.Option("--init", help="img2img: start from this image instead of noise.")
+    ] = None,
+    strength: Annotated[
+        float | None,
+        typer.Option(help=f"img2img denoising strength, (0, 1] [default: {GenerateConfig.strength}]."),
+    ] = None,
+    resize_mode: Annotated[
+        str | None,
+        typer.Option(
+            help="just resize, crop and resize, or resize and fill (A1111's) [default: just resize]."
+        ),
+    ] = None,
+    mask: Annotated[
+        str | None,
+        typer.Option(
+            help="Inpaint: a mask image (white = repaint), or face, hair, mouth or eyes (detected)."
+        ),
+    ] = None,
+    mask_blur: Annotated[
+        int | None, typer.Option(help=f"Feather of the mask edge, px [default: {GenerateConfig.mask_blur}].")
+    ] = None,
+    invert_mask: Annotated[
+        bool | None, typer.Option("--invert-mask", help="Repaint what the mask leaves black.")
+    ] = None,
+    only_masked: Annotated[
+        bool | None,
+        typer.Option("--only-masked", help="Repaint a crop around the mask at full size, paste it back."),
+    ] = None,
+    padding: Annotated[
+        int | None,
+        typer.Option(
+            help=f"--only-masked: pixels around the mask [default: {GenerateConfig.inpaint_full_res_padding}]."
+        ),
+    ] = None,
+    masked_content: Annotated[
+        str | None,
+        typer.Option(help="What the masked area starts from: original or latent noise [default: original]."),
+    ] = None,
 ) -> None:
-    """Generate face images from a text prompt; each PNG carries its recipe."""
+    """Generate face images from a text prompt, or from an image (--init) and a mask (--mask); each PNG
+    carries its recipe."""
 
     def work():
         from facesmith.generate import run_generate
@@ -110,11 +150,19 @@ def generate(
             raise FacesmithError(f"--scheduler {scheduler} changes a sampler: give --sampler too")
         chosen = check_sampler(sampler, scheduler).name if sampler is not None else None
 
+        def _absolute(path) -> str | None:
+            # The recipe (PNG JSON, generate.toml) names the init image and mask so --from finds them anywhere.
+            return str(Path(path).expanduser().resolve()) if path is not None else None
+
         given = {
             "prompt": prompt, "negative": negative, "steps": steps, "cfg": cfg, "sampler": chosen,
             "seed": seed, "count": count, "batch_size": batch_size, "engine": engine, "width": width, "height": height, "model": model,
             "loras": lora or None, "vae": vae, "out_dir": out_dir, "device": device, "dtype": dtype, "trace": trace,
-            "allow_pickle": allow_pickle,
+            "allow_pickle": allow_pickle, "init_image": _absolute(init), "strength": strength,
+            "resize_mode": resize_mode, "mask": _absolute(mask) if mask and Path(mask).is_file() else mask,
+            "mask_blur": mask_blur,
+            "mask_invert": invert_mask, "inpaint_full_res": only_masked, "inpaint_full_res_padding": padding,
+            "masked_content": masked_content,
         }  # fmt: skip
         base = config_from_png(from_image) if from_image is not None else None
         made_with = model_hash_from_png(from_image) if from_image is not None else None

@@ -24,6 +24,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 MAX_STEPS = 1000
+# A1111's img2img resize modes (0, 1, 2) and masked-content choices (its "original" and "latent noise").
+RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
+MASKED_CONTENT = ("original", "latent noise")
 
 
 class StageConfig:
@@ -83,6 +86,16 @@ class GenerateConfig(StageConfig):
     trace: bool = False
     trace_frames: int = 8
     allow_pickle: bool = False
+    # img2img and inpainting (img2img.py), named and defaulted as A1111's img2img tab
+    init_image: str | None = None  # start from this image instead of noise
+    strength: float = 0.75  # A1111's denoising strength: 0 keeps the image, 1 repaints it all
+    resize_mode: str = "just resize"  # or "crop and resize", "resize and fill" (RESIZE_MODES)
+    mask: str | None = None  # a mask image (white = repaint), or face, hair, mouth, eyes (masks.py)
+    mask_blur: int = 4  # pixels of Gaussian feather at the mask's edge
+    mask_invert: bool = False  # repaint what the mask leaves black instead
+    inpaint_full_res: bool = False  # "only masked": repaint a padded crop around the mask at full size
+    inpaint_full_res_padding: int = 32  # pixels around the mask in that crop
+    masked_content: str = "original"  # or "latent noise": what the masked area starts from
 
     def __post_init__(self) -> None:
         if self.seed == -1:  # A1111's "random", as the API and the page take it
@@ -129,7 +142,32 @@ class GenerateConfig(StageConfig):
                 raise FacesmithError(f"LoRA file {lora} does not exist or is not a file")
         if self.vae and not Path(self.vae).expanduser().is_dir():
             raise FacesmithError(f"--vae {self.vae} is not a folder: pass a diffusers VAE folder")
+        self._validate_img2img()
         return self
+
+    def _validate_img2img(self) -> None:
+        if self.init_image is None:
+            if self.mask is not None:
+                raise FacesmithError(f"--mask {self.mask} needs --init IMAGE: the image to inpaint")
+            return
+        if not (isinstance(self.strength, (int, float)) and 0 < self.strength <= 1):
+            raise FacesmithError(f"--strength {self.strength} is outside (0, 1]: 0.75 is A1111's default")
+        if int(self.steps * self.strength) < 1:
+            raise FacesmithError(
+                f"--strength {self.strength:g} of --steps {self.steps} denoises no step: raise either"
+            )
+        self.resize_mode = self.resize_mode.strip().lower().replace("_", " ")
+        if self.resize_mode not in RESIZE_MODES:
+            raise FacesmithError(
+                f"--resize-mode {self.resize_mode!r} is unknown: pick {', '.join(RESIZE_MODES)}"
+            )
+        self.masked_content = self.masked_content.strip().lower().replace("_", " ")
+        if self.masked_content not in MASKED_CONTENT:
+            raise FacesmithError(
+                f"--masked-content {self.masked_content!r} is unknown: pick {' or '.join(MASKED_CONTENT)}"
+            )
+        if self.mask_blur < 0 or self.inpaint_full_res_padding < 0:
+            raise FacesmithError("--mask-blur and --padding are pixel counts: give 0 or more")
 
 
 @dataclass

@@ -32,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 
 from facesmith.config import MAX_STEPS, GenerateConfig, NoiseConfig
 from facesmith.errors import FacesmithError
+from facesmith.img2img import prepare_start
 from facesmith.latents import decode_latents, encode_image, to_pil
 from facesmith.metadata import recipe, write_png
 from facesmith.models.loading import LoadedModel, load_model
@@ -240,35 +241,40 @@ class FaceGenerator:
                     PromptTruncatedWarning,
                     stacklevel=2,
                 )
+        # img2img and inpainting (img2img.py) start from an encoded picture and run steps x strength steps.
+        start = prepare_start(config, pipe.vae) if config.init_image is not None else None
+        steps = config.steps if start is None else start.steps
         images, trace = [], []
         for first in range(0, config.count, config.batch_size):
             size = min(config.batch_size, config.count - first)
-            done = first * config.steps
+            done = first * steps
 
             def on_step(_pipe, step, _timestep, tensors, done=done, size=size):
                 if progress is not None:  # PNDM takes one extra step, so cap at the total
-                    finished = done + min(step + 1, config.steps) * size
-                    progress("sampling", finished, config.count * config.steps)
+                    finished = done + min(step + 1, steps) * size
+                    progress("sampling", finished, config.count * steps)
                 return tensors
 
+            call = dict(
+                prompt=config.prompt,
+                negative_prompt=config.negative or None,
+                num_images_per_prompt=size,
+                num_inference_steps=config.steps,
+                guidance_scale=config.cfg,
+                # Each image draws its noise from its own CPU generator seeded s+i, so image i is
+                # the image seed s+i makes alone. With batch_size 1 (the default) that holds to the
+                # bit; batched UNet calls round differently in the last bits.
+                generator=[torch.Generator("cpu").manual_seed(seed + first + j) for j in range(size)],
+                output_type="latent",
+            )
             recorder = _TraceRecorder(pipe.scheduler) if config.trace else None
             with torch.inference_mode(), _detached_after(recorder):
-                latents = pipe(
-                    prompt=config.prompt,
-                    negative_prompt=config.negative or None,
-                    num_images_per_prompt=size,
-                    num_inference_steps=config.steps,
-                    guidance_scale=config.cfg,
-                    width=width,
-                    height=height,
-                    # Each image draws its noise from its own CPU generator seeded s+i, so image i is
-                    # the image seed s+i makes alone. With batch_size 1 (the default) that holds to the
-                    # bit; batched UNet calls round differently in the last bits.
-                    generator=[torch.Generator("cpu").manual_seed(seed + first + j) for j in range(size)],
-                    output_type="latent",
-                    callback_on_step_end=on_step,
-                ).images
-                images += to_pil(decode_latents(pipe.vae, latents))
+                if start is None:
+                    latents = pipe(**call, width=width, height=height, callback_on_step_end=on_step).images
+                else:
+                    latents = start.denoise(pipe, call, on_step)
+                decoded = to_pil(decode_latents(pipe.vae, latents))
+                images += decoded if start is None else start.finish(decoded)
                 if recorder is not None:
                     frames = [
                         to_pil(decode_latents(pipe.vae, x0)) for x0 in recorder.pick(config.trace_frames)

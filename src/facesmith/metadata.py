@@ -69,6 +69,10 @@ def recipe(config: GenerateConfig, model, seed: int, lora_names: list[str] | Non
     del recorded["out_dir"]  # a folder on the machine that made it, not part of the recipe
     recorded["model"] = Path(one.model).name if one.model else None
     recorded["vae"] = Path(one.vae).name if one.vae else None
+    for name in ("init_image", "mask"):  # img2img's inputs, by file name; "face" and other mask words stay
+        value = recorded.get(name)
+        if value and (Path(value).suffix or "/" in value):
+            recorded[name] = Path(value).name
     recorded["loras"] = [
         f"{lora['name']}{Path(path).suffix}:{lora['weight']:g}"
         for lora, path in zip(loras, paths, strict=True)
@@ -135,6 +139,13 @@ def format_parameters(
         "Model hash": model_hash,
         "Model": model_name,
     }
+    if config.init_image is not None:
+        fields["Denoising strength"] = f"{config.strength:g}"
+        if config.mask is not None:
+            fields["Mask blur"] = config.mask_blur
+            if config.inpaint_full_res:
+                fields["Inpaint area"] = "Only masked"
+                fields["Masked area padding"] = config.inpaint_full_res_padding
     if loras:
         fields["Lora hashes"] = _quote(", ".join(f"{lora['name']}: {lora['hash']}" for lora in loras))
     fields["Version"] = "facesmith"
@@ -253,6 +264,14 @@ def config_from_parameters(text: str) -> GenerateConfig:
         if "Size" in fields:
             width, height = fields["Size"].lower().split("x")
             config.width, config.height = int(width), int(height)
+        if "Denoising strength" in fields:
+            config.strength = float(fields["Denoising strength"])
+        if "Mask blur" in fields:
+            config.mask_blur = int(fields["Mask blur"])
+        if fields.get("Inpaint area") == "Only masked":
+            config.inpaint_full_res = True
+        if "Masked area padding" in fields:
+            config.inpaint_full_res_padding = int(fields["Masked area padding"])
     except ValueError as err:
         raise FacesmithError(f"cannot read the A1111 parameters {fields}: {err}") from err
     return config

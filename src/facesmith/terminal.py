@@ -56,6 +56,7 @@ def _facesmith_warnings() -> list[type[Warning]]:
         PromptWeightingWarning,
         SizeWarning,
     )
+    from facesmith.img2img import MaskResizedWarning
     from facesmith.latents import VaeUpcastWarning
 
     return [
@@ -65,6 +66,7 @@ def _facesmith_warnings() -> list[type[Warning]]:
         ModelMismatchWarning,
         EngineFallbackWarning,
         VaeUpcastWarning,
+        MaskResizedWarning,
     ]
 
 
