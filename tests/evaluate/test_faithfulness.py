@@ -100,3 +100,27 @@ def test_faithfulness_splits_asked_and_ruled_out_with_wilson_intervals():
     assert result["Smiling"]["ruled_out"]["images"] == 1 and result["Smiling"]["ruled_out"]["accuracy"] == 1.0
     assert result["Smiling"]["ruled_out"]["interval"][1] == 1.0
     assert result["ethnicity"]["asked"]["accuracy"] == 0.0
+
+
+def test_captions_written_from_attributes_read_back_as_those_attributes():
+    # The serve page's attribute controls and prepare's captions write prompts through
+    # data.captions; evaluate must read them back as the attributes they were written from.
+    import random
+
+    from facesmith.data.captions import caption_from_attributes
+
+    cases = [
+        {"Male": 1, "No_Beard": 0, "age": 70},
+        {"Male": 0, "Eyeglasses": 1, "Smiling": 1, "age": 30},
+        {"Male": 1, "No_Beard": 1, "Bald": 1, "ethnicity": "Black"},
+        {"Male": 0, "Blond_Hair": 1, "Wearing_Hat": 1, "age": 8},
+        {"Male": 1, "Gray_Hair": 1, "ethnicity": "East Asian", "age": 45},
+    ]
+    for attrs in cases:
+        for seed in range(10):
+            caption = caption_from_attributes(attrs, random.Random(seed))
+            found = expectations(caption)
+            assert found.get("Male") == attrs["Male"], caption
+            for key, value in attrs.items():
+                if key in found and key != "age":
+                    assert found[key] == value, (caption, key, found)
