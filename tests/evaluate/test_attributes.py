@@ -78,6 +78,25 @@ def test_predict_labels_each_file_in_order_with_a_caption(tiny_classifier, tmp_p
     assert [Path(r["file"]).name for r in rows] == ["0.gif", "1.gif"]
     assert all(r["attributes"]["Eyeglasses"] == 1 and r["caption"] for r in rows)
     assert rows == run_attributes_predict(config)  # captions are seeded
+
+
+def test_predict_gives_the_probabilities_behind_each_verdict(tiny_classifier, tmp_path):
+    # Issue 15.32: predict printed 0/1 only.
+    for i, glasses in enumerate((0, 1)):
+        factory.synthetic_face({"Eyeglasses": glasses}, seed=710 + i).save(tmp_path / f"{i}.png")
+    rows = run_attributes_predict(
+        AttributePredictConfig(images=[str(tmp_path)], classifier=str(tiny_classifier))
+    )
+    for row in rows:
+        probs = row["probabilities"]
+        assert set(probs) == set(row["attributes"])
+        for name, verdict in row["attributes"].items():
+            if isinstance(verdict, int):
+                assert 0 <= probs[name] <= 1 and verdict == int(probs[name] > 0.5), name
+        for key in ("age_group", "ethnicity"):
+            assert sum(probs[key].values()) == pytest.approx(1, abs=0.01)
+            assert max(probs[key], key=probs[key].get) == row["attributes"][key]
+    assert rows[0]["probabilities"]["Eyeglasses"] < 0.5 < rows[1]["probabilities"]["Eyeglasses"]
     with pytest.raises(FacesmithError, match="does not exist"):
         run_attributes_predict(AttributePredictConfig(images=[str(tmp_path / "gone.png")]))
 

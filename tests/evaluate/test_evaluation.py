@@ -1,6 +1,8 @@
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from facesmith.cli import app
@@ -41,6 +43,70 @@ def test_report_end_to_end_on_a_tiny_model(sd15_folder, face_dataset, tiny_class
     assert "sampled with DDIM, CFG 7.5" in report  # the model's defaults, as they resolved
     assert EvaluateConfig.load(out / "evaluate.toml") == config
     assert json.loads((out / "metrics.json").read_text())["counts"]["candidates"] == 4
+    # Intervals everywhere (issue 13 item 3): FD and precision/recall by bootstrap, shares by Wilson.
+    for key in ("fd", "precision", "recall", "face_rate"):
+        low, high = sets["model"][f"{key}_interval"]
+        assert low <= sets["model"][key] <= high, key
+    assert sets["model"]["faithfulness"]["Smiling"]["asked"]["interval"][1] <= 1
+    # The ceiling: the rule scored on real held-out faces with their own labels.
+    assert metrics["ceiling"]["faces"] == 12 and metrics["ceiling"]["faithfulness"]["Eyeglasses"]
+    # The audited share of the training set is said on every run.
+    memo = metrics["memorization"]
+    assert memo["audit"] == "sample" and memo["reference_faces"] == 12
+    assert memo["audited_share"] == round(12 / memo["training_faces"], 4) and "% of the" in report
+    # Per prompt, per image.
+    assert [row["prompt"] for row in metrics["per_prompt"]] == metrics["prompts"]
+    import csv
+
+    rows = list(csv.DictReader((out / "images.csv").open()))
+    assert [r["seed"] for r in rows] == ["0", "1", "2", "3"] and rows[0]["prompt"] == metrics["prompts"][0]
+    assert all(r["nearest_training_face"] and float(r["nearest_feature_distance"]) >= 0 for r in rows)
+    assert metrics["images"][0]["nearest_training_face"] == rows[0]["nearest_training_face"]
+    assert "| Smiling | asked |" in report and "TPR" in report
+
+
+def test_a_lora_changes_what_is_evaluated(sd15_folder, kohya_file, face_dataset, tiny_classifier, tmp_path):
+    # Issue 15.32: evaluate had no --lora.
+    settings = dict(model=str(sd15_folder), real=str(face_dataset), auto=4, classifier=str(tiny_classifier),
+                    **{**QUICK, "calibration_copies": 4}, bootstrap=10)  # fmt: skip
+    plain = run_evaluate(EvaluateConfig(**settings, out_dir=str(tmp_path / "plain")))
+    with_lora = run_evaluate(
+        EvaluateConfig(**settings, loras=[f"{kohya_file}:1"], out_dir=str(tmp_path / "l"))
+    )
+    assert with_lora["model"]["loras"] and not plain["model"]["loras"]
+    a = Image.open(tmp_path / "plain" / "images" / "00000.png")
+    b = Image.open(tmp_path / "l" / "images" / "00000.png")
+    assert np.abs(np.asarray(a, float) - np.asarray(b, float)).mean() > 0.5
+    with pytest.raises(FacesmithError, match="LoRA file"):
+        run_evaluate(
+            EvaluateConfig(
+                **settings, loras=[str(tmp_path / "none.safetensors")], out_dir=str(tmp_path / "x")
+            )
+        )
+
+
+def test_audit_all_uses_every_training_face_and_caches_their_features(
+    face_dataset, tiny_classifier, tmp_path
+):
+    import factory
+
+    folder = tmp_path / "made"
+    folder.mkdir()
+    for i in range(5):
+        factory.synthetic_face({"Smiling": 1}, seed=950 + i).save(folder / f"{i}.png")
+    settings = dict(model=str(folder), real=str(face_dataset), classifier=str(tiny_classifier), **QUICK,
+                    audit="all", feature_cache=str(tmp_path / "cache"), bootstrap=10)  # fmt: skip
+    first = run_evaluate(EvaluateConfig(**settings, out_dir=str(tmp_path / "a")))
+    memo = first["memorization"]
+    assert memo["reference_faces"] == memo["training_faces"] - 5 and memo["audited_share"] > 0.8
+    cached = list((tmp_path / "cache").glob("*.npz"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    again = run_evaluate(EvaluateConfig(**settings, out_dir=str(tmp_path / "b")))
+    assert cached[0].stat().st_mtime_ns == stamp  # read, not rewritten
+    assert again["sets"]["model"]["nearest_feature_distance_median"] == pytest.approx(
+        first["sets"]["model"]["nearest_feature_distance_median"], abs=1e-4
+    )
 
 
 def test_image_folder_through_the_cli_reads_prompts_from_png_metadata(
@@ -72,6 +138,15 @@ def test_user_mistakes_are_one_line(tmp_path, face_dataset):
         EvaluateConfig().validate()
     with pytest.raises(FacesmithError, match="not both"):
         EvaluateConfig(real="x", prompts="p.txt", auto=8).validate()
+    with pytest.raises(FacesmithError, match="--audit 'some'"):
+        EvaluateConfig(real="x", audit="some").validate()
+    # Issue 13: --prompts with an image folder was accepted and silently ignored.
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "a.png")
+    for option in ({"prompts": "p.txt"}, {"auto": 8}, {"loras": ["x.safetensors"]}):
+        with pytest.raises(FacesmithError, match=f"does not apply to the image folder {folder}"):
+            EvaluateConfig(model=str(folder), real="x", **option).validate()
     result = CliRunner().invoke(
         app, ["evaluate", "--real", str(tmp_path / "nothing"), "-o", str(tmp_path / "o")]
     )
@@ -105,5 +180,6 @@ def test_a_folder_of_facesmith_pngs_is_judged_against_the_prompts_they_were_made
     chunks = dataclasses.replace(recipe(config, Model(), seed=1), parameters="")
     write_png(Image.new("RGB", (8, 8)), tmp_path / "00001-1.png", chunks)
     Image.new("RGB", (8, 8)).save(tmp_path / "00002-plain.png")
-    images, prompts = folder_images(tmp_path)
+    images, prompts, seeds = folder_images(tmp_path)
     assert len(images) == 2 and prompts == ["a photo of a smiling woman", ""]
+    assert seeds == [1, None]

@@ -49,3 +49,10 @@ def test_fd_matches_the_definition_on_both_paths(count):
     a = rng.normal(size=(count, 48))
     b = rng.normal(size=(count + 5, 48)) @ rng.normal(size=(48, 48)) * 0.3 + 0.1
     assert frechet_distance(a, b) == pytest.approx(_reference_fd(a, b), rel=1e-6)
+
+
+def test_kid_spread_is_not_zero_when_the_sets_are_smaller_than_a_thousand():
+    # Issue 13: 1000-face subsets of 200-face sets were the whole set every time, so the "±" was 0.
+    rng = np.random.default_rng(3)
+    mean, std = kernel_inception_distance(rng.normal(size=(200, 64)), rng.normal(size=(200, 64)))
+    assert std > 1e-4 and abs(mean) < 0.1

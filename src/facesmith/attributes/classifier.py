@@ -1,21 +1,25 @@
 """The face attribute classifier: 40 CelebA attributes, UTKFace age group and ethnicity, one network.
 
-Owns the classifier (small heads on the frozen ImageNet MobileNetV2 of `backbone.py`, fed its last
-1280 x 4 x 4 feature map at 128 px so hats, bangs and beards keep their place), fitting the heads with
-masked losses (a source that lacks a label - UTKFace has no hair colour, CelebA no age in years - adds no
-loss for it), held-out accuracy per attribute with the majority-class rate beside it, and prediction as
-attribute dicts (`schema.py`'s keys; gender is CelebA's `Male`). The shipped copy lives in
-`facesmith/weights/attributes/`; prepare captions unlabeled faces with it, `facesmith evaluate` judges
-attribute faithfulness with it, and `evaluate/attributes.py` holds the stages that train one and label
-photos (the face-specific answer to Kohya's WD14 tagger).
+Owns the classifier: small heads (`AttributeHeads`) on MobileNetV2's last 1280-channel feature map, kept
+as a grid so hats, bangs and beards keep their place. Two kinds load alike: the shipped one, whose
+backbone was fine-tuned with the heads (`AttributeNetwork`, trained by `attributes.finetune`), and heads
+fitted on the frozen ImageNet backbone of `backbone.py` (`fit_heads`, what `facesmith attributes train`
+does by default). Also owns the masked losses (a source that lacks a label - UTKFace has no hair colour,
+CelebA no age in years - adds no loss for it), held-out scores per attribute (accuracy, majority rate,
+TPR/TNR and balanced accuracy), and prediction as attribute dicts (`schema.py`'s keys; gender is CelebA's
+`Male`) with the probabilities behind them. The shipped copy lives in `facesmith/weights/attributes/`;
+prepare captions unlabeled faces with it, `facesmith evaluate` judges attribute faithfulness with it, and
+`evaluate/attributes.py` holds the stages that train one and label photos (the face-specific answer to
+Kohya's WD14 tagger).
 
-Design after linear probing of frozen ImageNet features (Kornblith et al. 2019, "Do Better ImageNet Models
-Transfer Better?"); the multi-task masked loss follows Rudd et al. 2016 (MOON) in spirit.
+Frozen-feature heads follow linear probing (Kornblith et al. 2019, "Do Better ImageNet Models Transfer
+Better?"); the multi-task masked loss follows Rudd et al. 2016 (MOON) in spirit.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +29,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from facesmith.attributes.backbone import feature_maps
+from facesmith.attributes.backbone import MobileNetV2, feature_maps, load_mobilenet_v2, to_tensor
 from facesmith.attributes.schema import AGE_NAMES, CELEBA_ATTRIBUTES, ETHNICITIES, age_group
 from facesmith.errors import FacesmithError
 from facesmith.progress import Progress
@@ -61,6 +65,25 @@ class AttributeHeads(nn.Module):
         return self.binary(h), self.age(h), self.ethnicity(h)
 
 
+class AttributeNetwork(nn.Module):
+    """MobileNetV2 `features` (torchvision names) feeding `AttributeHeads`; input: normalized RGB."""
+
+    def __init__(self, size: int, width: float = 1.0, reduced: int = 96, hidden: int = 256):
+        super().__init__()
+        self.features = MobileNetV2(width=width).features
+        channels = self.features[-1][0].out_channels
+        self.heads = AttributeHeads(channels, max(1, math.ceil(size / 32)), reduced, hidden)
+
+    @classmethod
+    def from_imagenet(cls, size: int) -> AttributeNetwork:
+        network = cls(size)
+        network.features.load_state_dict(load_mobilenet_v2().features.state_dict())
+        return network
+
+    def forward(self, x: torch.Tensor):
+        return self.heads(self.features(x))
+
+
 def targets(attributes: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(binary (N,40) with NaN = unknown, age group index or -1, ethnicity index or -1)."""
     binary = np.full((len(attributes), len(CELEBA_ATTRIBUTES)), np.nan, np.float32)
@@ -93,24 +116,43 @@ def masked_loss(outputs, binary: torch.Tensor, age: torch.Tensor, ethnicity: tor
 
 
 def score(probabilities: dict[str, np.ndarray], attributes: Sequence[dict]) -> dict[str, dict]:
-    """Per attribute: accuracy on faces that carry the label, the majority-class rate, and the count."""
+    """Per attribute, on faces that carry the label: accuracy, the majority-class rate, the count, and the
+    balanced view. Binary attributes add TPR (recall of 1s), TNR (recall of 0s), their positives and
+    balanced accuracy (mean of TPR and TNR); age group and ethnicity add per-class recall and balanced
+    accuracy (mean recall over the classes present)."""
     binary, age, ethnicity = targets(attributes)
     result = {}
     for j, name in enumerate(CELEBA_ATTRIBUTES):
         known = ~np.isnan(binary[:, j])
         if known.any():
-            truth = binary[known, j]
+            truth = binary[known, j] > 0.5
             guess = probabilities["binary"][known, j] > 0.5
-            result[name] = _entry(guess == truth, max(truth.mean(), 1 - truth.mean()), int(known.sum()))
-    for name, target, probs in (
-        ("age_group", age, probabilities["age"]),
-        ("ethnicity", ethnicity, probabilities["ethnicity"]),
+            entry = _entry(guess == truth, max(truth.mean(), 1 - truth.mean()), int(known.sum()))
+            tpr = float(guess[truth].mean()) if truth.any() else None
+            tnr = float((~guess[~truth]).mean()) if (~truth).any() else None
+            entry["positives"] = int(truth.sum())
+            entry["tpr"] = None if tpr is None else round(tpr, 4)
+            entry["tnr"] = None if tnr is None else round(tnr, 4)
+            present = [r for r in (tpr, tnr) if r is not None]
+            entry["balanced_accuracy"] = round(float(np.mean(present)), 4)
+            result[name] = entry
+    for name, target, probs, classes in (
+        ("age_group", age, probabilities["age"], AGE_NAMES),
+        ("ethnicity", ethnicity, probabilities["ethnicity"], ETHNICITIES),
     ):
         known = target >= 0
         if known.any():
             counts = np.bincount(target[known], minlength=probs.shape[1])
-            hits = probs[known].argmax(1) == target[known]
-            result[name] = _entry(hits, counts.max() / counts.sum(), int(known.sum()))
+            guess = probs[known].argmax(1)
+            entry = _entry(guess == target[known], counts.max() / counts.sum(), int(known.sum()))
+            recall = {
+                classes[c]: round(float(np.mean(guess[target[known] == c] == c)), 4)
+                for c in range(len(classes))
+                if counts[c]
+            }
+            entry["recall"] = recall
+            entry["balanced_accuracy"] = round(float(np.mean(list(recall.values()))), 4)
+            result[name] = entry
     return result
 
 
@@ -123,10 +165,22 @@ def _entry(hits: np.ndarray, majority: float, count: int) -> dict:
 
 
 class AttributeClassifier:
-    """Heads + frozen backbone; `predict` returns facesmith attribute dicts."""
+    """Heads on a backbone; `predict` returns facesmith attribute dicts.
 
-    def __init__(self, heads: AttributeHeads, info: dict, device: torch.device | str = "cpu"):
+    The backbone is the classifier's own fine-tuned MobileNetV2 (`features`, from
+    `attributes.finetune`) or, when `features` is None, the frozen shared ImageNet one that
+    `facesmith attributes train` fits heads on.
+    """
+
+    def __init__(
+        self,
+        heads: AttributeHeads,
+        info: dict,
+        device: torch.device | str = "cpu",
+        features: nn.Module | None = None,
+    ):
         self.heads = heads.to(device).eval()
+        self.features = None if features is None else features.to(device).eval()
         self.info = info
         self.size = int(info["size"])
         self.device = device
@@ -143,8 +197,20 @@ class AttributeClassifier:
                 "train one with `facesmith attributes train`"
             )
         info = json.loads(info_file.read_text())
-        heads = AttributeHeads(grid=int(info["size"]) // 32, **info["heads"])
-        heads.load_state_dict(load_file(str(weights)), strict=True)
+        state = {k: v.float() for k, v in load_file(str(weights)).items()}
+        try:
+            if any(k.startswith("features.") for k in state):  # fine-tuned end to end
+                network = AttributeNetwork(int(info["size"]), **info["heads"])
+                network.load_state_dict(state, strict=True)
+                return cls(network.heads, info, device, features=network.features)
+            heads = AttributeHeads(grid=max(1, math.ceil(int(info["size"]) / 32)), **info["heads"])
+            heads.load_state_dict(state, strict=True)
+        except (RuntimeError, KeyError, TypeError) as error:
+            first = str(error).strip().splitlines()[0]
+            raise FacesmithError(
+                f"{folder}: attributes.safetensors does not fit attributes.json ({first}): "
+                "use the folder `facesmith attributes train` wrote, unchanged"
+            ) from None
         return cls(heads, info, device)
 
     @torch.no_grad()
@@ -166,11 +232,23 @@ class AttributeClassifier:
             key: np.concatenate([p[k] for p in parts]) for k, key in enumerate(("binary", "age", "ethnicity"))
         }
 
+    @torch.no_grad()
     def probabilities(
-        self, images: Sequence[Image.Image], progress: Progress | None = None
+        self, images: Sequence[Image.Image], progress: Progress | None = None, batch: int = 64
     ) -> dict[str, np.ndarray]:
-        maps = feature_maps(images, size=self.size, device=self.device, progress=progress)
-        return self.probabilities_from_maps(maps)
+        if self.features is None:
+            maps = feature_maps(images, size=self.size, device=self.device, progress=progress)
+            return self.probabilities_from_maps(maps)
+        maps = []
+        for start in range(0, len(images), batch):
+            chunk = to_tensor(images[start : start + batch], self.size).to(self.device)
+            maps.append(self.features(chunk).cpu().numpy())
+            if progress:
+                progress("features", min(start + batch, len(images)), len(images))
+        channels, grid = self.heads.reduce[0].in_channels, max(1, math.ceil(self.size / 32))
+        return self.probabilities_from_maps(
+            np.concatenate(maps) if maps else np.zeros((0, channels, grid, grid), np.float32)
+        )
 
     def predict(self, images: Sequence[Image.Image], progress: Progress | None = None) -> list[dict]:
         return attribute_dicts(self.probabilities(images, progress))
@@ -186,6 +264,20 @@ def attribute_dicts(probabilities: dict[str, np.ndarray]) -> list[dict]:
         attrs["age_group"] = AGE_NAMES[int(age.argmax())]
         attrs["ethnicity"] = ETHNICITIES[int(eth.argmax())]
         rows.append(attrs)
+    return rows
+
+
+def probability_dicts(probabilities: dict[str, np.ndarray], digits: int = 3) -> list[dict]:
+    """The probabilities behind `attribute_dicts`, per image: P(1) for each CelebA attribute, and the
+    probability of every age group and ethnicity."""
+    rows = []
+    for binary, age, eth in zip(
+        probabilities["binary"], probabilities["age"], probabilities["ethnicity"], strict=True
+    ):
+        row = {name: round(float(p), digits) for name, p in zip(CELEBA_ATTRIBUTES, binary, strict=True)}
+        row["age_group"] = {g: round(float(p), digits) for g, p in zip(AGE_NAMES, age, strict=True)}
+        row["ethnicity"] = {e: round(float(p), digits) for e, p in zip(ETHNICITIES, eth, strict=True)}
+        rows.append(row)
     return rows
 
 

@@ -25,8 +25,10 @@ from facesmith.attributes.backbone import feature_maps
 from facesmith.attributes.classifier import (
     SHIPPED,
     AttributeClassifier,
+    attribute_dicts,
     caption_attributes,
     fit_heads,
+    probability_dicts,
     score,
 )
 from facesmith.config import StageConfig
@@ -172,17 +174,21 @@ def image_files(paths: list[str | Path]) -> list[Path]:
 
 
 def run_attributes_predict(config: AttributePredictConfig, progress: Progress | None = None) -> list[dict]:
-    """One row per image, in order: {"file", "attributes"} and, with `config.caption`, a "caption" written
-    from the predicted attributes by `captions.caption_from_attributes` (seeded, so reruns agree)."""
+    """One row per image, in order: {"file", "attributes", "probabilities"} and, with `config.caption`, a
+    "caption" written from the predicted attributes by `captions.caption_from_attributes` (seeded, so
+    reruns agree). "attributes" holds the 0/1 verdicts (probability above 0.5) and the most probable age
+    group and ethnicity; "probabilities" the numbers behind them (`classifier.probability_dicts`)."""
     from facesmith.data.captions import caption_from_attributes
     from facesmith.runtime import choose_device
 
     files = image_files(config.images)
     model = AttributeClassifier.load(config.classifier or SHIPPED, device=choose_device(config.device))
-    predicted = model.predict([RealFace(str(p), path=p).image() for p in files], progress)
+    probabilities = model.probabilities([RealFace(str(p), path=p).image() for p in files], progress)
     rows = []
-    for path, attrs in zip(files, predicted, strict=True):
-        row = {"file": str(path), "attributes": attrs}
+    for path, attrs, probs in zip(
+        files, attribute_dicts(probabilities), probability_dicts(probabilities), strict=True
+    ):
+        row = {"file": str(path), "attributes": attrs, "probabilities": probs}
         if config.caption:
             row["caption"] = caption_from_attributes(caption_attributes(attrs), random.Random(0))
         rows.append(row)

@@ -34,12 +34,18 @@ def _radii(features: np.ndarray, k: int) -> np.ndarray:
     return np.sort(d, axis=1)[:, min(k, len(features) - 1)]
 
 
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
-    """(precision, recall) of `fake` against `real` with k-NN manifolds."""
+def manifold_membership(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(fake point inside the real manifold, per fake point; real point inside the fake manifold, per real
+    point): the per-point verdicts whose means are precision and recall, and which the report's bootstrap
+    resamples."""
     if len(real) <= k or len(fake) <= k:
         raise ValueError(f"precision/recall with k={k} needs more than {k} faces in each set")
     real_radii, fake_radii = _radii(real, k), _radii(fake, k)
     d = pairwise_distances(fake, real)  # (fake, real)
-    precision = float((d <= real_radii[None, :]).any(1).mean())
-    recall = float((fake_radii[None, :] >= d.T).any(1).mean())
-    return precision, recall
+    return (d <= real_radii[None, :]).any(1), (fake_radii[None, :] >= d.T).any(1)
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """(precision, recall) of `fake` against `real` with k-NN manifolds."""
+    inside_real, inside_fake = manifold_membership(real, fake, k)
+    return float(inside_real.mean()), float(inside_fake.mean())

@@ -4,7 +4,9 @@ Owns two distribution distances over feature vectors (any feature space; the cal
 - `frechet_distance`: the Fréchet distance between Gaussians fitted to both sets, as in FID
   (Heusel et al. 2017), ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2);
 - `kernel_inception_distance`: KID (Bińkowski et al. 2018), the unbiased MMD^2 with the cubic polynomial
-  kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets, with its standard deviation.
+  kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets of about half of the smaller set, with
+  its standard deviation. Half, not torch-fidelity's 1000: at N <= 1000 a 1000-face subset drawn without
+  replacement is the whole set every time, and the "±" was always 0 (issue 13).
 Both follow torch-fidelity's formulas so the numbers behave like FID/KID; in MobileNetV2 space they are
 not comparable to published Inception values.
 """
@@ -37,11 +39,13 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def kernel_inception_distance(
-    a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+    a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int | None = None, seed: int = 0
 ) -> tuple[float, float]:
-    """(mean, std) of the unbiased polynomial-kernel MMD^2 over `subsets` random subsets."""
+    """(mean, std) of the unbiased polynomial-kernel MMD^2 over `subsets` random subsets of
+    `subset_size` faces from each set (default: half the smaller set, at most 1000)."""
     rng = np.random.default_rng(seed)
-    m = min(len(a), len(b), subset_size)
+    half = min(len(a), len(b)) // 2
+    m = min(len(a), len(b), subset_size if subset_size is not None else min(1000, max(2, half)))
     if m < 2:
         raise ValueError("KID needs at least 2 samples in each set")
     d = a.shape[1]
