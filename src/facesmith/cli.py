@@ -354,6 +354,13 @@ def evaluate(
         ),
     ] = None,
     classifier: Annotated[str | None, typer.Option(help="Attribute classifier folder.")] = None,
+    lora: Annotated[
+        list[str] | None, typer.Option(help="LoRA FILE[:WEIGHT] on the model; repeat to stack.")
+    ] = None,
+    audit: Annotated[
+        str | None,
+        typer.Option(help="Memorization reference: sample or all training faces [default: sample]."),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
     config: Annotated[Path | None, typer.Option(help="Start from an evaluate.toml.")] = None,
 ) -> None:
@@ -365,7 +372,7 @@ def evaluate(
         given = {
             "model": model, "real": real, "prompts": prompts, "auto": auto, "seed": seed, "out_dir": out_dir,
             "real_count": real_count, "steps": steps, "sampler": sampler, "classifier": classifier,
-            "device": device,
+            "loras": lora or None, "audit": audit, "device": device,
         }  # fmt: skip
         settings = _settings(EvaluateConfig, config, given)
         with Bars() as bars:
@@ -418,9 +425,12 @@ def attributes_train(
         config = _settings(AttributeTrainConfig, None, given)
         with Bars() as bars:
             info = train_attribute_classifier(config, progress=bars)
-        table = Table("attribute", "held-out accuracy", "majority", "faces")
+        table = Table("attribute", "held-out accuracy", "balanced", "TPR", "TNR", "majority", "faces")
         for name, s in info["held_out"].items():
-            table.add_row(name, f"{s['accuracy']:.3f}", f"{s['majority']:.3f}", str(s["count"]))
+            rates = [
+                f"{s[k]:.3f}" if s.get(k) is not None else "-" for k in ("balanced_accuracy", "tpr", "tnr")
+            ]
+            table.add_row(name, f"{s['accuracy']:.3f}", *rates, f"{s['majority']:.3f}", str(s["count"]))
         out.print(table)
         out.print(config.out_dir, highlight=False)
 
