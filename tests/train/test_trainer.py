@@ -476,3 +476,47 @@ def test_compiled_unet_gradients_equal_eager_gradients_on_cuda():
     compiled(x, t, states).sample.pow(2).mean().backward()
     for (name, a), b in zip(eager.named_parameters(), compiled_copy.parameters(), strict=True):
         assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_a_preset_export_loads_wherever_a_model_is_taken(faces, tmp_path):
+    """Issue 16 bug 1: `model/` in the default model's layout is a `--model` for generate, evaluate,
+    serve (all through `load_model`) and for train itself."""
+    from typer.testing import CliRunner
+
+    from facesmith.cli import app
+    from facesmith.generate import FaceGenerator
+    from facesmith.models.loading import load_model
+
+    base = dict(TINY, resolution=32, dataset=str(faces), max_steps=1)
+    run = tmp_path / "scratch"
+    run_train(TrainConfig(**base, output_dir=str(run), preset="face-tiny"))
+    loaded = load_model(run / "model")
+    assert (loaded.name, loaded.default_sampler, loaded.default_cfg) == ("model", "Euler a", 2.0)
+    assert loaded.pipe.unet.config.block_out_channels == [32, 32, 64] and loaded.model_hash()
+    image = FaceGenerator.load(str(run / "model")).generate("a face", steps=2, seed=0)[0]
+    assert image.size == (32, 32)
+    result = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "a face",
+            "--model",
+            str(run / "model"),
+            "--steps",
+            "1",
+            "--seed",
+            "0",
+            "--out",
+            str(tmp_path / "png"),
+            "--engine",
+            "eager",
+        ],  # fmt: skip
+    )
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "png").glob("*.png"))) == 1
+    # ... and trains further, as its own preset.
+    again = tmp_path / "again"
+    result = run_train(TrainConfig(**base, output_dir=str(again), model=str(run / "model")))
+    assert result.exports == [again / "model"]
+    assert load_model(again / "model").pipe.unet.config.block_out_channels == [32, 32, 64]

@@ -149,12 +149,15 @@ def export_full(model: TrainModel, config: TrainConfig, output_dir: Path, info: 
 
         half = {k: v.half() for k, v in pipe.unet.state_dict().items()}
         check_finite(half, folder)  # past fp16's 65504 a weight becomes inf
+        unet_config = {k: v for k, v in dict(pipe.unet.config).items() if not k.startswith("_")}
+        if info.get("resolution"):  # the native size of the exported model is the one it was trained at
+            unet_config["sample_size"] = info["resolution"] // pipe.vae_scale_factor
         save_sharded(
             half,
             folder,
             "unet",
             extra={
-                "unet_config": {k: v for k, v in dict(pipe.unet.config).items() if not k.startswith("_")},
+                "unet_config": unet_config,
                 "scheduler_config": {
                     k: pipe.scheduler.config[k]
                     for k in (

@@ -58,10 +58,18 @@ def build_model(config: TrainConfig) -> TrainModel:
         from facesmith.models.taef2 import TAEF2
 
         pipe = load_model(config.model, allow_pickle=config.allow_pickle).pipe
-        # The embedded default model (MiniLM + TAEF2) is the face-small preset, trained further.
-        family = "preset:face-small" if isinstance(pipe.vae, TAEF2) else pipeline_family(pipe)
+        # The embedded default model (MiniLM + TAEF2) is the face-small preset, trained further; a folder
+        # in its layout that `train` exported names its own preset.
+        family = (
+            f"preset:{_preset_of(config.model)}" if isinstance(pipe.vae, TAEF2) else pipeline_family(pipe)
+        )
         if family == "sdxl":
             raise FacesmithError("training SDXL is not supported yet: pass an SD 1.x or 2.x model")
+    if family.startswith("preset:") and config.train_text_encoder:
+        raise FacesmithError(
+            "train_text_encoder: the default model's layout keeps its MiniLM text encoder frozen (its export "
+            "holds only the UNet), so a trained text encoder would be lost; set train_text_encoder = false"
+        )
     schedule = dict(pipe.scheduler.config)
     if config.prediction_type is not None:
         schedule["prediction_type"] = config.prediction_type
@@ -99,6 +107,17 @@ def build_model(config: TrainConfig) -> TrainModel:
         if config.train_text_encoder:
             pipe.text_encoder.gradient_checkpointing_enable()
     return TrainModel(pipe, family, noise_scheduler, unet_lora, text_lora)
+
+
+def _preset_of(source: str | None) -> str:
+    """The preset a default-layout folder was trained as (`unet.json`'s "preset"), else face-small."""
+    import json
+    from pathlib import Path
+
+    manifest = Path(source) / "unet.json" if source else None
+    if manifest is not None and manifest.is_file():
+        return str(json.loads(manifest.read_text()).get("preset", "face-small"))
+    return "face-small"
 
 
 def _lora_config(cls, targets: list[str], config: TrainConfig):
