@@ -20,7 +20,7 @@ def test_toml_and_flags_train_a_lora_and_record_the_settings(faces, sd15_folder,
         app, ["train", "--config", str(toml), "--output-dir", str(run), "--max-steps", "1"]
     )
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == str(run / "lora.safetensors")
+    assert result.stdout.strip() == str(run / "run.safetensors")
     saved = TrainConfig.load(run / "train.toml")
     assert (saved.max_steps, saved.mode, saved.output_dir) == (1, "lora", str(run))
 

@@ -249,6 +249,7 @@ def test_lora_export_is_kohya_format_and_loads_in_diffusers_and_facesmith(faces,
     from diffusers import StableDiffusionPipeline
     from safetensors import safe_open
 
+    from facesmith.models.loading import cached_sha256
     from facesmith.models.lora import LoraSpec, apply_loras
 
     run = tmp_path / "run"
@@ -265,10 +266,11 @@ def test_lora_export_is_kohya_format_and_loads_in_diffusers_and_facesmith(faces,
             train_text_encoder=True,
             learning_rate=1e-2,
             max_steps=2,
+            save_every=1,
         )
     )
     path = result.exports[0]
-    assert path == run / "lora.safetensors"
+    assert path == run / "run.safetensors"  # named after its run (issue 15 bug 7)
     with safe_open(path, "pt") as handle:
         keys, metadata = list(handle.keys()), handle.metadata()
     state = load_file(path)
@@ -280,6 +282,9 @@ def test_lora_export_is_kohya_format_and_loads_in_diffusers_and_facesmith(faces,
     assert all(state[k].item() == 2.0 for k in keys if k.endswith(".alpha"))
     assert metadata["ss_network_dim"] == "4" and metadata["ss_network_module"] == "networks.lora"
     assert metadata["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    assert (metadata["ss_output_name"], metadata["ss_sd_model_name"]) == ("run", sd15_folder.name)
+    unet_files = sorted((sd15_folder / "unet").glob("*.safetensors"))
+    assert metadata["ss_new_sd_model_hash"] == cached_sha256(unet_files)
     modules = {k.rsplit(".", 2)[0] for k in keys if k.endswith(".lora_down.weight")}
     assert all(state[f"{m}.lora_up.weight"].abs().sum() > 0 for m in modules)  # trained away from zero
 
@@ -301,6 +306,25 @@ def test_lora_export_is_kohya_format_and_loads_in_diffusers_and_facesmith(faces,
     apply_loras(ours, [LoraSpec(path, 1.0)])
     again = ours(**prompt, generator=torch.Generator().manual_seed(0)).images
     torch.testing.assert_close(again, after)
+
+    # Issue 16 bug 4: the save at step 1 left a LoRA of its own that --lora takes, with step 1's weights.
+    early = run / "run-step00000001.safetensors"
+    assert sorted(p.name for p in run.glob("*.safetensors")) == [early.name, path.name]
+    with safe_open(early, "pt") as handle:
+        assert (handle.metadata()["ss_steps"], handle.metadata()["ss_output_name"]) == ("1", early.stem)
+    step_one = load_file(early)
+    assert step_one.keys() == state.keys()
+    assert any(not torch.equal(step_one[k], state[k]) for k in modules_keys(modules))
+    first = StableDiffusionPipeline.from_pretrained(
+        str(sd15_folder), safety_checker=None, local_files_only=True
+    )
+    apply_loras(first, [LoraSpec(early, 1.0)])
+    early_image = first(**prompt, generator=torch.Generator().manual_seed(0)).images
+    assert not torch.allclose(early_image, after) and not torch.allclose(early_image, before)
+
+
+def modules_keys(modules: set[str]) -> list[str]:
+    return [f"{m}.lora_up.weight" for m in sorted(modules)]
 
 
 def test_a_dataset_that_does_not_fit_the_model_fails_before_training(faces, sd15_folder, tmp_path):
@@ -402,9 +426,17 @@ def test_preset_from_scratch_exports_in_the_default_model_layout(faces, tmp_path
             min_snr_gamma=5.0,
             ema_decay=0.99,
             learning_rate=1e-3,
+            save_every=1,
         )
     )
     assert result.exports == [run / "model"]
+    # The save at step 1 exported the model as it was then (its EMA weights), loadable as --model.
+    from facesmith.models.loading import load_model
+
+    early = load_model(run / "run-step00000001").pipe.unet.state_dict()
+    ema_one = _weights(run, 1, "ema")
+    for key, tensor in early.items():
+        torch.testing.assert_close(tensor, ema_one[f"unet.{key}"].half().float())
     pipe = build_default_pipeline(run / "model")
     assert pipe.unet.config.in_channels == 32 and pipe.unet.config.block_out_channels == [32, 32, 64]
     assert pipe.vae.config.scaling_factor == LATENT_SCALE
@@ -448,7 +480,7 @@ def test_fine_tune_on_faces_prepared_from_the_shared_data(prepared_celeba, sd15_
             max_steps=2,
         )
     )
-    assert result.steps == 2 and result.exports == [tmp_path / "run" / "lora.safetensors"]
+    assert result.steps == 2 and result.exports == [tmp_path / "run" / "run.safetensors"]
 
 
 def test_compiled_training_is_refused_on_a_cpu(faces, sd15_folder, tmp_path):

@@ -30,6 +30,8 @@ class TrainModel:
     noise_scheduler: Any  # DDPMScheduler with the model's noise schedule and prediction type
     unet_lora: list[str]  # LoRA target module names (empty for full fine-tuning)
     text_lora: list[str]
+    base_name: str = ""  # the model trained on, as A1111 names it ("facesmith-default", a file's stem)
+    base_hash: str | None = None  # sha256 of its weight files (UNet shards or files); None from scratch
 
     @property
     def prediction_type(self) -> str:
@@ -52,12 +54,15 @@ def build_model(config: TrainConfig) -> TrainModel:
 
         torch.manual_seed(config.seed)  # the untrained UNet's weights
         pipe, family = build_preset_pipeline(config.preset), f"preset:{config.preset}"
+        base_name, base_hash = f"{config.preset} (from scratch)", None
     else:
-        from facesmith.models.loading import load_model
+        from facesmith.models.loading import cached_sha256, load_model
         from facesmith.models.sd_layout import pipeline_family
         from facesmith.models.taef2 import TAEF2
 
-        pipe = load_model(config.model, allow_pickle=config.allow_pickle).pipe
+        loaded = load_model(config.model, allow_pickle=config.allow_pickle)
+        pipe, base_name = loaded.pipe, loaded.name
+        base_hash = cached_sha256(loaded.weight_files) if loaded.weight_files else None
         # The embedded default model (MiniLM + TAEF2) is the face-small preset, trained further; a folder
         # in its layout that `train` exported names its own preset.
         family = (
@@ -106,7 +111,7 @@ def build_model(config: TrainConfig) -> TrainModel:
         pipe.unet.enable_gradient_checkpointing()
         if config.train_text_encoder:
             pipe.text_encoder.gradient_checkpointing_enable()
-    return TrainModel(pipe, family, noise_scheduler, unet_lora, text_lora)
+    return TrainModel(pipe, family, noise_scheduler, unet_lora, text_lora, base_name, base_hash)
 
 
 def _preset_of(source: str | None) -> str:

@@ -15,7 +15,8 @@ how to resume. Phases report through `progress`: "caching latents", "encoding ca
     OUTPUT_DIR/checkpoints/step-N/    atomic checkpoints (checkpoint.py)
     OUTPUT_DIR/samples/step-N.png     labelled sample grids (sampling.py)
     OUTPUT_DIR/logs/                  TensorBoard: loss, lr, grad_norm, samples
-    OUTPUT_DIR/lora.safetensors | model/ [+ model.safetensors]   exports (export.py)
+    OUTPUT_DIR/NAME.safetensors | model/ [+ model.safetensors]   exports (export.py; NAME: the folder's)
+    OUTPUT_DIR/NAME-step00000600.safetensors | NAME-step00000600/   the same at each earlier save
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ OOM_ADVICE = (
     "out of GPU memory: lower batch_size (raise gradient_accumulation to keep the effective batch), "
     "resolution, or use mode lora, gradient_checkpointing = true, mixed_precision bf16, optimizer adamw8bit"
 )
-EXPORTS = ("lora.safetensors", "model", "model.safetensors")
 
 
 @dataclass
@@ -79,10 +79,13 @@ def read_result(output_dir: Path) -> TrainResult:
 
     last = latest_checkpoint(output_dir)
     counters = saved_counters(last) if last else {"step": 0, "loss": math.nan, "bad_steps": 0}
+    from facesmith.train.export import run_name
+
+    exports = (f"{run_name(output_dir)}.safetensors", "model", "model.safetensors")
     return TrainResult(
         output_dir,
         counters["step"],
-        exports=[output_dir / name for name in EXPORTS if (output_dir / name).exists()],
+        exports=[output_dir / name for name in exports if (output_dir / name).exists()],
         checkpoint=last,
         samples=sorted((output_dir / "samples").glob("step-*.png")),
         final_loss=counters["loss"],
@@ -277,6 +280,13 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
                     is_main=accelerator.is_main_process,
                     barrier=accelerator.wait_for_everyone,
                 )
+                # Beside each checkpoint, a LoRA or model that --lora / --model take, named by its step
+                # (the last step's is the run's own export, below).
+                if step < total and accelerator.is_main_process:
+                    report("exporting", 0, 1, step=step)
+                    _export(model, config, out, _export_info(state, total, images, resolution, precision),
+                            params=params, ema=ema, step=step)  # fmt: skip
+                accelerator.wait_for_everyone()
             report("training", step, total, **logs, steps_per_s=1 / max(1e-9, time.time() - tick))
             if prompts and ((config.sample_every and step % config.sample_every == 0) or step == total):
                 if accelerator.is_main_process:
@@ -298,25 +308,50 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     if ema is not None:
         ema.copy_to(params)
     if accelerator.is_main_process:
-        from facesmith.train.export import export_full, export_kohya_lora
-
         pipe.unet = accelerator.unwrap_model(unet, keep_torch_compile=False)
         pipe.text_encoder = accelerator.unwrap_model(text_encoder, keep_torch_compile=False)
-        info = {
-            "resolution": resolution,
-            "step": state.step,
-            "epoch": state.data.epoch,
-            "total_steps": total,
-            "images": len(images),
-            "mixed_precision": precision,
-            "started_at": state.started_at,
-        }
-        if config.mode == "lora":
-            export_kohya_lora(model, config, out / "lora.safetensors", info)
-        else:
-            export_full(model, config, out, info)
+        _export(model, config, out, _export_info(state, total, images, resolution, precision))
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def _export_info(state, total: int, images: list, resolution: int, precision: str) -> dict:
+    return {
+        "resolution": resolution,
+        "step": state.step,
+        "epoch": state.data.epoch,
+        "total_steps": total,
+        "images": len(images),
+        "mixed_precision": precision,
+        "started_at": state.started_at,
+    }
+
+
+def _export(model, config: TrainConfig, out: Path, info: dict, *, params=None, ema=None, step=None) -> None:
+    """The run's export, or with `step` the one named by that step (with the EMA weights swapped in for
+    it, and the training weights back after); full-model step folders are kept as checkpoints are."""
+    import shutil
+
+    from facesmith.train.export import export_full, export_kohya_lora, run_name, step_name
+
+    name = run_name(out) if step is None else step_name(out, step)
+    if ema is not None:
+        ema.store(params)
+        ema.copy_to(params)
+    try:
+        if config.mode == "lora":
+            export_kohya_lora(model, config, out / f"{name}.safetensors", info)
+        elif step is None:
+            export_full(model, config, out, info)
+        else:
+            export_full(model, config, out, info, name=name, single_file=False)
+            pattern = f"{run_name(out)}-step" + "[0-9]" * 8
+            folders = sorted(p for p in out.glob(pattern) if p.is_dir())
+            for old in folders[: -config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if ema is not None:
+            ema.restore(params)
 
 
 def _silent(stage: str, done: int, total: int | None, **fields: float) -> None:
