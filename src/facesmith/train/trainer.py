@@ -28,6 +28,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,7 +97,13 @@ def read_result(output_dir: Path) -> TrainResult:
 def _train(config: TrainConfig, progress: Progress | None) -> None:
     from facesmith.train import checkpoint as ckpt
     from facesmith.train.cache import LatentSource, TextStateCache, encode_text
-    from facesmith.train.dataset import BatchStream, read_dataset, training_caption
+    from facesmith.train.dataset import (
+        BatchStream,
+        TrainingWarning,
+        held_out_note,
+        read_dataset,
+        training_caption,
+    )
     from facesmith.train.model import build_model, check_fits
     from facesmith.train.objective import diffusion_loss, sample_noise, target_for
     from facesmith.train.optim import make_lr_schedule, make_optimizer
@@ -113,6 +120,9 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
 
     # -- Load the dataset and the model, checked against each other before anything trains.
     images = read_dataset(config.dataset)
+    note = held_out_note(config.dataset)
+    if note and accelerator.is_main_process:
+        warnings.warn(note, TrainingWarning, stacklevel=2)
     model = build_model(config)
     pipe = model.pipe
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -321,7 +331,7 @@ def _export_info(state, total: int, images: list, resolution: int, precision: st
         "step": state.step,
         "epoch": state.data.epoch,
         "total_steps": total,
-        "images": len(images),
+        "images": sum(image.repeats for image in images),  # Kohya's ss_num_train_images counts repeats
         "mixed_precision": precision,
         "started_at": state.started_at,
     }
@@ -416,12 +426,12 @@ def _accelerator(config: TrainConfig, out: Path):
 
 def _buckets(images, config: TrainConfig, resolution: int) -> dict[tuple[int, int], list[int]]:
     """{(width, height): image indices}: aspect-ratio buckets, or one resolution x resolution square."""
-    from facesmith.train.dataset import assign_buckets, make_buckets
+    from facesmith.train.dataset import assign_buckets, make_buckets, repeat_images
 
     if not config.bucketing:
-        return {(resolution, resolution): list(range(len(images)))}
+        return repeat_images({(resolution, resolution): list(range(len(images)))}, images)
     buckets = make_buckets(resolution, config.bucket_step, config.min_bucket_side, config.max_bucket_side)
-    return assign_buckets(images, buckets)
+    return repeat_images(assign_buckets(images, buckets), images)
 
 
 def _sample(
