@@ -252,7 +252,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
                 if config.tensorboard:
                     accelerator.log({"skipped_steps": state.bad_steps}, step=state.step)
                 if bad_streak >= config.max_bad_steps:
-                    kept = ckpt.latest_checkpoint(out)
+                    kept = ckpt.good_checkpoint(out)
                     raise FacesmithError(
                         f"the loss was NaN or inf for {bad_streak} steps in a row at step {state.step + 1}; "
                         f"likely causes: {LIKELY_NAN_CAUSES}. The last good checkpoint is "
