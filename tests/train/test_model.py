@@ -44,3 +44,15 @@ def test_fit_check_names_the_mismatch():
     pipe.unet.register_to_config(cross_attention_dim=32, in_channels=8)
     with pytest.raises(FacesmithError, match="4-channel latents but the UNet takes 8"):
         check_fits(model, {(64, 64)})
+
+
+def test_max_token_length_on_a_non_clip_text_encoder_is_refused():
+    from facesmith.models.loading import load_model
+
+    pipe = load_model(None).pipe  # the default model: MiniLM (BertModel)
+    model = TrainModel(pipe, "preset:face-small", None, [], [])
+    check_fits(model, {(128, 128)}, None)
+    with pytest.raises(
+        FacesmithError, match="max_token_length 150 chunks CLIP text encoders only; .*BertModel"
+    ):
+        check_fits(model, {(128, 128)}, 150)

@@ -26,6 +26,7 @@ def test_toml_round_trip_keeps_epoch_only_runs(tmp_path):
         ({"optimizer": "sgd"}, "optimizer 'sgd'"),
         ({"preset": "face-huge"}, "unknown preset 'face-huge'"),
         ({"sample_sampler": "Heun++"}, "Heun"),
+        ({"max_token_length": 100}, "max_token_length 100 is not one of 75, 150, 225"),
     ],
 )
 def test_validation_names_the_setting(change, message):

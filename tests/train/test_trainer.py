@@ -552,3 +552,26 @@ def test_a_preset_export_loads_wherever_a_model_is_taken(faces, tmp_path):
     result = run_train(TrainConfig(**base, output_dir=str(again), model=str(run / "model")))
     assert result.exports == [again / "model"]
     assert load_model(again / "model").pipe.unet.config.block_out_channels == [32, 32, 64]
+
+
+@pytest.mark.slow
+def test_long_captions_warn_once_with_a_count_and_max_token_length_trains_on_them(
+    tmp_path, sd15_folder, make_dataset
+):
+    import warnings
+
+    from facesmith.generate import PromptTruncatedWarning
+
+    long = "a photo of a person, " + ", ".join(f"detail number {i}" for i in range(22))
+    data = make_dataset(tmp_path / "d", count=2, captions=[long, long + " smiling"])
+    base = dict(TINY, dataset=str(data), model=str(sd15_folder), max_steps=1, mode="lora", lora_rank=2)
+    with pytest.warns(PromptTruncatedWarning) as caught:
+        run_train(TrainConfig(**base, output_dir=str(tmp_path / "cut")))
+    cut = [str(w.message) for w in caught if issubclass(w.category, PromptTruncatedWarning)]
+    assert len(cut) == 1 and cut[0].startswith("2 of 2 captions are longer than the 75 tokens")
+    assert "max_token_length = 150 or 225" in cut[0]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = run_train(TrainConfig(**base, output_dir=str(tmp_path / "long"), max_token_length=150))
+    assert not [w for w in seen if issubclass(w.category, PromptTruncatedWarning)]
+    assert result.steps == 1

@@ -57,6 +57,7 @@ class TrainConfig(StageConfig):
     cache_latents: str = "memory"  # "none", "memory" or "disk"
     cache_dir: str | None = None  # disk cache; None: OUTPUT_DIR/cache
     cache_text_encoder: bool = True  # when the text encoder is frozen and captions never vary
+    max_token_length: int | None = None  # None: 75 (CLIP's 77 with BOS/EOS); 150 or 225 (Kohya, CLIP only)
 
     # Objective
     prediction_type: str | None = None  # None: the model's scheduler decides
@@ -149,6 +150,10 @@ class TrainConfig(StageConfig):
                 raise FacesmithError(f"{name} {value} must be a finite number >= 0")
         if self.resolution is not None and (self.resolution <= 0 or self.resolution % 8):
             raise FacesmithError(f"resolution {self.resolution} must be a positive multiple of 8")
+        if self.max_token_length not in (None, 75, 150, 225):
+            raise FacesmithError(
+                f"max_token_length {self.max_token_length} is not one of 75, 150, 225 (Kohya's choices)"
+            )
         if self.sample_prompts is not None and not Path(self.sample_prompts).is_file():
             raise FacesmithError(f"sample prompt file {self.sample_prompts} does not exist")
         from facesmith.samplers import check_sampler

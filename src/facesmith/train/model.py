@@ -150,7 +150,7 @@ def lora_targets(model: torch.nn.Module, block_types: tuple[str, ...]) -> list[s
     return sorted(set(targets))
 
 
-def check_fits(model: TrainModel, sizes: set[tuple[int, int]]) -> None:
+def check_fits(model: TrainModel, sizes: set[tuple[int, int]], max_token_length: int | None = None) -> None:
     """FacesmithError before the first step if the data or the parts of the model don't fit together."""
     pipe = model.pipe
     unet = pipe.unet.config
@@ -165,6 +165,11 @@ def check_fits(model: TrainModel, sizes: set[tuple[int, int]]) -> None:
         raise FacesmithError(
             f"the text encoder gives {width}-d states but the UNet cross-attends to {unet.cross_attention_dim}-d: "
             "use the text encoder the model was trained with"
+        )
+    if max_token_length not in (None, 75) and type(pipe.text_encoder).__name__ != "CLIPTextModel":
+        raise FacesmithError(
+            f"max_token_length {max_token_length} chunks CLIP text encoders only; this model's is a "
+            f"{type(pipe.text_encoder).__name__}: leave max_token_length unset"
         )
     factor = pipe.vae_scale_factor * 2 ** (len(unet.block_out_channels) - 1)
     for w, h in sorted(sizes):

@@ -95,8 +95,9 @@ def read_result(output_dir: Path) -> TrainResult:
 
 
 def _train(config: TrainConfig, progress: Progress | None) -> None:
+    from facesmith.generate import PromptTruncatedWarning
     from facesmith.train import checkpoint as ckpt
-    from facesmith.train.cache import LatentSource, TextStateCache, encode_text
+    from facesmith.train.cache import LatentSource, TextStateCache, encode_text, overlong_captions
     from facesmith.train.dataset import (
         BatchStream,
         TrainingWarning,
@@ -127,7 +128,23 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     pipe = model.pipe
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     assigned = _buckets(images, config, resolution)
-    check_fits(model, set(assigned))
+    check_fits(model, set(assigned), config.max_token_length)
+    long_length = config.max_token_length if config.max_token_length != 75 else None
+    overlong = overlong_captions(pipe.tokenizer, {image.text for image in images}, long_length)
+    if overlong and accelerator.is_main_process:
+        limit = long_length or pipe.tokenizer.model_max_length - 2
+        hint = (
+            "; max_token_length = 150 or 225 reads more (CLIP)"
+            if long_length != 225 and _is_clip(pipe)
+            else ""
+        )
+        warnings.warn(
+            f"{len(overlong)} of {len({image.text for image in images})} captions are longer than the "
+            f"{limit} tokens the text encoder reads and are cut there, so their ends train as nothing "
+            f"(e.g. {overlong[0][:60]!r}...){hint}",
+            PromptTruncatedWarning,
+            stacklevel=2,
+        )
     weight_dtype = DTYPES.get(precision, torch.float32)  # Accelerate's "no" is fp32
     pipe.vae.to(device, weight_dtype if config.cache_latents == "none" else torch.float32)
     pipe.unet.to(device)
@@ -147,7 +164,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     varying = config.caption_shuffle or config.caption_tag_dropout > 0 or config.caption_from_attributes
     text_cache = None
     if config.cache_text_encoder and not train_text and not varying:
-        text_cache = TextStateCache(pipe.tokenizer, pipe.text_encoder, device)
+        text_cache = TextStateCache(pipe.tokenizer, pipe.text_encoder, device, long_length)
         captions = {image.text for image in images} | ({""} if config.caption_dropout > 0 else set())
         with accelerator.autocast():  # as the training step encodes them
             text_cache.fill(captions, progress=lambda done, count: report("encoding captions", done, count))
@@ -221,10 +238,12 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
                         if text_cache is not None:
                             states = text_cache(captions)
                         elif train_text:
-                            states = encode_text(pipe.tokenizer, text_encoder, captions, device)
+                            states = encode_text(pipe.tokenizer, text_encoder, captions, device, long_length)
                         else:
                             with torch.no_grad():
-                                states = encode_text(pipe.tokenizer, text_encoder, captions, device)
+                                states = encode_text(
+                                    pipe.tokenizer, text_encoder, captions, device, long_length
+                                )
                         prediction = unet(noisy, timesteps, states).sample
                     loss = diffusion_loss(prediction, target, timesteps, scheduler, config.min_snr_gamma)
                     accelerator.backward(loss / config.gradient_accumulation)
@@ -362,6 +381,10 @@ def _export(model, config: TrainConfig, out: Path, info: dict, *, params=None, e
     finally:
         if ema is not None:
             ema.restore(params)
+
+
+def _is_clip(pipe) -> bool:
+    return type(pipe.text_encoder).__name__ == "CLIPTextModel"
 
 
 def _silent(stage: str, done: int, total: int | None, **fields: float) -> None:
