@@ -148,3 +148,19 @@ def test_a_bad_repeats_value_is_one_line(tmp_path):
     directory = _kohya_dataset(tmp_path / "d", [0, 1])
     with pytest.raises(FacesmithError, match="has repeats 0: write a whole number >= 1"):
         read_dataset(directory)
+
+
+def test_bucket_limits_scale_with_the_resolution(tmp_path):
+    """Issue 16 bug 6: at 128 px the fixed 256-px minimum put every image in the square bucket."""
+    from facesmith.train.dataset import bucket_limits
+    from facesmith.train.trainer import _buckets
+
+    assert bucket_limits(TrainConfig(), 512) == (64, 256, 1024)  # Kohya's defaults
+    assert bucket_limits(TrainConfig(), 128) == (32, 64, 256)
+    assert bucket_limits(TrainConfig(bucket_step=16, min_bucket_side=48), 128) == (16, 48, 256)
+    data = factory.colour_field_dataset(tmp_path / "d", count=2, size=[(96, 160), (160, 96)])
+    images = read_dataset(data)
+    assigned = _buckets(images, TrainConfig(bucketing=True), 128)
+    assert sorted(assigned) == [(96, 160), (160, 96)]
+    with pytest.warns(UserWarning, match="leave only the square bucket: lower min_bucket_side"):
+        assert list(_buckets(images, TrainConfig(bucketing=True, min_bucket_side=256), 128)) == [(128, 128)]

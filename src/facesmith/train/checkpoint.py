@@ -265,7 +265,8 @@ def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
 # Settings a checkpoint can only be resumed under unchanged: they decide the weights' layout or the data order.
 RESUME_KEYS = (
     "model", "preset", "mode", "lora_rank", "lora_alpha", "lora_conv", "train_text_encoder", "seed",
-    "batch_size", "gradient_accumulation", "resolution", "bucketing", "flip", "ema_decay", "optimizer",
+    "batch_size", "gradient_accumulation", "resolution", "bucketing", "bucket_step", "min_bucket_side",
+    "max_bucket_side", "flip", "ema_decay", "optimizer",
 )  # fmt: skip
 
 

@@ -45,9 +45,9 @@ class TrainConfig(StageConfig):
     # Data
     resolution: int | None = None  # None: the model's native size
     bucketing: bool = False  # aspect-ratio buckets of about resolution^2 pixels (Kohya)
-    bucket_step: int = 64
-    min_bucket_side: int = 256
-    max_bucket_side: int = 1024
+    bucket_step: int | None = None  # None: 64 px, or 32 below 512 px (dataset.bucket_limits)
+    min_bucket_side: int | None = None  # None: resolution / 2 (Kohya's 256 at 512)
+    max_bucket_side: int | None = None  # None: 2 x resolution (Kohya's 1024 at 512)
     flip: bool = False  # random horizontal flip (both sides are cached)
     caption_dropout: float = 0.0  # whole caption -> "" (classifier-free guidance)
     caption_shuffle: bool = False  # shuffle comma-separated tags after the first keep_tokens
@@ -132,9 +132,9 @@ class TrainConfig(StageConfig):
         if self.max_steps <= 0 and self.max_epochs <= 0:
             raise FacesmithError("set max_steps or max_epochs: the run needs a length")
         positive = ["batch_size", "gradient_accumulation", "lora_rank", "save_every", "log_every"]
-        positive += ["max_bad_steps", "num_processes", "bucket_step"]
+        positive += ["max_bad_steps", "num_processes", "bucket_step", "min_bucket_side", "max_bucket_side"]
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise FacesmithError(f"{name} {getattr(self, name)} must be at least 1")
         for name in ("max_steps", "max_epochs"):
             if getattr(self, name) < 0:

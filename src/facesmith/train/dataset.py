@@ -122,6 +122,15 @@ def repeat_images(
     }
 
 
+def bucket_limits(config: TrainConfig, resolution: int) -> tuple[int, int, int]:
+    """(step, min side, max side) of the buckets: the settings given, else Kohya's 64 / 256 / 1024 at 512 px
+    scaled with the resolution (issue 16 bug 6: at 128 px a fixed 256-px minimum left only the square)."""
+    step = config.bucket_step or (64 if resolution >= 512 else 32)
+    low = config.min_bucket_side or max(step, resolution // 2 // step * step)
+    high = config.max_bucket_side or resolution * 2
+    return step, low, high
+
+
 def make_buckets(resolution: int, step: int, min_side: int, max_side: int) -> list[tuple[int, int]]:
     """(width, height) buckets of area <= resolution^2, sides multiples of `step` (Kohya's make_buckets)."""
     max_area = resolution * resolution

@@ -449,11 +449,25 @@ def _accelerator(config: TrainConfig, out: Path):
 
 def _buckets(images, config: TrainConfig, resolution: int) -> dict[tuple[int, int], list[int]]:
     """{(width, height): image indices}: aspect-ratio buckets, or one resolution x resolution square."""
-    from facesmith.train.dataset import assign_buckets, make_buckets, repeat_images
+    from facesmith.train.dataset import (
+        TrainingWarning,
+        assign_buckets,
+        bucket_limits,
+        make_buckets,
+        repeat_images,
+    )
 
     if not config.bucketing:
         return repeat_images({(resolution, resolution): list(range(len(images)))}, images)
-    buckets = make_buckets(resolution, config.bucket_step, config.min_bucket_side, config.max_bucket_side)
+    step, low, high = bucket_limits(config, resolution)
+    buckets = make_buckets(resolution, step, low, high)
+    if len(buckets) == 1:
+        warnings.warn(
+            f"bucketing is on but the bucket limits (step {step}, sides {low}-{high} px at {resolution} px) "
+            "leave only the square bucket: lower min_bucket_side or bucket_step",
+            TrainingWarning,
+            stacklevel=2,
+        )
     return repeat_images(assign_buckets(images, buckets), images)
 
 
