@@ -144,11 +144,17 @@ def test_ctrl_c_inside_an_accumulation_rewinds_to_the_last_whole_step(
     _resume_matches_straight_run(settings, halves, straight_run)
 
 
-def test_progress_names_each_phase_with_counts(tmp_path, sd15_folder, make_dataset):
+def test_progress_names_each_phase_with_counts(tmp_path, sd15_folder, make_dataset, capsys):
     data = make_dataset(tmp_path / "data", count=3)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a smiling face --s 1\na sad face --s 1\n")
-    calls = []
+    calls, losses = [], []
+
+    def progress(stage, done, total, **fields):
+        calls.append((stage, done, total))
+        if stage == "training":
+            losses.append((fields["loss"], fields["step_loss"], fields["avr_loss"]))
+
     run_train(
         TrainConfig(
             **dict(TINY, batch_size=1),
@@ -160,11 +166,22 @@ def test_progress_names_each_phase_with_counts(tmp_path, sd15_folder, make_datas
             sample_prompts=str(prompts),
             caption_dropout=0.1,
         ),
-        progress=lambda stage, done, total, **fields: calls.append((stage, done, total)),
+        progress=progress,
     )
     assert calls[:4] == [("caching latents", k, 3) for k in (1, 2, 3)] + [("encoding captions", 4, 4)]
     sampling = [("sampling", 1, 2), ("sampling", 2, 2)]  # after each step's bar moved, not before
-    assert calls[4:] == [("training", 1, 2), *sampling, ("training", 2, 2), *sampling]
+    # Issue 16 bug 9: a grid at step 0 as well, to compare the trained ones with.
+    assert calls[4:] == [*sampling, ("training", 1, 2), *sampling, ("training", 2, 2), *sampling]
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == [
+        f"step-{n:06d}.png" for n in (0, 1, 2)
+    ]
+    # Issue 16 bug 8: the loss shown is the running average (Kohya's avr_loss), the step's is beside it.
+    (first, step1, _), (shown, step2, average) = losses
+    assert first == step1 and shown == average == pytest.approx((step1 + step2) / 2) and step2 != shown
+    # Issue 16 bug 7: stderr is no terminal here, so plain lines say where the run is.
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train: ")]
+    assert "train: step 0: sampling 2 images" in lines
+    assert any(line.startswith("train: step 2/2  avr_loss ") and "it/s  ETA 0s" in line for line in lines)
 
 
 def test_a_truncated_training_image_is_one_line_naming_it(tmp_path, sd15_folder, make_dataset):

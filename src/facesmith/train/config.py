@@ -96,8 +96,9 @@ class TrainConfig(StageConfig):
     # Watching
     sample_every: int = 0  # steps; 0: only at the end if sample_prompts is set
     sample_prompts: str | None = None  # Kohya prompt file: "prompt --n neg --s 20 --d 1 --l 7 --w --h"
-    sample_sampler: str = "DDIM"
-    log_every: int = 10
+    sample_sampler: str | None = None  # None: the model's own (Euler a for the default model, else DDIM)
+    sample_at_first: bool = True  # a grid at step 0 too, before training changes anything (Kohya)
+    log_every: int = 10  # steps between plain progress lines when stderr is not a terminal (or 60 s)
     tensorboard: bool = True
 
     # Failure handling
@@ -159,7 +160,8 @@ class TrainConfig(StageConfig):
         from facesmith.samplers import check_sampler
         from facesmith.train.presets import PRESETS
 
-        check_sampler(self.sample_sampler)
+        if self.sample_sampler is not None:
+            check_sampler(self.sample_sampler)
         if self.preset is not None and self.preset not in PRESETS:
             raise FacesmithError(f"unknown preset {self.preset!r}: pick one of {', '.join(PRESETS)}")
         if self.keep_checkpoints < 1:

@@ -32,6 +32,8 @@ class TrainModel:
     text_lora: list[str]
     base_name: str = ""  # the model trained on, as A1111 names it ("facesmith-default", a file's stem)
     base_hash: str | None = None  # sha256 of its weight files (UNet shards or files); None from scratch
+    default_sampler: str = "DDIM"  # what its sample grids use unless told (the model's own, as generate)
+    default_cfg: float = 7.5
 
     @property
     def prediction_type(self) -> str:
@@ -55,6 +57,9 @@ def build_model(config: TrainConfig) -> TrainModel:
         torch.manual_seed(config.seed)  # the untrained UNet's weights
         pipe, family = build_preset_pipeline(config.preset), f"preset:{config.preset}"
         base_name, base_hash = f"{config.preset} (from scratch)", None
+        from facesmith.models.default_model import DEFAULT_MODEL_CFG
+
+        defaults = ("Euler a", DEFAULT_MODEL_CFG)  # the default model's layout samples as it does
     else:
         from facesmith.models.loading import cached_sha256, load_model
         from facesmith.models.sd_layout import pipeline_family
@@ -63,6 +68,7 @@ def build_model(config: TrainConfig) -> TrainModel:
         loaded = load_model(config.model, allow_pickle=config.allow_pickle)
         pipe, base_name = loaded.pipe, loaded.name
         base_hash = cached_sha256(loaded.weight_files) if loaded.weight_files else None
+        defaults = (loaded.default_sampler, loaded.default_cfg)
         # The embedded default model (MiniLM + TAEF2) is the face-small preset, trained further; a folder
         # in its layout that `train` exported names its own preset.
         family = (
@@ -111,7 +117,7 @@ def build_model(config: TrainConfig) -> TrainModel:
         pipe.unet.enable_gradient_checkpointing()
         if config.train_text_encoder:
             pipe.text_encoder.gradient_checkpointing_enable()
-    return TrainModel(pipe, family, noise_scheduler, unet_lora, text_lora, base_name, base_hash)
+    return TrainModel(pipe, family, noise_scheduler, unet_lora, text_lora, base_name, base_hash, *defaults)
 
 
 def _preset_of(source: str | None) -> str:

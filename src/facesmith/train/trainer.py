@@ -108,6 +108,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     from facesmith.train.model import build_model, check_fits
     from facesmith.train.objective import diffusion_loss, sample_noise, target_for
     from facesmith.train.optim import make_lr_schedule, make_optimizer
+    from facesmith.train.watch import PlainProgress, RunningLoss
 
     # -- Initialize: Accelerate and the run folder.
     out = Path(config.output_dir)
@@ -188,6 +189,9 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     if config.max_epochs:
         epoch_steps = config.max_epochs * state.data.batches_per_epoch / config.gradient_accumulation
         total = min(total, math.ceil(epoch_steps))
+    running = RunningLoss(state.data.batches_per_epoch // config.gradient_accumulation)
+    plain = PlainProgress(total, config.log_every)
+    plain.enabled = plain.enabled and accelerator.is_main_process and progress is not None
     optimizer = make_optimizer(params, config, device)
     schedule = make_lr_schedule(optimizer, config, total)
     ema = None
@@ -212,6 +216,13 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
         from facesmith.train.sampling import read_prompt_file
 
         prompts = read_prompt_file(config.sample_prompts)
+
+    # -- A grid before the first step, to compare the later ones with (Kohya's --sample_at_first).
+    if prompts and config.sample_at_first and state.step == 0:
+        if accelerator.is_main_process:
+            plain.say(f"step 0: sampling {len(prompts)} images")
+            _sample(accelerator, model, prompts, config, resolution, device, 0, out, report)
+        accelerator.wait_for_everyone()
 
     # -- Train.
     scheduler = model.noise_scheduler
@@ -293,10 +304,12 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
 
             # Log, checkpoint, report, sample.
             step = state.step
-            logs = {"loss": loss_value, "lr": schedule.get_last_lr()[0], "epoch": state.data.epoch}
+            average = running.add(loss_value)
+            lr = schedule.get_last_lr()[0]
+            logs = {"loss": loss_value, "avr_loss": average, "lr": lr, "epoch": state.data.epoch}
             if math.isfinite(grad_norm):
                 logs["grad_norm"] = grad_norm
-            if config.tensorboard and (step % config.log_every == 0 or step == total):
+            if config.tensorboard:  # every step's loss and the average (Kohya's loss/current, loss/average)
                 accelerator.log(logs, step=step)
             if step % config.save_every == 0 or step == total:
                 ckpt.save_training(
@@ -312,14 +325,18 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
                 # Beside each checkpoint, a LoRA or model that --lora / --model take, named by its step
                 # (the last step's is the run's own export, below).
                 if step < total and accelerator.is_main_process:
-                    report("exporting", 0, 1, step=step)
+                    plain.say(f"step {step}: exporting {config.mode} of this step")
                     _export(model, config, out, _export_info(state, total, images, resolution, precision),
                             params=params, ema=ema, step=step)  # fmt: skip
                 accelerator.wait_for_everyone()
-            report("training", step, total, **logs, steps_per_s=1 / max(1e-9, time.time() - tick))
+            # The bar's loss is the running average; the step's own is beside it.
+            shown = dict(logs, loss=average, step_loss=loss_value)
+            report("training", step, total, **shown, steps_per_s=1 / max(1e-9, time.time() - tick))
+            plain.step(step, average, lr)
             if prompts and ((config.sample_every and step % config.sample_every == 0) or step == total):
                 if accelerator.is_main_process:
-                    _sample(accelerator, pipe, prompts, config, resolution, device, step, out, report)
+                    plain.say(f"step {step}: sampling {len(prompts)} images")
+                    _sample(accelerator, model, prompts, config, resolution, device, step, out, report)
                 accelerator.wait_for_everyone()
             tick = time.time()  # the rate is of training steps: sampling has its own stage
     except KeyboardInterrupt:
@@ -472,12 +489,13 @@ def _buckets(images, config: TrainConfig, resolution: int) -> dict[tuple[int, in
 
 
 def _sample(
-    accelerator, pipe, prompts, config: TrainConfig, resolution: int, device, step: int, out: Path, report
+    accelerator, model, prompts, config: TrainConfig, resolution: int, device, step: int, out: Path, report
 ) -> Path:
     import numpy as np
 
     from facesmith.train.sampling import labelled_grid, sample_images
 
+    pipe = model.pipe
     unet = pipe.unet
     was_training = unet.training
     unet.eval()
@@ -485,10 +503,11 @@ def _sample(
         images = sample_images(
             pipe,
             prompts,
-            config.sample_sampler,
+            config.sample_sampler or model.default_sampler,
             resolution,
             device,
             progress=lambda done, count: report("sampling", done, count, step=step),
+            cfg=model.default_cfg,
         )
     finally:
         unet.train(was_training)
