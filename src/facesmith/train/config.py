@@ -105,6 +105,26 @@ class TrainConfig(StageConfig):
     max_bad_steps: int = 5  # consecutive NaN/inf losses before the run stops
 
     # ------------------------------------------------------------------------------------------------------
+    def resolved(self) -> TrainConfig:
+        """A copy with every path absolute, so that the `train.toml` it saves reproduces the run from any
+        working directory (issue 16 bug 10). A model that is not a path here is left as given."""
+        import dataclasses
+
+        def absolute(value: str | None, must_exist: bool = False) -> str | None:
+            if value is None or value == "" or (must_exist and not Path(value).expanduser().exists()):
+                return value
+            return str(Path(value).expanduser().resolve())
+
+        return dataclasses.replace(
+            self,
+            dataset=absolute(self.dataset),
+            output_dir=absolute(self.output_dir),
+            model=absolute(self.model, must_exist=True),
+            cache_dir=absolute(self.cache_dir),
+            sample_prompts=absolute(self.sample_prompts),
+            resume=self.resume if self.resume in (None, "latest") else absolute(self.resume),
+        )
+
     def validate(self) -> TrainConfig:
         """Raise FacesmithError naming the first setting to fix; return self."""
         choices = {

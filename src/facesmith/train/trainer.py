@@ -63,7 +63,7 @@ class TrainResult:
 
 def run_train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     """Train as `config` says; FacesmithError for anything a person has to fix, before the first step."""
-    config.validate()
+    config = config.validate().resolved()
     if config.num_processes > 1 and "WORLD_SIZE" not in os.environ:
         launch_processes(config)
     else:
@@ -127,6 +127,9 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
         warnings.warn(note, TrainingWarning, stacklevel=2)
     model = build_model(config)
     pipe = model.pipe
+    if accelerator.is_main_process:  # which model this was, also when `model` is unset (the default one)
+        with open(out / "train.toml", "a", encoding="utf-8") as toml:
+            toml.write(f"# base model: {model.base_name}, family {model.family}, sha256 {model.base_hash}\n")
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     assigned = _buckets(images, config, resolution)
     check_fits(model, set(assigned), config.max_token_length)
