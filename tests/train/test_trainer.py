@@ -248,6 +248,10 @@ def test_full_export_loads_as_single_file_in_facesmith_and_in_diffusers(faces, s
         str(run / "model.safetensors"), config=str(run / "model"), local_files_only=True, safety_checker=None
     )
     torch.testing.assert_close(plain.unet.state_dict()["conv_in.weight"], trained["unet.conv_in.weight"])
+    folder_plain = StableDiffusionPipeline.from_pretrained(str(run / "model"), local_files_only=True)
+    torch.testing.assert_close(
+        folder_plain.unet.state_dict()["conv_in.weight"], trained["unet.conv_in.weight"]
+    )
     # The run folder reproduces itself.
     assert TrainConfig.load(run / "train.toml") == TrainConfig(
         **TINY,
@@ -382,7 +386,7 @@ def test_bucketed_non_square_data_samples_and_tensorboard(tmp_path, sd15_folder,
             cache_latents="disk",
         )
     )
-    assert [p.name for p in result.samples] == ["step-000001.png", "step-000002.png"]
+    assert [p.name for p in result.samples] == ["step-000000.png", "step-000001.png", "step-000002.png"]
     from PIL import Image
 
     grid = Image.open(result.samples[0])
@@ -391,7 +395,9 @@ def test_bucketed_non_square_data_samples_and_tensorboard(tmp_path, sd15_folder,
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logged = EventAccumulator(str(run / "logs" / "facesmith")).Reload().Tags()
-    assert {"loss", "lr", "grad_norm"} <= set(logged["scalars"]) and "samples" in logged["images"]
+    assert {"loss", "avr_loss", "lr", "grad_norm"} <= set(logged["scalars"]) and "samples" in logged["images"]
+    losses = EventAccumulator(str(run / "logs" / "facesmith")).Reload().Scalars("loss")
+    assert [event.step for event in losses] == [1, 2]  # every step's, not every 10th (issue 16 bug 8)
 
 
 @pytest.mark.slow

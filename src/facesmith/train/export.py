@@ -213,9 +213,9 @@ def export_full(
         )
         return [folder]
     pipe.save_pretrained(folder, safe_serialization=True)
-    for name in ("tokenizer", "tokenizer_2"):
-        if getattr(pipe, name, None) is not None:
-            write_bpe_files(getattr(pipe, name), folder / name)
+    for part in ("tokenizer", "tokenizer_2"):
+        if getattr(pipe, part, None) is not None:
+            write_bpe_files(getattr(pipe, part), folder / part)
     written = [folder]
     if single_file and config.export_single_file and model.family == "sd1":
         from facesmith.models.sd_layout import save_original
