@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from facesmith.config import GenerateConfig, NoiseConfig, parse_flags
@@ -105,3 +107,63 @@ assert "torch" not in sys.modules and "diffusers" not in sys.modules, "validate 
     lines = result.stdout.splitlines()
     assert "missing.safetensors does not exist" in lines[0]
     assert "nothing does not exist" in lines[1] and "novae is not a folder" in lines[2]
+
+
+def _stage_configs():
+    from facesmith.data.config import PrepareConfig
+    from facesmith.evaluate.attributes import AttributePredictConfig, AttributeTrainConfig
+    from facesmith.evaluate.evaluation import EvaluateConfig
+    from facesmith.serve.config import ServeConfig
+    from facesmith.train.config import TrainConfig
+
+    return [GenerateConfig, NoiseConfig, TrainConfig, PrepareConfig, ServeConfig, EvaluateConfig,
+            AttributeTrainConfig, AttributePredictConfig]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('flip = "no"', 'flip = "no" is not of type bool: write true or false'),
+        ("batch_size = 4.5", "batch_size = 4.5 is not of type int: write a whole number"),
+        ("seed = 1.5", "seed = 1.5 is not of type int"),
+        ('sample_every = "10"', 'sample_every = "10" is not of type int'),
+        ('learning_rate = "fast"', 'learning_rate = "fast" is not of type float: write a number'),
+        ("resolution = 4.5", "resolution = 4.5 is not of type int | None: write a whole number or none"),
+        ("mode = 1", "mode = 1 is not of type str"),
+    ],
+)
+def test_toml_values_of_the_wrong_type_are_one_line_errors(tmp_path, line, message):
+    from facesmith.train.config import TrainConfig
+
+    path = tmp_path / "train.toml"
+    path.write_text(f'dataset = "d"\n{line}\n')
+    with pytest.raises(FacesmithError) as caught:
+        TrainConfig.load(path)
+    assert str(caught.value).startswith(f"{path}: {message}")
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("cls", _stage_configs(), ids=lambda c: c.__name__)
+def test_every_stage_config_checks_every_field_type_and_takes_its_own_defaults(cls):
+    import dataclasses
+
+    defaults = {k: v for k, v in cls().to_dict().items() if v is not None}
+    assert cls.from_dict(defaults) == cls(**defaults)  # nothing the stage writes is refused
+    for f in dataclasses.fields(cls):
+        wrong = "text" if str(f.type).startswith(("dict", "list", "bool", "int", "float")) else {"a": 1}
+        with pytest.raises(
+            FacesmithError, match=rf"^settings: {f.name} = .* is not of type {re.escape(str(f.type))}"
+        ):
+            cls.from_dict({f.name: wrong})
+
+
+def test_whole_numbers_are_numbers_and_lists_are_checked_item_by_item():
+    from facesmith.train.config import TrainConfig
+
+    assert TrainConfig.from_dict({"learning_rate": 1}).learning_rate == 1
+    with pytest.raises(FacesmithError, match=r'loras = \["a", 3\] is not of type list\[str\]'):
+        GenerateConfig.from_dict({"loras": ["a", 3]})
+    assert parse_flags(GenerateConfig, ["--loras", "a.safetensors,b.safetensors:0.5"]) == {
+        "loras": ["a.safetensors", "b.safetensors:0.5"]
+    }
+    assert parse_flags(TrainConfig, ["--flip", "no"]) == {"flip": False}

@@ -55,7 +55,86 @@ class StageConfig:
         if unknown:
             hint = f"see `{cls.settings_help}`" if cls.settings_help else f"known: {', '.join(sorted(known))}"
             raise FacesmithError(f"{origin}: unknown setting(s) {', '.join(unknown)}; {hint}")
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        for key, value in values.items():
+            check_type(key, value, types[key], origin)
         return cls(**values)
+
+
+def check_type(key: str, value: Any, annotation: str, origin: str = "settings") -> None:
+    """FacesmithError naming `key`, `value` and the type when `value` is not of the field's `annotation`.
+
+    TOML has its own types, and a dataclass takes whatever it is given: `flip = "no"` was a true string,
+    `batch_size = 4.5` reached the data loader. Annotations are read as written (`int | None`,
+    `list[str]`); one this does not know (a class of the stage's own) is left to the stage.
+    """
+    if not _matches(value, annotation):
+        raise FacesmithError(
+            f"{origin}: {key} = {_shown(value)} is not of type {annotation}: write {_described(annotation)}"
+        )
+
+
+_KINDS = {
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "str": (lambda v: isinstance(v, str), "a quoted string"),
+    "Path": (lambda v: isinstance(v, (str, Path)), "a quoted path"),
+    "None": (lambda v: v is None, "none"),
+}
+
+
+def _alternatives(annotation: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(annotation):
+        depth += char == "["
+        depth -= char == "]"
+        if char == "|" and depth == 0:
+            parts.append(annotation[start:i].strip())
+            start = i + 1
+    return [*parts, annotation[start:].strip()]
+
+
+def _matches(value: Any, annotation: str) -> bool:
+    for kind in _alternatives(annotation):
+        base, _, inner = kind.partition("[")
+        if base in _KINDS:
+            if _KINDS[base][0](value):
+                return True
+        elif base in ("list", "tuple"):
+            item = inner[:-1] if inner else "Any"
+            if isinstance(value, (list, tuple)) and all(_matches(v, item) for v in value):
+                return True
+        elif base == "dict":
+            if isinstance(value, dict):
+                return True
+        else:  # Any, or a type this reader does not know: the stage checks it
+            return True
+    return False
+
+
+def _described(annotation: str) -> str:
+    words = []
+    for kind in _alternatives(annotation):
+        base, _, inner = kind.partition("[")
+        if base in _KINDS:
+            words.append(_KINDS[base][1])
+        elif base in ("list", "tuple"):
+            words.append(f"a list, each item {_described(inner[:-1]) if inner else 'a value'}")
+        elif base == "dict":
+            words.append("a table")
+        else:
+            words.append(kind)
+    return " or ".join(words)
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    try:
+        return _toml_value(value)
+    except TypeError:
+        return repr(value)
 
 
 @dataclass
@@ -252,6 +331,8 @@ def _parse_value(name: str, kind: str, raw: str) -> Any:
             return int(raw)
         if kind.startswith("float"):
             return float(raw)
+        if kind.startswith("list"):  # --loras a.safetensors,b.safetensors
+            return [item for item in raw.split(",") if item]
     except ValueError:
         raise FacesmithError(f"--{name.replace('_', '-')} {raw!r} is not a valid {kind.split()[0]}") from None
     return raw

@@ -58,3 +58,24 @@ def test_text_state_cache_matches_encoding_each_time(sd15):
     with torch.no_grad():
         direct = encode_text(pipe.tokenizer, pipe.text_encoder, ["a face", "", "a face"], torch.device("cpu"))
     torch.testing.assert_close(states, direct)
+
+
+LONG = "a photo of a person, " + ", ".join(f"detail number {i}" for i in range(22))
+
+
+def test_long_captions_are_encoded_in_chunks_and_their_tails_reach_the_states(sd15):
+    """Issue 16 bug 5: captions over 77 tokens were cut; Kohya's max_token_length reads 150 or 225."""
+    from facesmith.train.cache import overlong_captions
+
+    pipe, cpu = sd15.pipe, torch.device("cpu")
+    with torch.no_grad():
+        short = encode_text(pipe.tokenizer, pipe.text_encoder, ["a face"], cpu)
+        chunked = encode_text(pipe.tokenizer, pipe.text_encoder, ["a face", LONG, LONG + " zebra"], cpu, 150)
+        cut = encode_text(pipe.tokenizer, pipe.text_encoder, [LONG, LONG + " zebra"], cpu)
+    assert chunked.shape[:2] == (3, 152) and short.shape[1] == 77
+    torch.testing.assert_close(chunked[0, :76], short[0, :76])  # a short caption reads as before
+    torch.testing.assert_close(cut[0], cut[1])  # at 77 tokens the tail is lost...
+    assert not torch.allclose(chunked[1], chunked[2])  # ...in chunks it is not
+    assert len(pipe.tokenizer(LONG).input_ids) - 2 > 75
+    assert overlong_captions(pipe.tokenizer, {"a face", LONG}, None) == [LONG]
+    assert overlong_captions(pipe.tokenizer, {"a face", LONG}, 150) == []

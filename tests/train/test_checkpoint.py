@@ -252,3 +252,20 @@ def test_a_full_disk_removes_the_partial_save_and_says_so(tmp_path, monkeypatch)
     assert "\n" not in str(got.value) and "step-000001" in str(got.value)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000001"]
     assert load_checkpoint(latest_checkpoint(tmp_path))["trainable"]["w"][0] == 1
+
+
+def test_the_checkpoint_named_as_good_is_the_newest_that_passes_its_checks(tmp_path):
+    """Issue 15 bug 5: the NaN guard named a corrupt newest checkpoint as "the last good checkpoint"."""
+    from facesmith.train.checkpoint import good_checkpoint
+
+    config = TrainConfig(seed=4, ema_decay=0.9)
+    before, path = _two_checkpoints(tmp_path, config)
+    assert good_checkpoint(tmp_path) == path
+    data = bytearray((path / "trainable.safetensors").read_bytes())
+    data[-2] ^= 0x01
+    (path / "trainable.safetensors").write_bytes(bytes(data))
+    assert latest_checkpoint(tmp_path) == path and good_checkpoint(tmp_path) == before
+    # Recorded hashes that match, but NaN weights, do not pass either.
+    saved = load_checkpoint(before)["trainable"]
+    _rewrite(before, "trainable.safetensors", {k: torch.full_like(v, float("nan")) for k, v in saved.items()})
+    assert good_checkpoint(tmp_path) is None

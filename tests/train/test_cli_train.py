@@ -20,9 +20,16 @@ def test_toml_and_flags_train_a_lora_and_record_the_settings(faces, sd15_folder,
         app, ["train", "--config", str(toml), "--output-dir", str(run), "--max-steps", "1"]
     )
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == str(run / "lora.safetensors")
+    assert result.stdout.strip() == str(run / "run.safetensors")
     saved = TrainConfig.load(run / "train.toml")
     assert (saved.max_steps, saved.mode, saved.output_dir) == (1, "lora", str(run))
+    # The base model by name and hash (a comment: the TOML's keys stay TrainConfig's fields).
+    from facesmith.models.loading import cached_sha256
+
+    digest = cached_sha256(sorted((sd15_folder / "unet").glob("*.safetensors")))
+    assert (
+        f"# base model: {sd15_folder.name}, family sd1, sha256 {digest}\n" in (run / "train.toml").read_text()
+    )
 
 
 def test_user_mistakes_are_one_line(faces, tmp_path):

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+import factory
 from facesmith.data.captions import caption_from_attributes
 from facesmith.errors import FacesmithError
 from facesmith.train.config import TrainConfig
@@ -91,3 +92,75 @@ def test_pixels_cover_and_centre_crop(faces):
     image = read_dataset(faces)[0]
     x = load_pixels(image.path, (32, 16))
     assert x.shape == (3, 16, 32) and x.min() >= -1 and x.max() <= 1
+
+
+def _kohya_dataset(directory, repeats: list[int], val: set[int] = frozenset()):
+    import dataclasses
+
+    from facesmith.data.manifest import read_manifest, write_manifest
+
+    factory.colour_field_dataset(directory, count=len(repeats))
+    rows = [r for r in read_manifest(directory) if r.split == "train"]
+    rows = [
+        dataclasses.replace(
+            r,
+            source="kohya",
+            source_file=f"/photos/{n}_alice/{i}.jpg",
+            repeats=n,
+            split="val" if i in val else "train",
+        )  # fmt: skip
+        for i, (r, n) in enumerate(zip(rows, repeats, strict=True))
+    ]
+    write_manifest(directory, rows)
+    return directory
+
+
+def test_kohya_repeats_make_an_epoch_the_sum_of_images_times_repeats(tmp_path):
+    """Issue 16 bug 2: `10_alice` trained each image once per epoch."""
+    from facesmith.train.trainer import _buckets
+
+    images = read_dataset(_kohya_dataset(tmp_path / "d", [3, 3, 1]))
+    assert [image.repeats for image in images] == [3, 3, 1]
+    for bucketing in (False, True):
+        config = TrainConfig(bucketing=bucketing, min_bucket_side=32, max_bucket_side=64, bucket_step=8)
+        assigned = _buckets(images, config, 40)
+        assert sorted(i for indices in assigned.values() for i in indices) == [0, 0, 0, 1, 1, 1, 2]
+    stream = BatchStream(assigned, batch_size=1, rank=0, processes=1, seed=0, flip=False)
+    assert stream.batches_per_epoch == 7
+    assert sorted(next(stream)[0].index for _ in range(7)) == [0, 0, 0, 1, 1, 1, 2]
+
+
+def test_held_out_images_are_reported_and_small_concepts_named(tmp_path):
+    from facesmith.train.dataset import held_out_note
+
+    small = _kohya_dataset(tmp_path / "small", [10] * 4, val={2})
+    note = held_out_note(small)
+    assert note.startswith(f"dataset {small}: 1 of 4 images are held out (split val)")
+    assert "small concept folders lose images they need: 10_alice (1 of 4)" in note
+    assert "val_fraction 0" in note and "\n" not in note
+    assert held_out_note(_kohya_dataset(tmp_path / "none", [10] * 4)) is None
+    assert "concept" not in held_out_note(
+        factory.colour_field_dataset(tmp_path / "plain")
+    )  # no Kohya folders
+
+
+def test_a_bad_repeats_value_is_one_line(tmp_path):
+    directory = _kohya_dataset(tmp_path / "d", [0, 1])
+    with pytest.raises(FacesmithError, match="has repeats 0: write a whole number >= 1"):
+        read_dataset(directory)
+
+
+def test_bucket_limits_scale_with_the_resolution(tmp_path):
+    """Issue 16 bug 6: at 128 px the fixed 256-px minimum put every image in the square bucket."""
+    from facesmith.train.dataset import bucket_limits
+    from facesmith.train.trainer import _buckets
+
+    assert bucket_limits(TrainConfig(), 512) == (64, 256, 1024)  # Kohya's defaults
+    assert bucket_limits(TrainConfig(), 128) == (32, 64, 256)
+    assert bucket_limits(TrainConfig(bucket_step=16, min_bucket_side=48), 128) == (16, 48, 256)
+    data = factory.colour_field_dataset(tmp_path / "d", count=2, size=[(96, 160), (160, 96)])
+    images = read_dataset(data)
+    assigned = _buckets(images, TrainConfig(bucketing=True), 128)
+    assert sorted(assigned) == [(96, 160), (160, 96)]
+    with pytest.warns(UserWarning, match="leave only the square bucket: lower min_bucket_side"):
+        assert list(_buckets(images, TrainConfig(bucketing=True, min_bucket_side=256), 128)) == [(128, 128)]

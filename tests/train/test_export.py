@@ -68,3 +68,26 @@ def test_exported_tokenizer_has_the_slow_tokenizer_files_with_the_same_vocabular
     rebuilt = CLIPTokenizer.from_pretrained(tmp_path / "tokenizer")
     prompt = "a photo of a smiling woman with purple hair"
     assert rebuilt(prompt).input_ids == tokenizer(prompt).input_ids
+
+
+def test_lora_metadata_of_the_default_model_names_it_not_sd_v1():
+    """Issue 15 bug 8: the embedded model's LoRA was tagged sd_v1 / stable-diffusion-v1 with no model name."""
+    from facesmith.models.default_model import default_model_files
+    from facesmith.models.loading import cached_sha256
+    from facesmith.train.export import kohya_metadata
+
+    config = TrainConfig(mode="lora", lora_rank=2)
+    metadata = kohya_metadata(build_model(config), config, {"name": "alice"})
+    assert metadata["ss_base_model_version"] == "facesmith_face-small"
+    assert metadata["modelspec.architecture"] == "facesmith-face-small/lora"
+    assert metadata["ss_sd_model_name"] == "facesmith-default"
+    digest = cached_sha256(default_model_files())
+    assert (metadata["ss_new_sd_model_hash"], metadata["ss_sd_model_hash"]) == (digest, digest[:10])
+    assert (metadata["ss_output_name"], metadata["modelspec.title"]) == ("alice", "alice")
+
+
+def test_lora_files_are_named_after_their_run(tmp_path):
+    from facesmith.train.export import run_name, step_name
+
+    assert run_name(tmp_path / "runs" / "alice") == "alice"
+    assert step_name(tmp_path / "runs" / "alice", 600) == "alice-step00000600"

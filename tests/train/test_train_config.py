@@ -26,8 +26,29 @@ def test_toml_round_trip_keeps_epoch_only_runs(tmp_path):
         ({"optimizer": "sgd"}, "optimizer 'sgd'"),
         ({"preset": "face-huge"}, "unknown preset 'face-huge'"),
         ({"sample_sampler": "Heun++"}, "Heun"),
+        ({"max_token_length": 100}, "max_token_length 100 is not one of 75, 150, 225"),
     ],
 )
 def test_validation_names_the_setting(change, message):
     with pytest.raises(FacesmithError, match=message):
         TrainConfig(**{"dataset": "d", **change}).validate()
+
+
+def test_paths_are_made_absolute_so_train_toml_reproduces_from_anywhere(tmp_path, monkeypatch):
+    """Issue 16 bug 10: train.toml stored relative paths, good only from the same working directory."""
+    (tmp_path / "models" / "base").mkdir(parents=True)
+    (tmp_path / "prompts.txt").write_text("a face\n")
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig(dataset="data/faces", output_dir="runs/a", model="models/base",
+                         sample_prompts="prompts.txt", resume="runs/a/checkpoints/step-000002")  # fmt: skip
+    resolved = config.resolved()
+    assert resolved.dataset == str(tmp_path / "data" / "faces")
+    assert resolved.output_dir == str(tmp_path / "runs" / "a")
+    assert resolved.model == str(tmp_path / "models" / "base")
+    assert resolved.sample_prompts == str(tmp_path / "prompts.txt")
+    assert resolved.resume == str(tmp_path / "runs" / "a" / "checkpoints" / "step-000002")
+    assert TrainConfig(dataset="d", resume="latest").resolved().resume == "latest"
+    assert TrainConfig(dataset="d", model="not-here").resolved().model == "not-here"  # named as given
+    saved = resolved.save(tmp_path / "train.toml")
+    monkeypatch.chdir(tmp_path / "models")
+    assert TrainConfig.load(saved) == resolved

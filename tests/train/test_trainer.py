@@ -144,11 +144,17 @@ def test_ctrl_c_inside_an_accumulation_rewinds_to_the_last_whole_step(
     _resume_matches_straight_run(settings, halves, straight_run)
 
 
-def test_progress_names_each_phase_with_counts(tmp_path, sd15_folder, make_dataset):
+def test_progress_names_each_phase_with_counts(tmp_path, sd15_folder, make_dataset, capsys):
     data = make_dataset(tmp_path / "data", count=3)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a smiling face --s 1\na sad face --s 1\n")
-    calls = []
+    calls, losses = [], []
+
+    def progress(stage, done, total, **fields):
+        calls.append((stage, done, total))
+        if stage == "training":
+            losses.append((fields["loss"], fields["step_loss"], fields["avr_loss"]))
+
     run_train(
         TrainConfig(
             **dict(TINY, batch_size=1),
@@ -160,11 +166,22 @@ def test_progress_names_each_phase_with_counts(tmp_path, sd15_folder, make_datas
             sample_prompts=str(prompts),
             caption_dropout=0.1,
         ),
-        progress=lambda stage, done, total, **fields: calls.append((stage, done, total)),
+        progress=progress,
     )
     assert calls[:4] == [("caching latents", k, 3) for k in (1, 2, 3)] + [("encoding captions", 4, 4)]
     sampling = [("sampling", 1, 2), ("sampling", 2, 2)]  # after each step's bar moved, not before
-    assert calls[4:] == [("training", 1, 2), *sampling, ("training", 2, 2), *sampling]
+    # Issue 16 bug 9: a grid at step 0 as well, to compare the trained ones with.
+    assert calls[4:] == [*sampling, ("training", 1, 2), *sampling, ("training", 2, 2), *sampling]
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == [
+        f"step-{n:06d}.png" for n in (0, 1, 2)
+    ]
+    # Issue 16 bug 8: the loss shown is the running average (Kohya's avr_loss), the step's is beside it.
+    (first, step1, _), (shown, step2, average) = losses
+    assert first == step1 and shown == average == pytest.approx((step1 + step2) / 2) and step2 != shown
+    # Issue 16 bug 7: stderr is no terminal here, so plain lines say where the run is.
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train: ")]
+    assert "train: step 0: sampling 2 images" in lines
+    assert any(line.startswith("train: step 2/2  avr_loss ") and "it/s  ETA 0s" in line for line in lines)
 
 
 def test_a_truncated_training_image_is_one_line_naming_it(tmp_path, sd15_folder, make_dataset):
@@ -231,6 +248,10 @@ def test_full_export_loads_as_single_file_in_facesmith_and_in_diffusers(faces, s
         str(run / "model.safetensors"), config=str(run / "model"), local_files_only=True, safety_checker=None
     )
     torch.testing.assert_close(plain.unet.state_dict()["conv_in.weight"], trained["unet.conv_in.weight"])
+    folder_plain = StableDiffusionPipeline.from_pretrained(str(run / "model"), local_files_only=True)
+    torch.testing.assert_close(
+        folder_plain.unet.state_dict()["conv_in.weight"], trained["unet.conv_in.weight"]
+    )
     # The run folder reproduces itself.
     assert TrainConfig.load(run / "train.toml") == TrainConfig(
         **TINY,
@@ -249,6 +270,7 @@ def test_lora_export_is_kohya_format_and_loads_in_diffusers_and_facesmith(faces,
     from diffusers import StableDiffusionPipeline
     from safetensors import safe_open
 
+    from facesmith.models.loading import cached_sha256
     from facesmith.models.lora import LoraSpec, apply_loras
 
     run = tmp_path / "run"
@@ -265,10 +287,11 @@ def test_lora_export_is_kohya_format_and_loads_in_diffusers_and_facesmith(faces,
             train_text_encoder=True,
             learning_rate=1e-2,
             max_steps=2,
+            save_every=1,
         )
     )
     path = result.exports[0]
-    assert path == run / "lora.safetensors"
+    assert path == run / "run.safetensors"  # named after its run (issue 15 bug 7)
     with safe_open(path, "pt") as handle:
         keys, metadata = list(handle.keys()), handle.metadata()
     state = load_file(path)
@@ -280,6 +303,9 @@ def test_lora_export_is_kohya_format_and_loads_in_diffusers_and_facesmith(faces,
     assert all(state[k].item() == 2.0 for k in keys if k.endswith(".alpha"))
     assert metadata["ss_network_dim"] == "4" and metadata["ss_network_module"] == "networks.lora"
     assert metadata["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    assert (metadata["ss_output_name"], metadata["ss_sd_model_name"]) == ("run", sd15_folder.name)
+    unet_files = sorted((sd15_folder / "unet").glob("*.safetensors"))
+    assert metadata["ss_new_sd_model_hash"] == cached_sha256(unet_files)
     modules = {k.rsplit(".", 2)[0] for k in keys if k.endswith(".lora_down.weight")}
     assert all(state[f"{m}.lora_up.weight"].abs().sum() > 0 for m in modules)  # trained away from zero
 
@@ -301,6 +327,25 @@ def test_lora_export_is_kohya_format_and_loads_in_diffusers_and_facesmith(faces,
     apply_loras(ours, [LoraSpec(path, 1.0)])
     again = ours(**prompt, generator=torch.Generator().manual_seed(0)).images
     torch.testing.assert_close(again, after)
+
+    # Issue 16 bug 4: the save at step 1 left a LoRA of its own that --lora takes, with step 1's weights.
+    early = run / "run-step00000001.safetensors"
+    assert sorted(p.name for p in run.glob("*.safetensors")) == [early.name, path.name]
+    with safe_open(early, "pt") as handle:
+        assert (handle.metadata()["ss_steps"], handle.metadata()["ss_output_name"]) == ("1", early.stem)
+    step_one = load_file(early)
+    assert step_one.keys() == state.keys()
+    assert any(not torch.equal(step_one[k], state[k]) for k in modules_keys(modules))
+    first = StableDiffusionPipeline.from_pretrained(
+        str(sd15_folder), safety_checker=None, local_files_only=True
+    )
+    apply_loras(first, [LoraSpec(early, 1.0)])
+    early_image = first(**prompt, generator=torch.Generator().manual_seed(0)).images
+    assert not torch.allclose(early_image, after) and not torch.allclose(early_image, before)
+
+
+def modules_keys(modules: set[str]) -> list[str]:
+    return [f"{m}.lora_up.weight" for m in sorted(modules)]
 
 
 def test_a_dataset_that_does_not_fit_the_model_fails_before_training(faces, sd15_folder, tmp_path):
@@ -341,7 +386,7 @@ def test_bucketed_non_square_data_samples_and_tensorboard(tmp_path, sd15_folder,
             cache_latents="disk",
         )
     )
-    assert [p.name for p in result.samples] == ["step-000001.png", "step-000002.png"]
+    assert [p.name for p in result.samples] == ["step-000000.png", "step-000001.png", "step-000002.png"]
     from PIL import Image
 
     grid = Image.open(result.samples[0])
@@ -350,7 +395,9 @@ def test_bucketed_non_square_data_samples_and_tensorboard(tmp_path, sd15_folder,
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logged = EventAccumulator(str(run / "logs" / "facesmith")).Reload().Tags()
-    assert {"loss", "lr", "grad_norm"} <= set(logged["scalars"]) and "samples" in logged["images"]
+    assert {"loss", "avr_loss", "lr", "grad_norm"} <= set(logged["scalars"]) and "samples" in logged["images"]
+    losses = EventAccumulator(str(run / "logs" / "facesmith")).Reload().Scalars("loss")
+    assert [event.step for event in losses] == [1, 2]  # every step's, not every 10th (issue 16 bug 8)
 
 
 @pytest.mark.slow
@@ -402,9 +449,17 @@ def test_preset_from_scratch_exports_in_the_default_model_layout(faces, tmp_path
             min_snr_gamma=5.0,
             ema_decay=0.99,
             learning_rate=1e-3,
+            save_every=1,
         )
     )
     assert result.exports == [run / "model"]
+    # The save at step 1 exported the model as it was then (its EMA weights), loadable as --model.
+    from facesmith.models.loading import load_model
+
+    early = load_model(run / "run-step00000001").pipe.unet.state_dict()
+    ema_one = _weights(run, 1, "ema")
+    for key, tensor in early.items():
+        torch.testing.assert_close(tensor, ema_one[f"unet.{key}"].half().float())
     pipe = build_default_pipeline(run / "model")
     assert pipe.unet.config.in_channels == 32 and pipe.unet.config.block_out_channels == [32, 32, 64]
     assert pipe.vae.config.scaling_factor == LATENT_SCALE
@@ -448,7 +503,7 @@ def test_fine_tune_on_faces_prepared_from_the_shared_data(prepared_celeba, sd15_
             max_steps=2,
         )
     )
-    assert result.steps == 2 and result.exports == [tmp_path / "run" / "lora.safetensors"]
+    assert result.steps == 2 and result.exports == [tmp_path / "run" / "run.safetensors"]
 
 
 def test_compiled_training_is_refused_on_a_cpu(faces, sd15_folder, tmp_path):
@@ -476,3 +531,70 @@ def test_compiled_unet_gradients_equal_eager_gradients_on_cuda():
     compiled(x, t, states).sample.pow(2).mean().backward()
     for (name, a), b in zip(eager.named_parameters(), compiled_copy.parameters(), strict=True):
         assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_a_preset_export_loads_wherever_a_model_is_taken(faces, tmp_path):
+    """Issue 16 bug 1: `model/` in the default model's layout is a `--model` for generate, evaluate,
+    serve (all through `load_model`) and for train itself."""
+    from typer.testing import CliRunner
+
+    from facesmith.cli import app
+    from facesmith.generate import FaceGenerator
+    from facesmith.models.loading import load_model
+
+    base = dict(TINY, resolution=32, dataset=str(faces), max_steps=1)
+    run = tmp_path / "scratch"
+    run_train(TrainConfig(**base, output_dir=str(run), preset="face-tiny"))
+    loaded = load_model(run / "model")
+    assert (loaded.name, loaded.default_sampler, loaded.default_cfg) == ("model", "Euler a", 2.0)
+    assert loaded.pipe.unet.config.block_out_channels == [32, 32, 64] and loaded.model_hash()
+    image = FaceGenerator.load(str(run / "model")).generate("a face", steps=2, seed=0)[0]
+    assert image.size == (32, 32)
+    result = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "a face",
+            "--model",
+            str(run / "model"),
+            "--steps",
+            "1",
+            "--seed",
+            "0",
+            "--out",
+            str(tmp_path / "png"),
+            "--engine",
+            "eager",
+        ],  # fmt: skip
+    )
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "png").glob("*.png"))) == 1
+    # ... and trains further, as its own preset.
+    again = tmp_path / "again"
+    result = run_train(TrainConfig(**base, output_dir=str(again), model=str(run / "model")))
+    assert result.exports == [again / "model"]
+    assert load_model(again / "model").pipe.unet.config.block_out_channels == [32, 32, 64]
+
+
+@pytest.mark.slow
+def test_long_captions_warn_once_with_a_count_and_max_token_length_trains_on_them(
+    tmp_path, sd15_folder, make_dataset
+):
+    import warnings
+
+    from facesmith.generate import PromptTruncatedWarning
+
+    long = "a photo of a person, " + ", ".join(f"detail number {i}" for i in range(22))
+    data = make_dataset(tmp_path / "d", count=2, captions=[long, long + " smiling"])
+    base = dict(TINY, dataset=str(data), model=str(sd15_folder), max_steps=1, mode="lora", lora_rank=2)
+    with pytest.warns(PromptTruncatedWarning) as caught:
+        run_train(TrainConfig(**base, output_dir=str(tmp_path / "cut")))
+    cut = [str(w.message) for w in caught if issubclass(w.category, PromptTruncatedWarning)]
+    assert len(cut) == 1 and cut[0].startswith("2 of 2 captions are longer than the 75 tokens")
+    assert "max_token_length = 150 or 225" in cut[0]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = run_train(TrainConfig(**base, output_dir=str(tmp_path / "long"), max_token_length=150))
+    assert not [w for w in seen if issubclass(w.category, PromptTruncatedWarning)]
+    assert result.steps == 1

@@ -2,6 +2,8 @@
 
 A source is one of
 - None: the default model shipped in `facesmith/weights/default_model/` (`load_default_model`);
+- a folder in the default model's layout (`unet.json` + sha256-checked UNet shards), as `facesmith train`
+  exports fine-tunes of the default model and presets trained from scratch;
 - a diffusers folder (with `model_index.json`) of a StableDiffusion or StableDiffusionXL pipeline;
 - a single original-layout checkpoint (`single_file.py`): `.safetensors`, or a pickle with allow_pickle.
 Returns a `LoadedModel`: the pipeline plus the name and files that PNG metadata records. LoRAs, devices
@@ -80,6 +82,10 @@ def load_model(source: str | os.PathLike | None, *, allow_pickle: bool = False) 
     if not os.access(path, os.R_OK):
         raise FacesmithError(f"model {source} is not readable: check its permissions")
     path = path.resolve()
+    from facesmith.models.default_model import is_default_model
+
+    if path.is_dir() and is_default_model(path):
+        return load_default_model(path)
     if path.is_dir():
         pipe = load_diffusers_folder(path)
         check_finite(pipe, str(path))
@@ -113,8 +119,10 @@ def check_finite(pipe, source: str) -> None:
         )
 
 
-def load_default_model() -> LoadedModel:
-    """The model embedded in the package (`default_model.py` builds it; shards are sha256-checked)."""
+def load_default_model(directory: Path | None = None) -> LoadedModel:
+    """The model embedded in the package (`default_model.py` builds it; shards are sha256-checked), or a
+    folder in its layout (`unet.json` + shards): what `facesmith train` exports for the default model and
+    for presets trained from scratch."""
     from facesmith.models.default_model import (
         DEFAULT_MODEL_CFG,
         build_default_pipeline,
@@ -122,16 +130,20 @@ def load_default_model() -> LoadedModel:
         is_default_model,
     )
 
-    if not is_default_model(DEFAULT_MODEL_DIR):
+    if directory is None and not is_default_model(DEFAULT_MODEL_DIR):
         raise FacesmithError(
             f"the default model is not installed (expected in {DEFAULT_MODEL_DIR}): pass --model with a "
             "diffusers folder or a .safetensors checkpoint"
         )
+    folder = DEFAULT_MODEL_DIR if directory is None else directory
+    pipe = build_default_pipeline(folder)
+    if directory is not None:
+        check_finite(pipe, str(directory))
     return LoadedModel(
-        build_default_pipeline(DEFAULT_MODEL_DIR),
-        "facesmith-default",
-        None,
-        default_model_files(DEFAULT_MODEL_DIR),
+        pipe,
+        "facesmith-default" if directory is None else directory.name,
+        None if directory is None else str(directory),
+        default_model_files(folder),
         # Ancestral sampling hides much of this small model's distortion (compared by eye on a
         # grid of DDIM, DPM++ 2M, DPM++ 2M Karras and Euler a: see MODEL_CARD.md).
         default_sampler="Euler a",

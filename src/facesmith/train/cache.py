@@ -146,12 +146,17 @@ class LatentSource:
         return self._encode(items)
 
 
-def encode_text(tokenizer, text_encoder, captions: list[str], device: torch.device) -> torch.Tensor:
+def encode_text(
+    tokenizer, text_encoder, captions: list[str], device: torch.device, max_length: int | None = None
+) -> torch.Tensor:
     """Token states [B, tokens, dim] as diffusers' pipelines encode a prompt (padded to the max length).
 
     The attention mask goes in only when the text encoder's config asks for it (`use_attention_mask`),
-    exactly as `StableDiffusionPipeline.encode_prompt` does, so training and sampling agree.
+    exactly as `StableDiffusionPipeline.encode_prompt` does, so training and sampling agree. A
+    `max_length` of 150 or 225 encodes CLIP captions in 75-token chunks (`encode_long_text`).
     """
+    if max_length is not None and max_length + 2 > tokenizer.model_max_length:
+        return encode_long_text(tokenizer, text_encoder, captions, device, max_length)
     tokens = tokenizer(
         captions,
         padding="max_length",
@@ -166,12 +171,44 @@ def encode_text(tokenizer, text_encoder, captions: list[str], device: torch.devi
     return text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
 
 
+def encode_long_text(
+    tokenizer, text_encoder, captions: list[str], device: torch.device, max_length: int
+) -> torch.Tensor:
+    """[B, max_length + 2, dim]: Kohya's `max_token_length` (sd-scripts `train_util.get_hidden_states`).
+
+    The caption is tokenized to max_length + 2 tokens (BOS, max_length tokens, EOS/padding) and cut into
+    chunks of model_max_length - 2; each chunk is encoded as BOS + chunk + EOS, and the states are joined
+    as the first chunk's BOS, every chunk's inner states, and the last chunk's final state.
+    """
+    inner = tokenizer.model_max_length - 2
+    ids = tokenizer(
+        captions, padding="max_length", max_length=max_length + 2, truncation=True, return_tensors="pt"
+    ).input_ids
+    bos, last = ids[:, :1], ids[:, -1:]
+    chunks = [
+        torch.cat([bos, ids[:, start : start + inner], last], dim=1)
+        for start in range(1, max_length + 1, inner)
+    ]
+    states = text_encoder(torch.cat(chunks).to(device))[0].chunk(len(chunks))
+    pieces = [states[0][:, :1]] + [s[:, 1:-1] for s in states] + [states[-1][:, -1:]]
+    return torch.cat(pieces, dim=1)
+
+
+def overlong_captions(tokenizer, captions: set[str], max_length: int | None) -> list[str]:
+    """The captions longer than the text encoder reads (max_length, else model_max_length - 2 tokens)."""
+    limit = max_length or tokenizer.model_max_length - 2
+    ordered = sorted(captions)
+    lengths = [len(ids) - 2 for ids in tokenizer(ordered, truncation=False).input_ids] if ordered else []
+    return [c for c, n in zip(ordered, lengths, strict=True) if n > limit]
+
+
 class TextStateCache:
     """Frozen text-encoder states by caption (captions must not vary): encoded ahead of training by
     `fill`, and any caption it did not know on first use."""
 
-    def __init__(self, tokenizer, text_encoder, device: torch.device):
+    def __init__(self, tokenizer, text_encoder, device: torch.device, max_length: int | None = None):
         self.tokenizer, self.text_encoder, self.device = tokenizer, text_encoder, device
+        self.max_length = max_length
         self.states: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -183,7 +220,7 @@ class TextStateCache:
         todo = sorted(set(captions) - set(self.states))
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
-            encoded = encode_text(self.tokenizer, self.text_encoder, chunk, self.device)
+            encoded = encode_text(self.tokenizer, self.text_encoder, chunk, self.device, self.max_length)
             self.states.update(zip(chunk, encoded, strict=True))
             if progress is not None:
                 progress(start + len(chunk), len(todo))
@@ -192,6 +229,6 @@ class TextStateCache:
     def __call__(self, captions: list[str]) -> torch.Tensor:
         missing = sorted({c for c in captions if c not in self.states})
         if missing:
-            encoded = encode_text(self.tokenizer, self.text_encoder, missing, self.device)
+            encoded = encode_text(self.tokenizer, self.text_encoder, missing, self.device, self.max_length)
             self.states.update(zip(missing, encoded, strict=True))
         return torch.stack([self.states[c] for c in captions])

@@ -65,6 +65,25 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def good_checkpoint(output_dir: Path) -> Path | None:
+    """The newest checkpoint that passes a resume's file checks (every file's recorded sha256, readable,
+    finite weights): what a stopped run names as the one to go back to, never a corrupt one."""
+    for path in reversed(list_checkpoints(output_dir)):
+        try:
+            if not (path / "training.pt").is_file() or not (path / "trainable.safetensors").is_file():
+                continue
+            _check_files(path, 0)
+            for name in ("trainable.safetensors", "ema.safetensors"):
+                if (path / name).is_file():
+                    tensors = _read(path / name, load_file)
+                    if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
+                        raise FacesmithError(f"{path / name} holds NaN or inf")
+        except FacesmithError:
+            continue
+        return path
+    return None
+
+
 def earlier_checkpoint(path: Path) -> Path | None:
     """The newest complete checkpoint beside `path` with a smaller step: where to go when `path` is bad."""
     match = PATTERN.match(path.name)
@@ -139,7 +158,7 @@ def save_checkpoint(
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            kept = latest_checkpoint(output_dir)
+            kept = good_checkpoint(output_dir)
             raise FacesmithError(
                 f"no space left on the disk of {output_dir} while saving checkpoint {final.name} (the partial "
                 f"save was removed): free some space and continue with --resume latest"
@@ -246,7 +265,8 @@ def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
 # Settings a checkpoint can only be resumed under unchanged: they decide the weights' layout or the data order.
 RESUME_KEYS = (
     "model", "preset", "mode", "lora_rank", "lora_alpha", "lora_conv", "train_text_encoder", "seed",
-    "batch_size", "gradient_accumulation", "resolution", "bucketing", "flip", "ema_decay", "optimizer",
+    "batch_size", "gradient_accumulation", "resolution", "bucketing", "bucket_step", "min_bucket_side",
+    "max_bucket_side", "flip", "ema_decay", "optimizer",
 )  # fmt: skip
 
 

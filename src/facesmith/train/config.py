@@ -45,9 +45,9 @@ class TrainConfig(StageConfig):
     # Data
     resolution: int | None = None  # None: the model's native size
     bucketing: bool = False  # aspect-ratio buckets of about resolution^2 pixels (Kohya)
-    bucket_step: int = 64
-    min_bucket_side: int = 256
-    max_bucket_side: int = 1024
+    bucket_step: int | None = None  # None: 64 px, or 32 below 512 px (dataset.bucket_limits)
+    min_bucket_side: int | None = None  # None: resolution / 2 (Kohya's 256 at 512)
+    max_bucket_side: int | None = None  # None: 2 x resolution (Kohya's 1024 at 512)
     flip: bool = False  # random horizontal flip (both sides are cached)
     caption_dropout: float = 0.0  # whole caption -> "" (classifier-free guidance)
     caption_shuffle: bool = False  # shuffle comma-separated tags after the first keep_tokens
@@ -57,6 +57,7 @@ class TrainConfig(StageConfig):
     cache_latents: str = "memory"  # "none", "memory" or "disk"
     cache_dir: str | None = None  # disk cache; None: OUTPUT_DIR/cache
     cache_text_encoder: bool = True  # when the text encoder is frozen and captions never vary
+    max_token_length: int | None = None  # None: 75 (CLIP's 77 with BOS/EOS); 150 or 225 (Kohya, CLIP only)
 
     # Objective
     prediction_type: str | None = None  # None: the model's scheduler decides
@@ -95,14 +96,35 @@ class TrainConfig(StageConfig):
     # Watching
     sample_every: int = 0  # steps; 0: only at the end if sample_prompts is set
     sample_prompts: str | None = None  # Kohya prompt file: "prompt --n neg --s 20 --d 1 --l 7 --w --h"
-    sample_sampler: str = "DDIM"
-    log_every: int = 10
+    sample_sampler: str | None = None  # None: the model's own (Euler a for the default model, else DDIM)
+    sample_at_first: bool = True  # a grid at step 0 too, before training changes anything (Kohya)
+    log_every: int = 10  # steps between plain progress lines when stderr is not a terminal (or 60 s)
     tensorboard: bool = True
 
     # Failure handling
     max_bad_steps: int = 5  # consecutive NaN/inf losses before the run stops
 
     # ------------------------------------------------------------------------------------------------------
+    def resolved(self) -> TrainConfig:
+        """A copy with every path absolute, so that the `train.toml` it saves reproduces the run from any
+        working directory (issue 16 bug 10). A model that is not a path here is left as given."""
+        import dataclasses
+
+        def absolute(value: str | None, must_exist: bool = False) -> str | None:
+            if value is None or value == "" or (must_exist and not Path(value).expanduser().exists()):
+                return value
+            return str(Path(value).expanduser().resolve())
+
+        return dataclasses.replace(
+            self,
+            dataset=absolute(self.dataset),
+            output_dir=absolute(self.output_dir),
+            model=absolute(self.model, must_exist=True),
+            cache_dir=absolute(self.cache_dir),
+            sample_prompts=absolute(self.sample_prompts),
+            resume=self.resume if self.resume in (None, "latest") else absolute(self.resume),
+        )
+
     def validate(self) -> TrainConfig:
         """Raise FacesmithError naming the first setting to fix; return self."""
         choices = {
@@ -131,9 +153,9 @@ class TrainConfig(StageConfig):
         if self.max_steps <= 0 and self.max_epochs <= 0:
             raise FacesmithError("set max_steps or max_epochs: the run needs a length")
         positive = ["batch_size", "gradient_accumulation", "lora_rank", "save_every", "log_every"]
-        positive += ["max_bad_steps", "num_processes", "bucket_step"]
+        positive += ["max_bad_steps", "num_processes", "bucket_step", "min_bucket_side", "max_bucket_side"]
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise FacesmithError(f"{name} {getattr(self, name)} must be at least 1")
         for name in ("max_steps", "max_epochs"):
             if getattr(self, name) < 0:
@@ -149,12 +171,17 @@ class TrainConfig(StageConfig):
                 raise FacesmithError(f"{name} {value} must be a finite number >= 0")
         if self.resolution is not None and (self.resolution <= 0 or self.resolution % 8):
             raise FacesmithError(f"resolution {self.resolution} must be a positive multiple of 8")
+        if self.max_token_length not in (None, 75, 150, 225):
+            raise FacesmithError(
+                f"max_token_length {self.max_token_length} is not one of 75, 150, 225 (Kohya's choices)"
+            )
         if self.sample_prompts is not None and not Path(self.sample_prompts).is_file():
             raise FacesmithError(f"sample prompt file {self.sample_prompts} does not exist")
         from facesmith.samplers import check_sampler
         from facesmith.train.presets import PRESETS
 
-        check_sampler(self.sample_sampler)
+        if self.sample_sampler is not None:
+            check_sampler(self.sample_sampler)
         if self.preset is not None and self.preset not in PRESETS:
             raise FacesmithError(f"unknown preset {self.preset!r}: pick one of {', '.join(PRESETS)}")
         if self.keep_checkpoints < 1:

@@ -2,7 +2,8 @@
 
 A dataset folder is the contract `facesmith prepare` writes: `DIR/metadata.jsonl` with one JSON object per
 image (`file_name`, `text`, `attributes`, `split`, `width`, `height`, ...), images under `DIR/images/`.
-Only `split == "train"` rows (or rows without a split) are trained on.
+Only `split == "train"` rows (or rows without a split) are trained on, each `repeats` times per epoch
+(Kohya's `N_name` folders); `held_out_note` says what the `val` rows keep out.
 
 Buckets follow Kohya's `BucketManager.make_buckets`: every width/height pair in steps of `bucket_step`
 within [min_side, max_side] whose area is at most resolution^2, each image going to the bucket nearest
@@ -39,6 +40,7 @@ class FaceImage:
     text: str
     attributes: dict = field(default_factory=dict, hash=False, compare=False)
     size: tuple[int, int] = (0, 0)  # width, height as stored
+    repeats: int = 1  # Kohya's N of an `N_name` folder: times the image is seen per epoch
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,70 @@ def read_dataset(directory: str | Path, split: str = "train") -> list[FaceImage]
                     size = image.size
             except (OSError, UnidentifiedImageError) as err:
                 raise FacesmithError(f"{directory / MANIFEST}: cannot read image {path}: {err}") from None
-        images.append(FaceImage(path, row.text, row.attributes, size))
+        if not isinstance(row.repeats, int) or row.repeats < 1:
+            raise FacesmithError(
+                f"{directory / MANIFEST}: {row.file_name} has repeats {row.repeats!r}: write a whole number >= 1"
+            )
+        images.append(FaceImage(path, row.text, row.attributes, size, row.repeats))
     if not images:
         raise FacesmithError(f"dataset {directory} has no {split} images in {MANIFEST}")
     return images
+
+
+class TrainingWarning(UserWarning):
+    """Something about a training run a person should know and may want to change; the run goes on."""
+
+
+MIN_CONCEPT_FOR_VAL = 20  # below this a concept folder needs every image (issue 16 bug 2: 1 of 7 held out)
+
+
+def held_out_note(directory: str | Path) -> str | None:
+    """What the dataset's `val` rows keep out of training, in one line, or None when nothing is held out.
+
+    Named per Kohya concept folder (`10_alice`: rows with `repeats`) when a folder of fewer than
+    MIN_CONCEPT_FOR_VAL images lost some to validation: a small concept cannot spare them.
+    """
+    rows = read_manifest(directory)
+    held = [row for row in rows if row.split == "val"]
+    if not held:
+        return None
+    concepts: dict[str, list] = {}
+    for row in rows:
+        if row.repeats != 1 or row.source == "kohya":
+            concepts.setdefault(Path(row.source_file).parent.name, []).append(row)
+    small = [
+        f"{name} ({sum(r.split == 'val' for r in members)} of {len(members)})"
+        for name, members in sorted(concepts.items())
+        if len(members) < MIN_CONCEPT_FOR_VAL and any(r.split == "val" for r in members)
+    ]
+    note = (
+        f"dataset {directory}: {len(held)} of {len(rows)} images are held out (split val) and not trained on"
+    )
+    if small:
+        note += (
+            f"; small concept folders lose images they need: {', '.join(small)}; prepare again with "
+            "val_fraction 0, or set those rows' split to train"
+        )
+    return note
+
+
+def repeat_images(
+    assigned: dict[tuple[int, int], list[int]], images: list[FaceImage]
+) -> dict[tuple[int, int], list[int]]:
+    """Each image index `repeats` times in its bucket: an epoch is the sum of images x repeats, as in
+    Kohya's `DreamBoothDataset` (`num_repeats` of an `N_name` folder)."""
+    return {
+        bucket: [i for i in indices for _ in range(images[i].repeats)] for bucket, indices in assigned.items()
+    }
+
+
+def bucket_limits(config: TrainConfig, resolution: int) -> tuple[int, int, int]:
+    """(step, min side, max side) of the buckets: the settings given, else Kohya's 64 / 256 / 1024 at 512 px
+    scaled with the resolution (issue 16 bug 6: at 128 px a fixed 256-px minimum left only the square)."""
+    step = config.bucket_step or (64 if resolution >= 512 else 32)
+    low = config.min_bucket_side or max(step, resolution // 2 // step * step)
+    high = config.max_bucket_side or resolution * 2
+    return step, low, high
 
 
 def make_buckets(resolution: int, step: int, min_side: int, max_side: int) -> list[tuple[int, int]]:

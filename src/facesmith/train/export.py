@@ -5,10 +5,13 @@
   which AUTOMATIC1111, ComfyUI and facesmith's single-file loader read.
 - Preset models (MiniLM + TAEF2): `OUTPUT_DIR/model/` in the default model's layout (sha256-checked fp16
   UNet shards + `unet.json`), which `facesmith.models.default_model.build_default_pipeline` loads.
-- LoRA: `OUTPUT_DIR/lora.safetensors` in Kohya's format, as `networks/lora.py` of sd-scripts saves it:
+- LoRA: `OUTPUT_DIR/NAME.safetensors` (NAME: the output folder's name) in Kohya's format, as `networks/lora.py` of sd-scripts saves it:
   `lora_unet_<diffusers module path with _>.lora_down.weight` / `.lora_up.weight` / `.alpha` (and
   `lora_te_text_model_...` for the text encoder), with Kohya's `ss_*` training metadata and the
-  Stability AI model-spec (`modelspec.*`) keys. diffusers' `load_lora_weights` reads it.
+  Stability AI model-spec (`modelspec.*`) keys, which name the real base model (family, name, sha256).
+  diffusers' `load_lora_weights` reads it.
+- At every checkpoint save before the last, the same export under the step's name, as Kohya saves:
+  `NAME-step00000600.safetensors` (LoRA) or the folder `NAME-step00000600/` (full).
 
 Nothing is written from weights that hold NaN or inf (a diverged run, or a corrupt EMA): such a file loads
 everywhere and makes black images, so it is a FacesmithError instead.
@@ -29,6 +32,27 @@ from facesmith.train.config import TrainConfig
 from facesmith.train.model import TrainModel
 
 ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512"}
+BASE_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2"}  # Kohya's ss_base_model_version
+
+
+def run_name(output_dir: Path) -> str:
+    """What a run's exports are called: its output folder's name (`runs/alice` -> `alice.safetensors`),
+    so LoRAs of different runs never share a file name (serve and A1111 list LoRAs by name)."""
+    return Path(output_dir).resolve().name or "lora"
+
+
+def step_name(output_dir: Path, step: int) -> str:
+    """An intermediate export's name, as Kohya's `--save_every_n_steps` names it: NAME-step00000600."""
+    return f"{run_name(output_dir)}-step{step:08d}"
+
+
+def architecture(family: str) -> tuple[str, str]:
+    """(Kohya's ss_base_model_version, modelspec.architecture base) of a model family; a preset (the
+    embedded default model is `preset:face-small`) is no Stable Diffusion and is named as itself."""
+    if family.startswith("preset:"):
+        preset = family.split(":", 1)[1]
+        return f"facesmith_{preset}", f"facesmith-{preset}"
+    return BASE_VERSIONS.get(family, family), ARCHITECTURES.get(family, family)
 
 
 def kohya_lora_state(model: TrainModel, alpha: float) -> dict[str, torch.Tensor]:
@@ -69,6 +93,8 @@ def kohya_metadata(model: TrainModel, config: TrainConfig, info: dict[str, Any])
     resolution = info.get("resolution", config.resolution)
     now = datetime.datetime.now(datetime.timezone.utc)
     v2 = model.family == "sd2"
+    version, arch = architecture(model.family)
+    name = info.get("name", "lora")
     metadata = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(config.lora_rank),
@@ -76,10 +102,12 @@ def kohya_metadata(model: TrainModel, config: TrainConfig, info: dict[str, Any])
         "ss_network_args": json.dumps({"conv_dim": config.lora_rank, "conv_alpha": config.lora_alpha})
         if config.lora_conv
         else "null",
-        "ss_base_model_version": "sd_v2" if v2 else "sd_v1",
+        "ss_base_model_version": version,
         "ss_v2": str(v2),
         "ss_v_parameterization": str(model.prediction_type == "v_prediction"),
-        "ss_sd_model_name": str(config.model),
+        "ss_sd_model_name": model.base_name,
+        "ss_new_sd_model_hash": str(model.base_hash),  # sha256, as Kohya's ss_new_sd_model_hash
+        "ss_sd_model_hash": str(model.base_hash and model.base_hash[:10]),  # A1111's AutoV2 short hash
         "ss_resolution": f"({resolution}, {resolution})",
         "ss_enable_bucket": str(config.bucketing),
         "ss_learning_rate": str(config.learning_rate),
@@ -105,12 +133,12 @@ def kohya_metadata(model: TrainModel, config: TrainConfig, info: dict[str, Any])
         "ss_cache_latents": str(config.cache_latents != "none"),
         "ss_training_started_at": str(info.get("started_at", now.timestamp())),
         "ss_training_finished_at": str(now.timestamp()),
-        "ss_output_name": "lora",
+        "ss_output_name": name,
         "ss_training_comment": "facesmith train",
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": f"{ARCHITECTURES.get(model.family, 'stable-diffusion-v1')}/lora",
+        "modelspec.architecture": f"{arch}/lora",
         "modelspec.implementation": "diffusers",
-        "modelspec.title": "facesmith LoRA",
+        "modelspec.title": name,
         "modelspec.resolution": f"{resolution}x{resolution}",
         "modelspec.date": now.strftime("%Y-%m-%dT%H:%M:%S"),
         "modelspec.prediction_type": "v" if model.prediction_type == "v_prediction" else "epsilon",
@@ -124,7 +152,7 @@ def export_kohya_lora(model: TrainModel, config: TrainConfig, path: Path, info: 
 
     state = kohya_lora_state(model, config.lora_alpha)
     check_finite(state, path)
-    metadata = kohya_metadata(model, config, info)
+    metadata = kohya_metadata(model, config, {"name": path.stem, **info})
     # Kohya's sshs_model_hash (addnet_hash_safetensors): sha256 of the tensor bytes after the header.
     blob = save(state)
     header = int.from_bytes(blob[:8], "little")
@@ -134,10 +162,19 @@ def export_kohya_lora(model: TrainModel, config: TrainConfig, path: Path, info: 
     return path
 
 
-def export_full(model: TrainModel, config: TrainConfig, output_dir: Path, info: dict[str, Any]) -> list[Path]:
-    """The trained pipeline as a diffusers folder (+ single file), or in the default model's layout."""
+def export_full(
+    model: TrainModel,
+    config: TrainConfig,
+    output_dir: Path,
+    info: dict[str, Any],
+    *,
+    name: str = "model",
+    single_file: bool = True,
+) -> list[Path]:
+    """The trained pipeline as a diffusers folder `output_dir/name` (+ `name.safetensors`), or in the
+    default model's layout."""
     pipe = model.pipe
-    folder = output_dir / "model"
+    folder = output_dir / name
     trained = {f"unet.{k}": v for k, v in pipe.unet.state_dict().items()}
     if config.train_text_encoder:
         trained.update({f"text_encoder.{k}": v for k, v in pipe.text_encoder.state_dict().items()})
@@ -149,12 +186,15 @@ def export_full(model: TrainModel, config: TrainConfig, output_dir: Path, info: 
 
         half = {k: v.half() for k, v in pipe.unet.state_dict().items()}
         check_finite(half, folder)  # past fp16's 65504 a weight becomes inf
+        unet_config = {k: v for k, v in dict(pipe.unet.config).items() if not k.startswith("_")}
+        if info.get("resolution"):  # the native size of the exported model is the one it was trained at
+            unet_config["sample_size"] = info["resolution"] // pipe.vae_scale_factor
         save_sharded(
             half,
             folder,
             "unet",
             extra={
-                "unet_config": {k: v for k, v in dict(pipe.unet.config).items() if not k.startswith("_")},
+                "unet_config": unet_config,
                 "scheduler_config": {
                     k: pipe.scheduler.config[k]
                     for k in (
@@ -173,17 +213,16 @@ def export_full(model: TrainModel, config: TrainConfig, output_dir: Path, info: 
         )
         return [folder]
     pipe.save_pretrained(folder, safe_serialization=True)
-    for name in ("tokenizer", "tokenizer_2"):
-        if getattr(pipe, name, None) is not None:
-            write_bpe_files(getattr(pipe, name), folder / name)
+    for part in ("tokenizer", "tokenizer_2"):
+        if getattr(pipe, part, None) is not None:
+            write_bpe_files(getattr(pipe, part), folder / part)
     written = [folder]
-    if config.export_single_file and model.family == "sd1":
+    if single_file and config.export_single_file and model.family == "sd1":
         from facesmith.models.sd_layout import save_original
 
-        save_original(
-            pipe, output_dir / "model.safetensors", v_prediction=model.prediction_type == "v_prediction"
-        )
-        written.append(output_dir / "model.safetensors")
+        path = output_dir / f"{name}.safetensors"
+        save_original(pipe, path, v_prediction=model.prediction_type == "v_prediction")
+        written.append(path)
     return written
 
 

@@ -30,6 +30,10 @@ class TrainModel:
     noise_scheduler: Any  # DDPMScheduler with the model's noise schedule and prediction type
     unet_lora: list[str]  # LoRA target module names (empty for full fine-tuning)
     text_lora: list[str]
+    base_name: str = ""  # the model trained on, as A1111 names it ("facesmith-default", a file's stem)
+    base_hash: str | None = None  # sha256 of its weight files (UNet shards or files); None from scratch
+    default_sampler: str = "DDIM"  # what its sample grids use unless told (the model's own, as generate)
+    default_cfg: float = 7.5
 
     @property
     def prediction_type(self) -> str:
@@ -52,16 +56,31 @@ def build_model(config: TrainConfig) -> TrainModel:
 
         torch.manual_seed(config.seed)  # the untrained UNet's weights
         pipe, family = build_preset_pipeline(config.preset), f"preset:{config.preset}"
+        base_name, base_hash = f"{config.preset} (from scratch)", None
+        from facesmith.models.default_model import DEFAULT_MODEL_CFG
+
+        defaults = ("Euler a", DEFAULT_MODEL_CFG)  # the default model's layout samples as it does
     else:
-        from facesmith.models.loading import load_model
+        from facesmith.models.loading import cached_sha256, load_model
         from facesmith.models.sd_layout import pipeline_family
         from facesmith.models.taef2 import TAEF2
 
-        pipe = load_model(config.model, allow_pickle=config.allow_pickle).pipe
-        # The embedded default model (MiniLM + TAEF2) is the face-small preset, trained further.
-        family = "preset:face-small" if isinstance(pipe.vae, TAEF2) else pipeline_family(pipe)
+        loaded = load_model(config.model, allow_pickle=config.allow_pickle)
+        pipe, base_name = loaded.pipe, loaded.name
+        base_hash = cached_sha256(loaded.weight_files) if loaded.weight_files else None
+        defaults = (loaded.default_sampler, loaded.default_cfg)
+        # The embedded default model (MiniLM + TAEF2) is the face-small preset, trained further; a folder
+        # in its layout that `train` exported names its own preset.
+        family = (
+            f"preset:{_preset_of(config.model)}" if isinstance(pipe.vae, TAEF2) else pipeline_family(pipe)
+        )
         if family == "sdxl":
             raise FacesmithError("training SDXL is not supported yet: pass an SD 1.x or 2.x model")
+    if family.startswith("preset:") and config.train_text_encoder:
+        raise FacesmithError(
+            "train_text_encoder: the default model's layout keeps its MiniLM text encoder frozen (its export "
+            "holds only the UNet), so a trained text encoder would be lost; set train_text_encoder = false"
+        )
     schedule = dict(pipe.scheduler.config)
     if config.prediction_type is not None:
         schedule["prediction_type"] = config.prediction_type
@@ -98,7 +117,18 @@ def build_model(config: TrainConfig) -> TrainModel:
         pipe.unet.enable_gradient_checkpointing()
         if config.train_text_encoder:
             pipe.text_encoder.gradient_checkpointing_enable()
-    return TrainModel(pipe, family, noise_scheduler, unet_lora, text_lora)
+    return TrainModel(pipe, family, noise_scheduler, unet_lora, text_lora, base_name, base_hash, *defaults)
+
+
+def _preset_of(source: str | None) -> str:
+    """The preset a default-layout folder was trained as (`unet.json`'s "preset"), else face-small."""
+    import json
+    from pathlib import Path
+
+    manifest = Path(source) / "unet.json" if source else None
+    if manifest is not None and manifest.is_file():
+        return str(json.loads(manifest.read_text()).get("preset", "face-small"))
+    return "face-small"
 
 
 def _lora_config(cls, targets: list[str], config: TrainConfig):
@@ -126,7 +156,7 @@ def lora_targets(model: torch.nn.Module, block_types: tuple[str, ...]) -> list[s
     return sorted(set(targets))
 
 
-def check_fits(model: TrainModel, sizes: set[tuple[int, int]]) -> None:
+def check_fits(model: TrainModel, sizes: set[tuple[int, int]], max_token_length: int | None = None) -> None:
     """FacesmithError before the first step if the data or the parts of the model don't fit together."""
     pipe = model.pipe
     unet = pipe.unet.config
@@ -141,6 +171,11 @@ def check_fits(model: TrainModel, sizes: set[tuple[int, int]]) -> None:
         raise FacesmithError(
             f"the text encoder gives {width}-d states but the UNet cross-attends to {unet.cross_attention_dim}-d: "
             "use the text encoder the model was trained with"
+        )
+    if max_token_length not in (None, 75) and type(pipe.text_encoder).__name__ != "CLIPTextModel":
+        raise FacesmithError(
+            f"max_token_length {max_token_length} chunks CLIP text encoders only; this model's is a "
+            f"{type(pipe.text_encoder).__name__}: leave max_token_length unset"
         )
     factor = pipe.vae_scale_factor * 2 ** (len(unet.block_out_channels) - 1)
     for w, h in sorted(sizes):

@@ -2,8 +2,9 @@
 
 A prompt file has one prompt per line; `#` lines and blank lines are skipped. Options follow the prompt
 as in Kohya's `sample_images`: `--n` negative prompt, `--s` steps, `--d` seed, `--l` CFG scale,
-`--w`/`--h` width and height. Unset values use the defaults below (Kohya's: 30 steps, CFG 7.5, seed from
-the line number, the training resolution). Each image is made by the model being trained, through its
+`--w`/`--h` width and height. Unset values use the defaults below (Kohya's: 30 steps, seed from the line
+number, the training resolution), and the model's own CFG and sampler, as `facesmith generate` does (Euler a
+and CFG 2 for the default model, DDIM and 7.5 for SD). Each image is made by the model being trained, through its
 pipeline with the chosen sampler, from a seeded CPU generator, and labelled with its prompt and seed.
 """
 
@@ -28,7 +29,7 @@ class SamplePrompt:
     negative: str = ""
     steps: int = 30
     seed: int = 0
-    cfg: float = 7.5
+    cfg: float | None = None  # None: the model's own guidance (7.5, or 2 for the default model)
     width: int | None = None
     height: int | None = None
 
@@ -80,6 +81,7 @@ def sample_images(
     size: int,
     device: torch.device,
     progress: Callable[[int, int], None] | None = None,
+    cfg: float = 7.5,
 ) -> list[Image.Image]:
     """One image per prompt from `pipe` (the model under training), decoded through facesmith.latents;
     `progress(done, len(prompts))` after each."""
@@ -96,7 +98,7 @@ def sample_images(
                 prompt=p.prompt,
                 negative_prompt=p.negative or None,
                 num_inference_steps=p.steps,
-                guidance_scale=p.cfg,
+                guidance_scale=cfg if p.cfg is None else p.cfg,
                 width=p.width or size,
                 height=p.height or size,
                 generator=torch.Generator("cpu").manual_seed(p.seed),

@@ -15,7 +15,8 @@ how to resume. Phases report through `progress`: "caching latents", "encoding ca
     OUTPUT_DIR/checkpoints/step-N/    atomic checkpoints (checkpoint.py)
     OUTPUT_DIR/samples/step-N.png     labelled sample grids (sampling.py)
     OUTPUT_DIR/logs/                  TensorBoard: loss, lr, grad_norm, samples
-    OUTPUT_DIR/lora.safetensors | model/ [+ model.safetensors]   exports (export.py)
+    OUTPUT_DIR/NAME.safetensors | model/ [+ model.safetensors]   exports (export.py; NAME: the folder's)
+    OUTPUT_DIR/NAME-step00000600.safetensors | NAME-step00000600/   the same at each earlier save
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +48,6 @@ OOM_ADVICE = (
     "out of GPU memory: lower batch_size (raise gradient_accumulation to keep the effective batch), "
     "resolution, or use mode lora, gradient_checkpointing = true, mixed_precision bf16, optimizer adamw8bit"
 )
-EXPORTS = ("lora.safetensors", "model", "model.safetensors")
 
 
 @dataclass
@@ -62,7 +63,7 @@ class TrainResult:
 
 def run_train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     """Train as `config` says; FacesmithError for anything a person has to fix, before the first step."""
-    config.validate()
+    config = config.validate().resolved()
     if config.num_processes > 1 and "WORLD_SIZE" not in os.environ:
         launch_processes(config)
     else:
@@ -79,10 +80,13 @@ def read_result(output_dir: Path) -> TrainResult:
 
     last = latest_checkpoint(output_dir)
     counters = saved_counters(last) if last else {"step": 0, "loss": math.nan, "bad_steps": 0}
+    from facesmith.train.export import run_name
+
+    exports = (f"{run_name(output_dir)}.safetensors", "model", "model.safetensors")
     return TrainResult(
         output_dir,
         counters["step"],
-        exports=[output_dir / name for name in EXPORTS if (output_dir / name).exists()],
+        exports=[output_dir / name for name in exports if (output_dir / name).exists()],
         checkpoint=last,
         samples=sorted((output_dir / "samples").glob("step-*.png")),
         final_loss=counters["loss"],
@@ -91,12 +95,20 @@ def read_result(output_dir: Path) -> TrainResult:
 
 
 def _train(config: TrainConfig, progress: Progress | None) -> None:
+    from facesmith.generate import PromptTruncatedWarning
     from facesmith.train import checkpoint as ckpt
-    from facesmith.train.cache import LatentSource, TextStateCache, encode_text
-    from facesmith.train.dataset import BatchStream, read_dataset, training_caption
+    from facesmith.train.cache import LatentSource, TextStateCache, encode_text, overlong_captions
+    from facesmith.train.dataset import (
+        BatchStream,
+        TrainingWarning,
+        held_out_note,
+        read_dataset,
+        training_caption,
+    )
     from facesmith.train.model import build_model, check_fits
     from facesmith.train.objective import diffusion_loss, sample_noise, target_for
     from facesmith.train.optim import make_lr_schedule, make_optimizer
+    from facesmith.train.watch import PlainProgress, RunningLoss
 
     # -- Initialize: Accelerate and the run folder.
     out = Path(config.output_dir)
@@ -110,11 +122,33 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
 
     # -- Load the dataset and the model, checked against each other before anything trains.
     images = read_dataset(config.dataset)
+    note = held_out_note(config.dataset)
+    if note and accelerator.is_main_process:
+        warnings.warn(note, TrainingWarning, stacklevel=2)
     model = build_model(config)
     pipe = model.pipe
+    if accelerator.is_main_process:  # which model this was, also when `model` is unset (the default one)
+        with open(out / "train.toml", "a", encoding="utf-8") as toml:
+            toml.write(f"# base model: {model.base_name}, family {model.family}, sha256 {model.base_hash}\n")
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     assigned = _buckets(images, config, resolution)
-    check_fits(model, set(assigned))
+    check_fits(model, set(assigned), config.max_token_length)
+    long_length = config.max_token_length if config.max_token_length != 75 else None
+    overlong = overlong_captions(pipe.tokenizer, {image.text for image in images}, long_length)
+    if overlong and accelerator.is_main_process:
+        limit = long_length or pipe.tokenizer.model_max_length - 2
+        hint = (
+            "; max_token_length = 150 or 225 reads more (CLIP)"
+            if long_length != 225 and _is_clip(pipe)
+            else ""
+        )
+        warnings.warn(
+            f"{len(overlong)} of {len({image.text for image in images})} captions are longer than the "
+            f"{limit} tokens the text encoder reads and are cut there, so their ends train as nothing "
+            f"(e.g. {overlong[0][:60]!r}...){hint}",
+            PromptTruncatedWarning,
+            stacklevel=2,
+        )
     weight_dtype = DTYPES.get(precision, torch.float32)  # Accelerate's "no" is fp32
     pipe.vae.to(device, weight_dtype if config.cache_latents == "none" else torch.float32)
     pipe.unet.to(device)
@@ -134,7 +168,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     varying = config.caption_shuffle or config.caption_tag_dropout > 0 or config.caption_from_attributes
     text_cache = None
     if config.cache_text_encoder and not train_text and not varying:
-        text_cache = TextStateCache(pipe.tokenizer, pipe.text_encoder, device)
+        text_cache = TextStateCache(pipe.tokenizer, pipe.text_encoder, device, long_length)
         captions = {image.text for image in images} | ({""} if config.caption_dropout > 0 else set())
         with accelerator.autocast():  # as the training step encodes them
             text_cache.fill(captions, progress=lambda done, count: report("encoding captions", done, count))
@@ -158,6 +192,9 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     if config.max_epochs:
         epoch_steps = config.max_epochs * state.data.batches_per_epoch / config.gradient_accumulation
         total = min(total, math.ceil(epoch_steps))
+    running = RunningLoss(state.data.batches_per_epoch // config.gradient_accumulation)
+    plain = PlainProgress(total, config.log_every)
+    plain.enabled = plain.enabled and accelerator.is_main_process and progress is not None
     optimizer = make_optimizer(params, config, device)
     schedule = make_lr_schedule(optimizer, config, total)
     ema = None
@@ -182,6 +219,13 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
         from facesmith.train.sampling import read_prompt_file
 
         prompts = read_prompt_file(config.sample_prompts)
+
+    # -- A grid before the first step, to compare the later ones with (Kohya's --sample_at_first).
+    if prompts and config.sample_at_first and state.step == 0:
+        if accelerator.is_main_process:
+            plain.say(f"step 0: sampling {len(prompts)} images")
+            _sample(accelerator, model, prompts, config, resolution, device, 0, out, report)
+        accelerator.wait_for_everyone()
 
     # -- Train.
     scheduler = model.noise_scheduler
@@ -208,10 +252,12 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
                         if text_cache is not None:
                             states = text_cache(captions)
                         elif train_text:
-                            states = encode_text(pipe.tokenizer, text_encoder, captions, device)
+                            states = encode_text(pipe.tokenizer, text_encoder, captions, device, long_length)
                         else:
                             with torch.no_grad():
-                                states = encode_text(pipe.tokenizer, text_encoder, captions, device)
+                                states = encode_text(
+                                    pipe.tokenizer, text_encoder, captions, device, long_length
+                                )
                         prediction = unet(noisy, timesteps, states).sample
                     loss = diffusion_loss(prediction, target, timesteps, scheduler, config.min_snr_gamma)
                     accelerator.backward(loss / config.gradient_accumulation)
@@ -239,7 +285,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
                 if config.tensorboard:
                     accelerator.log({"skipped_steps": state.bad_steps}, step=state.step)
                 if bad_streak >= config.max_bad_steps:
-                    kept = ckpt.latest_checkpoint(out)
+                    kept = ckpt.good_checkpoint(out)
                     raise FacesmithError(
                         f"the loss was NaN or inf for {bad_streak} steps in a row at step {state.step + 1}; "
                         f"likely causes: {LIKELY_NAN_CAUSES}. The last good checkpoint is "
@@ -261,10 +307,12 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
 
             # Log, checkpoint, report, sample.
             step = state.step
-            logs = {"loss": loss_value, "lr": schedule.get_last_lr()[0], "epoch": state.data.epoch}
+            average = running.add(loss_value)
+            lr = schedule.get_last_lr()[0]
+            logs = {"loss": loss_value, "avr_loss": average, "lr": lr, "epoch": state.data.epoch}
             if math.isfinite(grad_norm):
                 logs["grad_norm"] = grad_norm
-            if config.tensorboard and (step % config.log_every == 0 or step == total):
+            if config.tensorboard:  # every step's loss and the average (Kohya's loss/current, loss/average)
                 accelerator.log(logs, step=step)
             if step % config.save_every == 0 or step == total:
                 ckpt.save_training(
@@ -277,10 +325,21 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
                     is_main=accelerator.is_main_process,
                     barrier=accelerator.wait_for_everyone,
                 )
-            report("training", step, total, **logs, steps_per_s=1 / max(1e-9, time.time() - tick))
+                # Beside each checkpoint, a LoRA or model that --lora / --model take, named by its step
+                # (the last step's is the run's own export, below).
+                if step < total and accelerator.is_main_process:
+                    plain.say(f"step {step}: exporting {config.mode} of this step")
+                    _export(model, config, out, _export_info(state, total, images, resolution, precision),
+                            params=params, ema=ema, step=step)  # fmt: skip
+                accelerator.wait_for_everyone()
+            # The bar's loss is the running average; the step's own is beside it.
+            shown = dict(logs, loss=average, step_loss=loss_value)
+            report("training", step, total, **shown, steps_per_s=1 / max(1e-9, time.time() - tick))
+            plain.step(step, average, lr)
             if prompts and ((config.sample_every and step % config.sample_every == 0) or step == total):
                 if accelerator.is_main_process:
-                    _sample(accelerator, pipe, prompts, config, resolution, device, step, out, report)
+                    plain.say(f"step {step}: sampling {len(prompts)} images")
+                    _sample(accelerator, model, prompts, config, resolution, device, step, out, report)
                 accelerator.wait_for_everyone()
             tick = time.time()  # the rate is of training steps: sampling has its own stage
     except KeyboardInterrupt:
@@ -298,25 +357,54 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     if ema is not None:
         ema.copy_to(params)
     if accelerator.is_main_process:
-        from facesmith.train.export import export_full, export_kohya_lora
-
         pipe.unet = accelerator.unwrap_model(unet, keep_torch_compile=False)
         pipe.text_encoder = accelerator.unwrap_model(text_encoder, keep_torch_compile=False)
-        info = {
-            "resolution": resolution,
-            "step": state.step,
-            "epoch": state.data.epoch,
-            "total_steps": total,
-            "images": len(images),
-            "mixed_precision": precision,
-            "started_at": state.started_at,
-        }
-        if config.mode == "lora":
-            export_kohya_lora(model, config, out / "lora.safetensors", info)
-        else:
-            export_full(model, config, out, info)
+        _export(model, config, out, _export_info(state, total, images, resolution, precision))
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def _export_info(state, total: int, images: list, resolution: int, precision: str) -> dict:
+    return {
+        "resolution": resolution,
+        "step": state.step,
+        "epoch": state.data.epoch,
+        "total_steps": total,
+        "images": sum(image.repeats for image in images),  # Kohya's ss_num_train_images counts repeats
+        "mixed_precision": precision,
+        "started_at": state.started_at,
+    }
+
+
+def _export(model, config: TrainConfig, out: Path, info: dict, *, params=None, ema=None, step=None) -> None:
+    """The run's export, or with `step` the one named by that step (with the EMA weights swapped in for
+    it, and the training weights back after); full-model step folders are kept as checkpoints are."""
+    import shutil
+
+    from facesmith.train.export import export_full, export_kohya_lora, run_name, step_name
+
+    name = run_name(out) if step is None else step_name(out, step)
+    if ema is not None:
+        ema.store(params)
+        ema.copy_to(params)
+    try:
+        if config.mode == "lora":
+            export_kohya_lora(model, config, out / f"{name}.safetensors", info)
+        elif step is None:
+            export_full(model, config, out, info)
+        else:
+            export_full(model, config, out, info, name=name, single_file=False)
+            pattern = f"{run_name(out)}-step" + "[0-9]" * 8
+            folders = sorted(p for p in out.glob(pattern) if p.is_dir())
+            for old in folders[: -config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if ema is not None:
+            ema.restore(params)
+
+
+def _is_clip(pipe) -> bool:
+    return type(pipe.text_encoder).__name__ == "CLIPTextModel"
 
 
 def _silent(stage: str, done: int, total: int | None, **fields: float) -> None:
@@ -381,21 +469,36 @@ def _accelerator(config: TrainConfig, out: Path):
 
 def _buckets(images, config: TrainConfig, resolution: int) -> dict[tuple[int, int], list[int]]:
     """{(width, height): image indices}: aspect-ratio buckets, or one resolution x resolution square."""
-    from facesmith.train.dataset import assign_buckets, make_buckets
+    from facesmith.train.dataset import (
+        TrainingWarning,
+        assign_buckets,
+        bucket_limits,
+        make_buckets,
+        repeat_images,
+    )
 
     if not config.bucketing:
-        return {(resolution, resolution): list(range(len(images)))}
-    buckets = make_buckets(resolution, config.bucket_step, config.min_bucket_side, config.max_bucket_side)
-    return assign_buckets(images, buckets)
+        return repeat_images({(resolution, resolution): list(range(len(images)))}, images)
+    step, low, high = bucket_limits(config, resolution)
+    buckets = make_buckets(resolution, step, low, high)
+    if len(buckets) == 1:
+        warnings.warn(
+            f"bucketing is on but the bucket limits (step {step}, sides {low}-{high} px at {resolution} px) "
+            "leave only the square bucket: lower min_bucket_side or bucket_step",
+            TrainingWarning,
+            stacklevel=2,
+        )
+    return repeat_images(assign_buckets(images, buckets), images)
 
 
 def _sample(
-    accelerator, pipe, prompts, config: TrainConfig, resolution: int, device, step: int, out: Path, report
+    accelerator, model, prompts, config: TrainConfig, resolution: int, device, step: int, out: Path, report
 ) -> Path:
     import numpy as np
 
     from facesmith.train.sampling import labelled_grid, sample_images
 
+    pipe = model.pipe
     unet = pipe.unet
     was_training = unet.training
     unet.eval()
@@ -403,10 +506,11 @@ def _sample(
         images = sample_images(
             pipe,
             prompts,
-            config.sample_sampler,
+            config.sample_sampler or model.default_sampler,
             resolution,
             device,
             progress=lambda done, count: report("sampling", done, count, step=step),
+            cfg=model.default_cfg,
         )
     finally:
         unet.train(was_training)
