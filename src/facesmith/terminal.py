@@ -58,6 +58,7 @@ def _facesmith_warnings() -> list[type[Warning]]:
     )
     from facesmith.img2img import MaskResizedWarning
     from facesmith.latents import VaeUpcastWarning
+    from facesmith.train.dataset import TrainingWarning
 
     return [
         PromptTruncatedWarning,
@@ -67,6 +68,7 @@ def _facesmith_warnings() -> list[type[Warning]]:
         EngineFallbackWarning,
         VaeUpcastWarning,
         MaskResizedWarning,
+        TrainingWarning,
     ]
 
 
@@ -131,5 +133,5 @@ class Bars:
                 left = (total - done) / rate
                 parts.append(f"ETA {int(left // 60)}:{int(left % 60):02d}")
         if fields.get("loss") is not None:
-            parts.append(f"loss {fields['loss']:.4f}")
+            parts.append(f"{'avr_loss' if stage == 'training' else 'loss'} {fields['loss']:.4f}")
         return "  ".join(parts)

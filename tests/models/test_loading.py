@@ -95,3 +95,19 @@ def test_models_and_loras_with_non_finite_weights_are_refused(tmp_path, sd15_fil
     save_file(lora, tmp_path / "bad-lora.safetensors")
     with pytest.raises(FacesmithError, match="NaN or inf"):
         read_lora(tmp_path / "bad-lora.safetensors")
+
+
+def test_a_checkpoint_s_trainable_weights_given_as_a_lora_point_to_the_step_s_lora(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from facesmith.models.lora import read_lora
+
+    step = tmp_path / "run" / "checkpoints" / "step-000600"
+    step.mkdir(parents=True)
+    save_file({"x": torch.zeros(1)}, step / "trainable.safetensors")
+    save_file({"x": torch.zeros(1)}, tmp_path / "run" / "run-step00000600.safetensors")
+    with pytest.raises(
+        FacesmithError, match=r"training checkpoint's state, not a LoRA: use .*run-step00000600"
+    ):
+        read_lora(step / "trainable.safetensors")

@@ -56,6 +56,14 @@ def read_lora(path: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tens
 
     if not path.is_file():
         raise FacesmithError(f"LoRA file {path} does not exist or is not a file")
+    if path.name == "trainable.safetensors" and path.parent.name.startswith("step-"):
+        # A checkpoint's trainable weights use peft's in-model names and load nowhere as a LoRA; the run
+        # writes a LoRA of each saved step beside its checkpoints (train/trainer.py).
+        step = path.parent.name.removeprefix("step-")
+        run = path.parent.parent.parent
+        found = sorted(run.glob(f"*-step{int(step):08d}.safetensors")) if step.isdigit() else []
+        hint = str(found[0]) if found else f"the {run}/NAME-stepNNNNNNNN.safetensors of that step"
+        raise FacesmithError(f"{path} is a training checkpoint's state, not a LoRA: use {hint}")
     import torch
 
     state = read_checkpoint(path, allow_pickle=allow_pickle)
