@@ -504,3 +504,22 @@ def test_kill_9_takes_the_workers_and_the_lock_with_it(tmp_path):
     with pytest.raises(FacesmithError, match="kept 0 of 48 images"):
         run_prepare(config)
     assert progress.read_text().count("\n") == 48
+
+
+def test_a_small_kohya_concept_folder_is_never_split(tmp_path):
+    """A 7-image subject lost one image to the val split, unsaid (issue 16.2): folders under 20 images
+    stay whole in train, and the report says which."""
+    small, large = tmp_path / "kohya" / "10_alice", tmp_path / "kohya" / "2_crowd"
+    for seed in range(7):
+        save_photo(small / f"a{seed}.jpg", 100 + seed, SIZE, quality=95)
+    for seed in range(24):
+        save_photo(large / f"c{seed}.jpg", 200 + seed, SIZE, quality=95)
+    out = run_prepare(
+        aligned_config([tmp_path / "kohya"], tmp_path / "out", val_fraction=0.5, max_hash_distance=-1)
+    )
+    rows = stored_rows(out)
+    alice = [r for r in rows if "/10_alice/" in r["source_file"]]
+    crowd = [r for r in rows if "/2_crowd/" in r["source_file"]]
+    assert len(alice) == 7 and all(r["split"] == "train" for r in alice)
+    assert {r["split"] for r in crowd} == {"train", "val"}  # a large folder is still split
+    assert any("10_alice" in note and "kept whole" in note for note in read_report(out)["notes"])

@@ -22,6 +22,7 @@ import hashlib
 import json
 import random
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +36,9 @@ from facesmith.errors import FacesmithError
 from facesmith.progress import Progress
 
 PROGRESS_FILE = "progress.jsonl"
+# A Kohya concept folder smaller than this is never split: a held-out image or two of a 7-image subject
+# is a large share of what the run can learn from, and says little as validation (issue [train-2]).
+MIN_SPLIT_CONCEPT = 20
 # Faces are searched in a copy of at most this many pixels (faces.detect_faces): MTCNN needs ~100 bytes
 # per pixel, and a face too small to find at this size is far too small to keep at any --size.
 DETECT_PIXELS = 4_000_000
@@ -191,11 +195,15 @@ def _build(config: PrepareConfig, out: Path, start: float, progress: Progress | 
         i for i in range(total) if "rejected" not in done[i] and not (items[i].caption or items[i].attributes)
     ]
     predicted, notes = predict_attributes(out, [done[i] for i in unlabeled], config)
-    rows = [
-        _manifest_row(items[i], done[i], config, predicted.get(i))
-        for i in range(total)
-        if "rejected" not in done[i]
-    ]
+    kept = [i for i in range(total) if "rejected" not in done[i]]
+    concepts = Counter(items[i].path.parent for i in kept if items[i].source == "kohya")
+    whole = {folder for folder, count in concepts.items() if count < MIN_SPLIT_CONCEPT}
+    rows = [_manifest_row(items[i], done[i], config, predicted.get(i), whole) for i in kept]
+    if whole and config.val_fraction > 0:
+        notes.append(
+            f"{len(whole)} Kohya concept folder(s) under {MIN_SPLIT_CONCEPT} images kept whole for training "
+            f"(no val images): {', '.join(sorted(f.name for f in whole))}"
+        )
     write_manifest(out, rows)
     from facesmith.data.report import write_report
 
@@ -271,7 +279,11 @@ def predict_attributes(
 
 
 def _manifest_row(
-    item: SourceItem, record: dict, config: PrepareConfig, predicted: dict | None = None
+    item: SourceItem,
+    record: dict,
+    config: PrepareConfig,
+    predicted: dict | None = None,
+    whole: set[Path] | frozenset = frozenset(),
 ) -> ManifestRow:
     from facesmith.data.captions import caption_from_attributes, caption_from_template
 
@@ -296,7 +308,7 @@ def _manifest_row(
         attributes=item.attributes,
         source=item.source,
         source_file=str(item.path),
-        split=assign_split(key, config.seed, config.val_fraction),
+        split="train" if item.path.parent in whole else assign_split(key, config.seed, config.val_fraction),
         width=config.size,
         height=config.size,
         caption_from=origin,
