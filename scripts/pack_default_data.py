@@ -4,7 +4,7 @@ The GPU machine receives at most 64 MiB per call, so the ~30k faces go as
 128-px WebP (quality 78, about 1.6-2 KB each) in one ``.npz`` per source,
 with each face's attribute dict beside it. Both sources are already aligned
 sets, so this follows ``facesmith prepare --aligned``: a fixed crop per
-source and a Lanczos resize, no detection. The crops put the eyes at about
+source (``data.align.aligned_box``, the one definition) and a Lanczos resize, no detection. The crops put the eyes at about
 0.45 of the height with an eye distance near a quarter of the width.
 
 The packed files hold real people's photos under non-commercial research
@@ -26,26 +26,24 @@ import numpy as np
 from PIL import Image
 
 from facesmith.attributes.schema import celeba_attributes, utkface_attributes
+from facesmith.data.align import aligned_box
 
 SIZE = 128
-# CelebA align&cropped at 89x109: an 80-px square around the face.
-CELEBA_BOX = (4, 18, 84, 98)
 
 
-def _encode(args: tuple[str, tuple | None, int]) -> bytes:
-    path, box, quality = args
+def _encode(args: tuple[str, int]) -> bytes:
+    path, quality = args
     image = Image.open(path).convert("RGB")
-    if box is not None:
-        image = image.crop(box)
-    image = image.resize((SIZE, SIZE), Image.LANCZOS)
+    # The crop of `facesmith prepare --aligned`, defined once in data/align.py.
+    image = image.resize((SIZE, SIZE), Image.LANCZOS, box=aligned_box(*image.size))
     buf = io.BytesIO()
     image.save(buf, "WEBP", quality=quality, method=6)
     return buf.getvalue()
 
 
-def pack(name: str, paths: list[str], box, attrs: list[dict], out: Path, quality: int) -> None:
+def pack(name: str, paths: list[str], attrs: list[dict], out: Path, quality: int) -> None:
     with ProcessPoolExecutor() as pool:
-        blobs = list(pool.map(_encode, [(p, box, quality) for p in paths], chunksize=64))
+        blobs = list(pool.map(_encode, [(p, quality) for p in paths], chunksize=64))
     offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
     np.savez_compressed(
         out / f"{name}.npz",
@@ -70,7 +68,6 @@ def main() -> None:
     pack(
         "celeba",
         [str(celeba / "images" / r["file"]) for r in rows],
-        CELEBA_BOX,
         [celeba_attributes(r) for r in rows],
         args.out,
         args.quality,
@@ -80,7 +77,6 @@ def main() -> None:
     pack(
         "utkface",
         [str(utk / "images" / r["file"]) for r in rows],
-        None,
         [utkface_attributes(int(r["age"]), int(r["gender"]), int(r["race"])) for r in rows],
         args.out,
         args.quality,

@@ -64,3 +64,14 @@ def test_center_crop_is_square_and_centred():
     ImageDraw.Draw(image).rectangle((0, 10, 88, 98), fill=(255, 255, 255))
     crop = np.asarray(center_crop(image, 32))
     assert crop.shape == (32, 32, 3) and crop.min() > 200
+
+
+def test_aligned_celeba_images_get_the_default_model_s_training_crop():
+    """`prepare --aligned` took a centred 89-px square of CelebA's 89x109 where the default model was
+    trained on the 80-px box (4, 18, 84, 98) (issue 16.11): one crop, defined once."""
+    from facesmith.data.align import aligned_box
+
+    assert aligned_box(89, 109) == (4, 18, 84, 98)
+    assert aligned_box(178, 218) == (8, 36, 168, 196)  # the original align&cropped size, same framing
+    assert aligned_box(200, 200) == (0, 0, 200, 200)  # UTKFace chips: the whole square
+    assert aligned_box(120, 80) == (20, 0, 100, 80)

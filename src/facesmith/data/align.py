@@ -116,13 +116,28 @@ def _pad_blurred(image: Image.Image, pad: np.ndarray, blur: float) -> Image.Imag
     return Image.fromarray(np.uint8(np.clip(np.rint(pixels), 0, 255)))
 
 
+# CelebA's align&cropped images (178x218, 89x109 in the shared copy): the 80-of-89-px square around the
+# face that the default model was trained on (scripts/pack_default_data.py), as fractions of the image.
+CELEBA_BOX = (4 / 89, 18 / 109, 84 / 89, 98 / 109)
+CELEBA_ASPECT = 89 / 109
+
+
+def aligned_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """The crop ``--aligned`` takes: CelebA's face square on CelebA-shaped images (the default model's
+    training crop), else the centred square of side min(width, height)."""
+    if abs(width / height - CELEBA_ASPECT) < 0.01:
+        left, top, right, bottom = CELEBA_BOX
+        return round(left * width), round(top * height), round(right * width), round(bottom * height)
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
 def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """``--aligned``: the centred square of side min(width, height), resized to ``size`` (Lanczos).
+    """``--aligned``: the square of ``aligned_box``, resized to ``size`` (Lanczos).
 
     Already-aligned sets (CelebA's img_align_celeba, UTKFace chips, FFHQ) centre the face, so the same
-    crop for every image keeps each set's framing consistent.
+    crop for every image keeps each set's framing consistent; on CelebA it is the default model's own.
     """
     image = image.convert("RGB")
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    return image.resize((size, size), Image.Resampling.LANCZOS, box=(left, top, left + side, top + side))
+    return image.resize((size, size), Image.Resampling.LANCZOS, box=aligned_box(*image.size))
