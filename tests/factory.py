@@ -189,6 +189,19 @@ def kohya_lora(pipe, rank: int = 4, seed: int = 0, scale: float = 0.5) -> dict[s
     return state
 
 
+def same_named_loras(folder: Path) -> list[Path]:
+    """Two different Kohya LoRAs both called lora.safetensors, in folder/runA and folder/runB (every
+    training run used to write that name)."""
+    from safetensors.torch import save_file
+
+    paths = []
+    for seed, run in enumerate(("runA", "runB")):
+        (folder / run).mkdir(parents=True, exist_ok=True)
+        save_file(kohya_lora(tiny_sd15(), seed=seed, scale=2.0), folder / run / "lora.safetensors")
+        paths.append(folder / run / "lora.safetensors")
+    return paths
+
+
 def peft_lora(pipe, path: Path, rank: int = 4, seed: int = 0) -> Path:
     """A random UNet LoRA saved by diffusers in its peft format (`unet.*.lora_A.weight`)."""
     from diffusers import StableDiffusionPipeline

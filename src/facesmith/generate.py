@@ -324,7 +324,7 @@ def run_generate(
         if progress is not None:
             progress("loading model", 0, None)
         generator = FaceGenerator.from_settings(config, progress=progress)
-    loaded = generator.model.model_hash()
+    loaded = generator.model.model_hash() if made_with else None
     if made_with and loaded and made_with.lower() != loaded.lower():
         warnings.warn(
             f"the image was made with model hash {made_with}, but the loaded model's is {loaded}: "

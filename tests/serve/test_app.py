@@ -22,18 +22,10 @@ FAST = {"prompt": "a face", "steps": 1, "width": 64, "height": 64}
 @pytest.fixture(scope="module")
 def guarded(sd15_folder, tmp_path_factory):
     """A server with two users (alice is the first) and two LoRAs that share a file name."""
-    from safetensors.torch import save_file
-
     import factory
 
     folder = tmp_path_factory.mktemp("guarded")
-    loras = []
-    for seed, run in enumerate(("runA", "runB")):
-        (folder / run).mkdir()
-        save_file(
-            factory.kohya_lora(factory.tiny_sd15(), seed=seed, scale=2.0), folder / run / "lora.safetensors"
-        )
-        loras += ["--lora", f"{folder / run / 'lora.safetensors'}:0.8"]
+    loras = [arg for path in factory.same_named_loras(folder) for arg in ("--lora", f"{path}:0.8")]
     auth = ",".join(f"{u}:{p}" for u, p in USERS)
     running = start_server(folder, ["--model", str(sd15_folder), "--api-auth", auth, *loras], auth=USERS[0])
     yield running

@@ -94,18 +94,9 @@ def test_pngs_carry_both_metadata_chunks(queue):
 def two_loras(sd15_folder, tmp_path_factory):
     """A generator with two LoRAs that share a file name (every training run writes lora.safetensors),
     beside one on the same model without LoRAs; both sample eagerly so their pixels compare exactly."""
-    from safetensors.torch import save_file
-
     import facesmith
 
-    folder = tmp_path_factory.mktemp("loras")
-    paths = []
-    for seed, run in enumerate(("runA", "runB")):
-        (folder / run).mkdir()
-        save_file(
-            factory.kohya_lora(factory.tiny_sd15(), seed=seed, scale=2.0), folder / run / "lora.safetensors"
-        )
-        paths.append(folder / run / "lora.safetensors")
+    paths = factory.same_named_loras(tmp_path_factory.mktemp("loras"))
     with_loras = facesmith.load(
         sd15_folder, loras=[f"{paths[0]}:1", f"{paths[1]}:0.5"], engine="eager", fuse_loras=False
     )

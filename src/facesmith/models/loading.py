@@ -97,6 +97,18 @@ def load_model(source: str | os.PathLike | None, *, allow_pickle: bool = False) 
     return LoadedModel(pipe, path.stem, str(path), [path])
 
 
+def non_finite(tensors) -> list[str]:
+    """Names of the floating-point tensors in the mapping `tensors` that hold NaN or inf (the one check
+    behind models, LoRAs, checkpoints and exports)."""
+    import torch
+
+    return [
+        name
+        for name, tensor in tensors.items()
+        if tensor.is_floating_point() and not tensor.is_meta and not bool(torch.isfinite(tensor).all())
+    ]
+
+
 def check_finite(pipe, source: str) -> None:
     """FacesmithError when a model's weights hold NaN or inf: they would only draw black images.
 
@@ -105,13 +117,14 @@ def check_finite(pipe, source: str) -> None:
     """
     import torch
 
-    bad = [
-        f"{name}.{key}"
-        for name, component in pipe.components.items()
-        if isinstance(component, torch.nn.Module)
-        for key, tensor in component.state_dict().items()
-        if tensor.is_floating_point() and not tensor.is_meta and not bool(torch.isfinite(tensor).all())
-    ]
+    bad = non_finite(
+        {
+            f"{name}.{key}": tensor
+            for name, component in pipe.components.items()
+            if isinstance(component, torch.nn.Module)
+            for key, tensor in component.state_dict().items()
+        }
+    )
     if bad:
         raise FacesmithError(
             f"model {source}: {len(bad)} weight tensor(s) hold NaN or inf (e.g. {bad[0]}), so every image "

@@ -64,10 +64,10 @@ def read_lora(path: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tens
         found = sorted(run.glob(f"*-step{int(step):08d}.safetensors")) if step.isdigit() else []
         hint = str(found[0]) if found else f"the {run}/NAME-stepNNNNNNNN.safetensors of that step"
         raise FacesmithError(f"{path} is a training checkpoint's state, not a LoRA: use {hint}")
-    import torch
+    from facesmith.models.loading import non_finite
 
     state = read_checkpoint(path, allow_pickle=allow_pickle)
-    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = non_finite(state)
     if bad:
         raise FacesmithError(
             f"LoRA {path}: {len(bad)} tensor(s) hold NaN or inf (e.g. {bad[0]}): the file is corrupt"

@@ -41,6 +41,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from facesmith.errors import FacesmithError
+from facesmith.models.loading import non_finite
 from facesmith.train.config import TrainConfig
 from facesmith.train.dataset import BatchStream
 
@@ -76,7 +77,7 @@ def good_checkpoint(output_dir: Path) -> Path | None:
             for name in ("trainable.safetensors", "ema.safetensors"):
                 if (path / name).is_file():
                     tensors = _read(path / name, load_file)
-                    if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
+                    if non_finite(tensors):
                         raise FacesmithError(f"{path / name} holds NaN or inf")
         except FacesmithError:
             continue
@@ -451,7 +452,7 @@ def check_weights(
                     f"checkpoint {path}: {file} holds {name} as {tuple(tensor.shape)} {tensor.dtype}, where "
                     f"this run has {tuple(param.shape)} {param.dtype}; {_way_out(path)}"
                 )
-        bad = [name for name, _ in named if not torch.isfinite(tensors[name]).all()]
+        bad = non_finite({name: tensors[name] for name, _ in named})
         if bad:
             raise FacesmithError(
                 f"checkpoint {path}: {file} holds NaN or inf in {len(bad)} tensors (e.g. {bad[0]}); "

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from facesmith.errors import FacesmithError
+from facesmith.models.loading import non_finite
 from facesmith.train.config import TrainConfig
 from facesmith.train.model import TrainModel
 
@@ -79,7 +80,7 @@ def kohya_lora_state(model: TrainModel, alpha: float) -> dict[str, torch.Tensor]
 
 def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """FacesmithError, before anything is written to `path`, when any of `tensors` holds NaN or inf."""
-    bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    bad = non_finite(tensors)
     if bad:
         raise FacesmithError(
             f"the trained weights hold NaN or inf in {len(bad)} tensors (e.g. {bad[0]}), so {path} was not "
