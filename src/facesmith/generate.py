@@ -7,18 +7,15 @@ UNet, VAE, scheduler), and owns what facesmith adds around it:
   it is exactly the image that seed s+i makes by itself, and the same on any device;
 - device and dtype: CUDA in bf16/fp16, CPU in fp32 (the NaN-guarded VAE decode is `latents.py`'s);
 - the 77-token limit: facesmith truncates, as diffusers does, and warns naming the words that were cut;
-- `trace`: the predicted clean image x0 at evenly spaced steps; `forward_process`: an image noised by
-  the training schedule q(x_t | x_0) (Ho et al. 2020, eq. 4) and decoded, as the paper's figures show.
+- `trace`: the predicted clean image x0 at evenly spaced steps (recorded by `trace.py`).
 `run_generate` is the stage behind `facesmith generate` (config in, PNGs with `metadata.py`'s recipe
-out) and `run_noise` the one behind `facesmith noise`. Device, dtype and output folder are `runtime.py`'s.
+out). The forward process (`facesmith noise`) is `noise.py`'s; img2img and inpainting are `img2img.py`'s;
+device, dtype and output folder are `runtime.py`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
-import math
 import re
 import secrets
 import warnings
@@ -26,19 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from facesmith.config import MAX_STEPS, GenerateConfig, NoiseConfig
+from facesmith.config import GenerateConfig
 from facesmith.errors import FacesmithError
 from facesmith.img2img import prepare_start
-from facesmith.latents import decode_latents, encode_image, to_pil
+from facesmith.latents import decode_latents, to_pil
 from facesmith.metadata import recipe, write_png
 from facesmith.models.loading import LoadedModel, load_model
 from facesmith.progress import Progress
 from facesmith.runtime import choose_device, choose_dtype, prepare_out_dir
 from facesmith.samplers import make_scheduler
+from facesmith.trace import TraceRecorder, detached_after, image_strip
 
 LOAD_TIME_SETTINGS = ("model", "loras", "vae", "device", "dtype", "engine", "allow_pickle")
 
@@ -267,8 +264,8 @@ class FaceGenerator:
                 generator=[torch.Generator("cpu").manual_seed(seed + first + j) for j in range(size)],
                 output_type="latent",
             )
-            recorder = _TraceRecorder(pipe.scheduler) if config.trace else None
-            with torch.inference_mode(), _detached_after(recorder):
+            recorder = TraceRecorder(pipe.scheduler) if config.trace else None
+            with torch.inference_mode(), detached_after(recorder):
                 if start is None:
                     latents = pipe(**call, width=width, height=height, callback_on_step_end=on_step).images
                 else:
@@ -281,28 +278,6 @@ class FaceGenerator:
                     ]
                     trace += [[frame[j] for frame in frames] for j in range(size)]
         return Generation(images, [seed + i for i in range(config.count)], config, trace)
-
-    # ------------------------------------------------------------------------------------------------------
-    def forward_process(self, image: Image.Image, slices: int = 8, seed: int = 0) -> list[Image.Image]:
-        """The image encoded, noised to `slices` evenly spaced timesteps of the training schedule, and
-        each slice decoded; the first frame is the clean reconstruction (t = 0)."""
-        from diffusers import DDPMScheduler
-
-        if not 1 <= slices <= MAX_STEPS:
-            raise FacesmithError(f"--steps {slices} is outside [1, {MAX_STEPS}]")
-        width, height = (max(8, side - side % 8) for side in image.size)
-        pixels = np.asarray(image.convert("RGB").resize((width, height), Image.LANCZOS), dtype=np.float32)
-        x = torch.from_numpy(pixels / 127.5 - 1).permute(2, 0, 1)[None].to(self.device, self.pipe.vae.dtype)
-        schedule = DDPMScheduler.from_config(self.base_scheduler_config)
-        with torch.inference_mode():
-            latents = encode_image(self.pipe.vae, x)
-            noise = torch.randn(latents.shape, generator=torch.Generator("cpu").manual_seed(seed)).to(latents)
-            frames = [decode_latents(self.pipe.vae, latents)]
-            for t in forward_timesteps(slices, schedule.config.num_train_timesteps)[1:]:
-                frames.append(
-                    decode_latents(self.pipe.vae, schedule.add_noise(latents, noise, torch.tensor([t])))
-                )
-        return [to_pil(frame)[0] for frame in frames]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -346,58 +321,9 @@ def run_generate(
     return written
 
 
-def run_noise(config: NoiseConfig, progress: Progress | None = None) -> Path:
-    """`facesmith noise`: IMAGE encoded, noised in `steps` slices, each decoded, saved as one strip."""
-    config.validate()
-    image = Path(config.image)
-    try:
-        picture = Image.open(image)
-        picture.load()
-    except FileNotFoundError:
-        raise FacesmithError(f"image {image} does not exist") from None
-    except (OSError, UnidentifiedImageError) as error:
-        raise FacesmithError(f"cannot read image {image}: {error}") from None
-    out_dir = prepare_out_dir(config.out_dir)
-    if progress is not None:
-        progress("loading model and noising", 0, None)
-    # The forward process never runs the UNet: no engine to prepare for it.
-    generator = FaceGenerator.load(
-        config.model, device=config.device, dtype=config.dtype, allow_pickle=config.allow_pickle,
-        engine="eager",
-    )  # fmt: skip
-    frames = generator.forward_process(picture, slices=config.steps, seed=config.seed)
-    timesteps = forward_timesteps(config.steps, generator.base_scheduler_config["num_train_timesteps"])
-    path = out_dir / f"{image.stem}-noise.png"
-    image_strip(frames, labels=[f"t = {t}" for t in timesteps]).save(path)
-    return path
-
-
 def next_image_number(out_dir: Path) -> int:
     numbers = [int(p.name[:5]) for p in out_dir.glob("*.png") if p.name[:5].isdigit()]
     return max(numbers, default=0) + 1
-
-
-def forward_timesteps(slices: int, total: int) -> list[int]:
-    """t = 0 (the clean image), then `slices` timesteps evenly spaced up to the last of `total`."""
-    return [round(k * (total - 1) / slices) for k in range(slices + 1)]
-
-
-LABEL_BAND = 14  # pixels under each frame of a labelled strip: one line of PIL's default font
-
-
-def image_strip(frames: list[Image.Image], labels: list[str] | None = None) -> Image.Image:
-    """Frames side by side; with `labels`, each written in a white band under its frame."""
-    from PIL import ImageDraw, ImageFont
-
-    width, height = frames[0].size
-    band = LABEL_BAND if labels else 0
-    strip = Image.new("RGB", (width * len(frames), height + band), "white")
-    draw, font = ImageDraw.Draw(strip), ImageFont.load_default()
-    for i, frame in enumerate(frames):
-        strip.paste(frame, (i * width, 0))
-        if labels:
-            draw.text((i * width + 2, height + 1), labels[i], fill="black", font=font)
-    return strip
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -413,63 +339,3 @@ def truncated_words(tokenizer, text: str) -> str:
     if len(ids) <= limit:
         return ""
     return tokenizer.decode(ids[limit:]).strip()
-
-
-def predicted_clean_latents(
-    scheduler, model_output: torch.Tensor, timestep, sample: torch.Tensor
-) -> torch.Tensor:
-    """x0 predicted at this step, for any of facesmith's schedulers (DDIM paper eq. 12 / v-param).
-
-    Euler-type schedulers keep the sample scaled by sqrt(1 + sigma^2); `scale_model_input` gives back the
-    variance-preserving x_t the UNet saw. The noise level comes from sigma where the scheduler keeps one
-    (alpha_bar = 1 / (1 + sigma^2)), else from alphas_cumprod at the integer timestep.
-    """
-    x_t = scheduler.scale_model_input(sample, timestep)
-    sigmas, index = getattr(scheduler, "sigmas", None), getattr(scheduler, "step_index", None)
-    if sigmas is not None and index is not None:
-        sigma = float(sigmas[index])
-        alpha_bar = 1.0 / (1.0 + sigma * sigma)
-    else:
-        alpha_bar = float(scheduler.alphas_cumprod[int(timestep)])
-    a, s = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
-    kind = scheduler.config.prediction_type
-    if kind == "v_prediction":
-        return a * x_t - s * model_output
-    if kind == "sample":
-        return model_output
-    return (x_t - s * model_output) / a
-
-
-@contextlib.contextmanager
-def _detached_after(recorder: _TraceRecorder | None):
-    try:
-        yield
-    finally:
-        if recorder is not None:
-            recorder.detach()
-
-
-class _TraceRecorder:
-    """Wraps `scheduler.step` on this one scheduler instance to keep every step's x0 prediction."""
-
-    def __init__(self, scheduler):
-        self.scheduler = scheduler
-        self.step = scheduler.step
-        self.x0: list[torch.Tensor] = []
-
-        # functools.wraps keeps step's signature visible: diffusers passes the seeded `generator` to
-        # stochastic samplers (Euler a, LCM) only when the signature shows that parameter.
-        @functools.wraps(self.step)
-        def recording_step(model_output, timestep, sample, *args, **kwargs):
-            x0 = predicted_clean_latents(scheduler, model_output, timestep, sample)
-            self.x0.append(x0.detach().clone())
-            return self.step(model_output, timestep, sample, *args, **kwargs)
-
-        scheduler.step = recording_step
-
-    def detach(self) -> None:
-        del self.scheduler.step  # the instance attribute goes; the class's own step is back
-
-    def pick(self, frames: int) -> list[torch.Tensor]:
-        indices = sorted({round(i * (len(self.x0) - 1) / (frames - 1)) for i in range(frames)})
-        return [self.x0[i] for i in indices]

@@ -4,7 +4,7 @@ and warnings on stderr, and no library chatter.
 `guarded` runs a command's work: a FacesmithError becomes one red line and exit status 2, facesmith's
 own warnings (a cut prompt, a NaN VAE decode) become yellow lines, every other warning and library log
 is silenced. `Bars` is the `facesmith.progress` interface drawn as rich progress bars. The commands
-themselves are `cli.py`'s.
+themselves are the `cli` package's.
 """
 
 from __future__ import annotations

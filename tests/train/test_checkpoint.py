@@ -11,17 +11,15 @@ import torch
 
 from facesmith.errors import FacesmithError
 from facesmith.train.checkpoint import (
-    TrainState,
     latest_checkpoint,
     load_checkpoint,
     resolve_resume,
-    resume_training,
     save_checkpoint,
-    save_training,
     saved_counters,
 )
 from facesmith.train.config import TrainConfig
 from facesmith.train.dataset import BatchStream
+from facesmith.train.state import TrainState, resume_training, save_training
 
 
 def _save(out, step, keep=2):

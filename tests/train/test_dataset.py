@@ -117,13 +117,13 @@ def _kohya_dataset(directory, repeats: list[int], val: set[int] = frozenset()):
 
 def test_kohya_repeats_make_an_epoch_the_sum_of_images_times_repeats(tmp_path):
     """Issue 16 bug 2: `10_alice` trained each image once per epoch."""
-    from facesmith.train.trainer import _buckets
+    from facesmith.train.dataset import bucketed_images
 
     images = read_dataset(_kohya_dataset(tmp_path / "d", [3, 3, 1]))
     assert [image.repeats for image in images] == [3, 3, 1]
     for bucketing in (False, True):
         config = TrainConfig(bucketing=bucketing, min_bucket_side=32, max_bucket_side=64, bucket_step=8)
-        assigned = _buckets(images, config, 40)
+        assigned = bucketed_images(images, config, 40)
         assert sorted(i for indices in assigned.values() for i in indices) == [0, 0, 0, 1, 1, 1, 2]
     stream = BatchStream(assigned, batch_size=1, rank=0, processes=1, seed=0, flip=False)
     assert stream.batches_per_epoch == 7
@@ -152,15 +152,16 @@ def test_a_bad_repeats_value_is_one_line(tmp_path):
 
 def test_bucket_limits_scale_with_the_resolution(tmp_path):
     """Issue 16 bug 6: at 128 px the fixed 256-px minimum put every image in the square bucket."""
-    from facesmith.train.dataset import bucket_limits
-    from facesmith.train.trainer import _buckets
+    from facesmith.train.dataset import bucket_limits, bucketed_images
 
     assert bucket_limits(TrainConfig(), 512) == (64, 256, 1024)  # Kohya's defaults
     assert bucket_limits(TrainConfig(), 128) == (32, 64, 256)
     assert bucket_limits(TrainConfig(bucket_step=16, min_bucket_side=48), 128) == (16, 48, 256)
     data = factory.colour_field_dataset(tmp_path / "d", count=2, size=[(96, 160), (160, 96)])
     images = read_dataset(data)
-    assigned = _buckets(images, TrainConfig(bucketing=True), 128)
+    assigned = bucketed_images(images, TrainConfig(bucketing=True), 128)
     assert sorted(assigned) == [(96, 160), (160, 96)]
     with pytest.warns(UserWarning, match="leave only the square bucket: lower min_bucket_side"):
-        assert list(_buckets(images, TrainConfig(bucketing=True, min_bucket_side=256), 128)) == [(128, 128)]
+        assert list(bucketed_images(images, TrainConfig(bucketing=True, min_bucket_side=256), 128)) == [
+            (128, 128)
+        ]

@@ -3,7 +3,7 @@
 Owns `EvaluateConfig` (defaults = the documented behaviour), choosing the faces (generated, real
 held-out reference, real training reference for memorization, and the two baselines), computing every
 metric with the same code for each candidate set, with its interval (`uncertainty.py`), and handing the
-numbers to `report.py`.
+numbers to `report.py`. The config is `config.py`'s; where the faces come from is `candidates.py`'s.
 
 Candidate sets, all of the same size N so the sample-size bias of FD/KID is equal:
 - `model`: the N generated faces (or the images of a folder);
@@ -20,235 +20,30 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import json
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from facesmith.attributes import classifier as attr
-from facesmith.config import GenerateConfig, StageConfig
-from facesmith.data.manifest import IMAGE_SUFFIXES
 from facesmith.errors import FacesmithError
 from facesmith.evaluate import diversity, memorization, realism
+from facesmith.evaluate.candidates import (
+    folder_images,
+    generate_faces,
+    generated_seeds,
+    noise_images,
+    real_expectations,
+    reference_vectors,
+)
+from facesmith.evaluate.config import EvaluateConfig, is_image_folder
 from facesmith.evaluate.faceset import read_faces
-from facesmith.evaluate.faithfulness import AUTO_PROMPTS, RULES, expectations, faithfulness, share
+from facesmith.evaluate.faithfulness import expectations, faithfulness, share
 from facesmith.evaluate.features import extract_features, feature_space
 from facesmith.evaluate.uncertainty import bootstrap, wilson
-from facesmith.metadata import config_from_png, prompt_from_png
 from facesmith.progress import Progress
 from facesmith.runtime import choose_device, prepare_out_dir
-
-DEFAULT_AUTO = 40
-
-
-@dataclass
-class EvaluateConfig(StageConfig):
-    """Everything that decides the numbers `facesmith evaluate` reports."""
-
-    model: str | None = None  # model source (see `facesmith generate --model`), or a folder of images
-    real: str = ""  # dataset folder (metadata.jsonl), packed .npz, or image folder
-    prompts: str | None = None  # text file, one prompt per line (one image each)
-    auto: int | None = None  # N images cycling the built-in prompts (default when no prompts file)
-    seed: int = 0
-    out_dir: str = "evaluation"
-    real_count: int = 500  # real faces per reference set (held-out; training for memorization)
-    steps: int = 30
-    cfg: float | None = None  # None: the model's own choice, as in `facesmith generate`
-    sampler: str | None = None  # None: the model's own choice, as in `facesmith generate`
-    width: int | None = None
-    height: int | None = None
-    feature_size: int = 224
-    knn: int = 3  # k of the precision/recall manifolds (Kynkäänniemi et al. 2019)
-    calibration_copies: int = 64
-    classifier: str | None = None  # folder with attributes.safetensors/.json; None = the shipped one
-    loras: list[str] = field(default_factory=list)  # LoRA FILE[:WEIGHT] applied to the model, stacked
-    audit: str = "sample"  # memorization reference: "sample" (real_count training faces) or "all"
-    feature_cache: str | None = None  # where `audit = "all"` keeps reference features; None: ~/.cache
-    bootstrap: int = 200  # resamples behind the FD and precision/recall intervals
-    device: str | None = None
-    dtype: str | None = None
-    allow_pickle: bool = False
-
-    def validate(self) -> EvaluateConfig:
-        if not self.real:
-            raise FacesmithError("--real is missing: give the real faces (a `facesmith prepare` folder)")
-        if self.prompts and self.auto:
-            raise FacesmithError("give either --prompts FILE or --auto N, not both")
-        if self.auto is not None and self.auto < self.knn + 1:
-            raise FacesmithError(
-                f"--auto {self.auto}: need at least {self.knn + 1} images for precision/recall"
-            )
-        if self.real_count < self.knn + 1:
-            raise FacesmithError(f"--real-count {self.real_count} must be above k = {self.knn}")
-        if self.audit not in ("sample", "all"):
-            raise FacesmithError(f"--audit {self.audit!r}: use 'sample' or 'all'")
-        if is_image_folder(self.model):
-            for given, name in ((self.prompts, "--prompts"), (self.auto, "--auto"), (self.loras, "--lora")):
-                if given:
-                    raise FacesmithError(
-                        f"{name} does not apply to the image folder {self.model}: its prompts come from "
-                        f"the PNG metadata; drop {name}, or give a model to generate from"
-                    )
-        from facesmith.models.lora import parse_lora_spec
-
-        for spec in self.loras:
-            parse_lora_spec(spec)
-        return self
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Where the candidate faces come from.
-
-
-def is_image_folder(source: str | None) -> bool:
-    if source is None:
-        return False
-    path = Path(source)
-    return (
-        path.is_dir()
-        and not (path / "model_index.json").exists()
-        and any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
-    )
-
-
-def read_prompts(path: str | Path) -> list[str]:
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise FacesmithError(f"cannot read --prompts {path}: {error.strerror or error}") from None
-    prompts = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    if not prompts:
-        raise FacesmithError(f"--prompts {path} holds no prompt (one per line)")
-    return prompts
-
-
-def folder_images(folder: str | Path) -> tuple[list[Image.Image], list[str], list[int | None]]:
-    """Images of a folder, their prompts and seeds (from facesmith's JSON or A1111's PNG metadata; ''
-    and None when absent)."""
-    images, prompts, seeds = [], [], []
-    for path in sorted(Path(folder).iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
-        png = path.suffix.lower() == ".png"
-        prompts.append(prompt_from_png(path) if png else "")
-        try:
-            seeds.append(config_from_png(path).seed if png else None)
-        except FacesmithError:
-            seeds.append(None)
-    return images, prompts, seeds
-
-
-def generate_faces(
-    config: EvaluateConfig, progress: Progress | None
-) -> tuple[list[Image.Image], list[str], dict]:
-    """(images, prompts, what was generated) for a model; image i uses seed + i."""
-    from facesmith.generate import FaceGenerator
-
-    if config.prompts:
-        plan = [(p, "") for p in read_prompts(config.prompts)]
-    else:
-        count = config.auto or DEFAULT_AUTO
-        plan = [AUTO_PROMPTS[i % len(AUTO_PROMPTS)] for i in range(count)]
-    if len(plan) < config.knn + 1:
-        raise FacesmithError(
-            f"{len(plan)} prompts: need at least {config.knn + 1} images for precision/recall"
-        )
-    generator = FaceGenerator.from_settings(config)
-    images, used = [], None
-    for i, (prompt, negative) in enumerate(plan):
-        settings = {"prompt": prompt, "negative": negative, "steps": config.steps, "cfg": config.cfg,
-                    "sampler": config.sampler, "seed": config.seed + i, "width": config.width,
-                    "height": config.height}  # fmt: skip
-        result = generator.run(GenerateConfig.from_dict(settings, origin="evaluate"))
-        images += result.images
-        used = result.config
-        if progress:
-            progress("generating", i + 1, len(plan))
-    model = {"name": generator.model.name, "hash": generator.model.model_hash(), "source": config.model,
-             "loras": list(generator.loras)}  # fmt: skip
-    if used is not None:  # what the model's defaults resolved to, for the report
-        model["sampling"] = {
-            "sampler": used.sampler,
-            "cfg": used.cfg,
-            "steps": used.steps,
-            "engine": generator.engine,
-        }
-    return images, [p for p, _ in plan], model
-
-
-def generated_seeds(config: EvaluateConfig, count: int) -> list[int]:
-    """Image i of a generated set uses seed + i (`generate_faces`)."""
-    return [config.seed + i for i in range(count)]
-
-
-def noise_images(count: int, side: int, seed: int) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in range(count)]
-
-
-def real_expectations(attributes: dict) -> dict:
-    """A real face 'asks for' exactly its labels on the attributes the prompt rules can check."""
-    checkable = {
-        key
-        for _, values, negated in RULES
-        for key in [*negated, *(values if isinstance(values, dict) else ())]
-    }
-    binary, age, eth = attr.targets([attributes])
-    found = {}
-    for j, name in enumerate(attr.CELEBA_ATTRIBUTES):
-        if name in checkable and not np.isnan(binary[0, j]):
-            found[name] = int(binary[0, j])
-    if age[0] >= 0 and attr.AGE_NAMES[age[0]] in ("child", "senior"):
-        found["age_group"] = attr.AGE_NAMES[age[0]]
-    if eth[0] >= 0 and attr.ETHNICITIES[eth[0]] != "other":
-        found["ethnicity"] = attr.ETHNICITIES[eth[0]]
-    return found
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The memorization reference: training faces, their features and thumbnails (cached for `audit = "all"`).
-
-
-def reference_vectors(config: EvaluateConfig, faces: list, features, progress: Progress | None):
-    """(features (N, 1280), pixel thumbnails (N, 3072) float32) of the reference faces, batch by batch;
-    with `audit = "all"` read from / written to the feature cache, keyed by the face names and space."""
-    key = hashlib.sha1(
-        "\n".join(
-            [str(Path(config.real).resolve()), feature_space(config.feature_size), *[f.name for f in faces]]
-        ).encode()
-    ).hexdigest()[:16]
-    cache = None
-    if config.audit == "all":
-        root = (
-            Path(config.feature_cache).expanduser()
-            if config.feature_cache
-            else Path.home() / ".cache" / "facesmith" / "evaluate"
-        )
-        cache = root / f"reference-{key}.npz"
-        if cache.is_file():
-            with np.load(cache) as stored:
-                return stored["features"].astype(np.float64), stored["pixels"].astype(np.float32) / 255
-    feats, pixels = [], []
-    for start in range(0, len(faces), 256):
-        images = [f.image() for f in faces[start : start + 256]]
-        feats.append(features(images, "features: training"))
-        pixels.append(memorization.pixel_vectors(images))
-        if progress:
-            progress("memorization reference", min(start + 256, len(faces)), len(faces))
-    feats_, pixels_ = np.concatenate(feats), np.concatenate(pixels)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, features=feats_.astype(np.float32), pixels=np.round(pixels_ * 255).astype(np.uint8))
-        tmp.replace(cache)
-    return feats_, pixels_
-
 
 # ----------------------------------------------------------------------------------------------------------
 # The stage.

@@ -255,3 +255,21 @@ def load_pixels(path: Path, size: tuple[int, int]) -> torch.Tensor:
         image = image.crop((left, top, left + width, top + height))
         array = np.asarray(image, dtype=np.float32) / 127.5 - 1
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def bucketed_images(images, config: TrainConfig, resolution: int) -> dict[tuple[int, int], list[int]]:
+    """{(width, height): image indices}: aspect-ratio buckets, or one resolution x resolution square."""
+    import warnings
+
+    if not config.bucketing:
+        return repeat_images({(resolution, resolution): list(range(len(images)))}, images)
+    step, low, high = bucket_limits(config, resolution)
+    buckets = make_buckets(resolution, step, low, high)
+    if len(buckets) == 1:
+        warnings.warn(
+            f"bucketing is on but the bucket limits (step {step}, sides {low}-{high} px at {resolution} px) "
+            "leave only the square bucket: lower min_bucket_side or bucket_step",
+            TrainingWarning,
+            stacklevel=2,
+        )
+    return repeat_images(assign_buckets(images, buckets), images)

@@ -240,3 +240,45 @@ def write_bpe_files(tokenizer, folder: Path) -> None:
     (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
     merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What the trainer calls.
+
+
+def export_info(state, total: int, images: list, resolution: int, precision: str) -> dict:
+    """The training facts an export records (Kohya's `ss_*` metadata)."""
+    return {
+        "resolution": resolution,
+        "step": state.step,
+        "epoch": state.data.epoch,
+        "total_steps": total,
+        "images": sum(image.repeats for image in images),  # Kohya's ss_num_train_images counts repeats
+        "mixed_precision": precision,
+        "started_at": state.started_at,
+    }
+
+
+def export_run(model, config, out: Path, info: dict, *, params=None, ema=None, step=None) -> None:
+    """The run's export, or with `step` the one named by that step (with the EMA weights swapped in for
+    it, and the training weights back after); full-model step folders are kept as checkpoints are."""
+    import shutil
+
+    name = run_name(out) if step is None else step_name(out, step)
+    if ema is not None:
+        ema.store(params)
+        ema.copy_to(params)
+    try:
+        if config.mode == "lora":
+            export_kohya_lora(model, config, out / f"{name}.safetensors", info)
+        elif step is None:
+            export_full(model, config, out, info)
+        else:
+            export_full(model, config, out, info, name=name, single_file=False)
+            pattern = f"{run_name(out)}-step" + "[0-9]" * 8
+            folders = sorted(p for p in out.glob(pattern) if p.is_dir())
+            for old in folders[: -config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if ema is not None:
+            ema.restore(params)

@@ -129,3 +129,36 @@ def labelled_grid(images: list[Image.Image], prompts: list[SamplePrompt], column
             label = label[:-2]
         draw.text((x + 2, y + image.height + 4), label, fill="black", font=font)
     return grid
+
+
+def sample_grid(
+    accelerator, model, prompts, config, resolution: int, device, step: int, out: Path, report
+) -> Path:
+    """The labelled grid of `prompts` at `step`, made in eval mode, saved under OUT/samples and given to
+    TensorBoard."""
+    import numpy as np
+
+    pipe = model.pipe
+    unet = pipe.unet
+    was_training = unet.training
+    unet.eval()
+    try:
+        images = sample_images(
+            pipe,
+            prompts,
+            config.sample_sampler or model.default_sampler,
+            resolution,
+            device,
+            progress=lambda done, count: report("sampling", done, count, step=step),
+            cfg=model.default_cfg,
+        )
+    finally:
+        unet.train(was_training)
+    grid = labelled_grid(images, prompts)
+    path = out / "samples" / f"step-{step:06d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    if config.tensorboard:
+        tracker = accelerator.get_tracker("tensorboard", unwrap=True)
+        tracker.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+    return path

@@ -12,7 +12,7 @@ how to resume. Phases report through `progress`: "caching latents", "encoding ca
 `--num-processes` launched ones:
 
     OUTPUT_DIR/train.toml             the settings that reproduce the run
-    OUTPUT_DIR/checkpoints/step-N/    atomic checkpoints (checkpoint.py)
+    OUTPUT_DIR/checkpoints/step-N/    atomic checkpoints (checkpoint.py) of the TrainState (state.py)
     OUTPUT_DIR/samples/step-N.png     labelled sample grids (sampling.py)
     OUTPUT_DIR/logs/                  TensorBoard: loss, lr, grad_norm, samples
     OUTPUT_DIR/NAME.safetensors | model/ [+ model.safetensors]   exports (export.py; NAME: the folder's)
@@ -25,8 +25,6 @@ import contextlib
 import math
 import os
 import random
-import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ from facesmith.progress import Progress
 from facesmith.runtime import DTYPES
 from facesmith.train.config import TrainConfig
 from facesmith.train.launch import TrainingInterrupted, interrupted_message, launch_processes
+from facesmith.train.process import interrupts_deferred, make_accelerator
 
 LIKELY_NAN_CAUSES = (
     "a learning rate too high for this optimizer, fp16 overflow (use mixed_precision bf16 or no), "
@@ -101,18 +100,22 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     from facesmith.train.dataset import (
         BatchStream,
         TrainingWarning,
+        bucketed_images,
         held_out_note,
         read_dataset,
         training_caption,
     )
+    from facesmith.train.export import export_info, export_run
     from facesmith.train.model import build_model, check_fits
     from facesmith.train.objective import diffusion_loss, sample_noise, target_for
     from facesmith.train.optim import make_lr_schedule, make_optimizer
+    from facesmith.train.sampling import sample_grid
+    from facesmith.train.state import TrainState, mark_step, resume_training, rewind_to, save_training
     from facesmith.train.watch import PlainProgress, RunningLoss
 
     # -- Initialize: Accelerate and the run folder.
     out = Path(config.output_dir)
-    accelerator, precision = _accelerator(config, out)
+    accelerator, precision = make_accelerator(config, out)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -131,7 +134,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
         with open(out / "train.toml", "a", encoding="utf-8") as toml:
             toml.write(f"# base model: {model.base_name}, family {model.family}, sha256 {model.base_hash}\n")
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    assigned = _buckets(images, config, resolution)
+    assigned = bucketed_images(images, config, resolution)
     check_fits(model, set(assigned), config.max_token_length)
     long_length = config.max_token_length if config.max_token_length != 75 else None
     overlong = overlong_captions(pipe.tokenizer, {image.text for image in images}, long_length)
@@ -176,7 +179,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     # -- Set up the optimisation and the training state.
     named = model.trainable()
     params = [p for _, p in named]
-    state = ckpt.TrainState(
+    state = TrainState(
         data=BatchStream(
             assigned,
             batch_size=config.batch_size,
@@ -211,7 +214,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     # -- Resume from a checkpoint.
     resume_from = ckpt.resolve_resume(out, config.resume)
     if resume_from is not None:
-        ckpt.resume_training(resume_from, state, config, **learning, rank=rank)
+        resume_training(resume_from, state, config, **learning, rank=rank)
     if config.tensorboard:
         accelerator.init_trackers("facesmith", config={k: str(v) for k, v in config.to_dict().items()})
     prompts = None
@@ -224,14 +227,14 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     if prompts and config.sample_at_first and state.step == 0:
         if accelerator.is_main_process:
             plain.say(f"step 0: sampling {len(prompts)} images")
-            _sample(accelerator, model, prompts, config, resolution, device, 0, out, report)
+            sample_grid(accelerator, model, prompts, config, resolution, device, 0, out, report)
         accelerator.wait_for_everyone()
 
     # -- Train.
     scheduler = model.noise_scheduler
     bad_streak = 0
     tick = time.time()
-    whole = ckpt.mark_step(state)  # the end of the last whole optimizer step
+    whole = mark_step(state)  # the end of the last whole optimizer step
     try:
         while state.step < total:
             # Accumulate gradients over gradient_accumulation micro-batches; DDP syncs only on the last.
@@ -295,7 +298,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
             bad_streak = 0
 
             # Update the weights and the EMA, as one step that Ctrl-C cannot cut in two.
-            with _interrupts_deferred():
+            with interrupts_deferred():
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -303,7 +306,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
                     ema.step(params)
                 state.step += 1
                 state.loss = loss_value
-                whole = ckpt.mark_step(state)
+                whole = mark_step(state)
 
             # Log, checkpoint, report, sample.
             step = state.step
@@ -315,7 +318,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
             if config.tensorboard:  # every step's loss and the average (Kohya's loss/current, loss/average)
                 accelerator.log(logs, step=step)
             if step % config.save_every == 0 or step == total:
-                ckpt.save_training(
+                save_training(
                     out,
                     state,
                     config,
@@ -329,7 +332,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
                 # (the last step's is the run's own export, below).
                 if step < total and accelerator.is_main_process:
                     plain.say(f"step {step}: exporting {config.mode} of this step")
-                    _export(model, config, out, _export_info(state, total, images, resolution, precision),
+                    export_run(model, config, out, export_info(state, total, images, resolution, precision),
                             params=params, ema=ema, step=step)  # fmt: skip
                 accelerator.wait_for_everyone()
             # The bar's loss is the running average; the step's own is beside it.
@@ -339,15 +342,15 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
             if prompts and ((config.sample_every and step % config.sample_every == 0) or step == total):
                 if accelerator.is_main_process:
                     plain.say(f"step {step}: sampling {len(prompts)} images")
-                    _sample(accelerator, model, prompts, config, resolution, device, step, out, report)
+                    sample_grid(accelerator, model, prompts, config, resolution, device, step, out, report)
                 accelerator.wait_for_everyone()
             tick = time.time()  # the rate is of training steps: sampling has its own stage
     except KeyboardInterrupt:
-        ckpt.rewind_to(state, whole)
+        rewind_to(state, whole)
         saved = ckpt.checkpoint_dir(out, state.step)
         # Several processes would have to agree on one step to save together; they keep the last save.
         if world == 1 and state.step > 0 and not saved.is_dir():
-            ckpt.save_training(out, state, config, **learning)
+            save_training(out, state, config, **learning)
         if world > 1:  # the launching process says where the run stands, once (launch.py)
             raise
         raise TrainingInterrupted(interrupted_message(out)) from None
@@ -359,48 +362,9 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     if accelerator.is_main_process:
         pipe.unet = accelerator.unwrap_model(unet, keep_torch_compile=False)
         pipe.text_encoder = accelerator.unwrap_model(text_encoder, keep_torch_compile=False)
-        _export(model, config, out, _export_info(state, total, images, resolution, precision))
+        export_run(model, config, out, export_info(state, total, images, resolution, precision))
     accelerator.wait_for_everyone()
     accelerator.end_training()
-
-
-def _export_info(state, total: int, images: list, resolution: int, precision: str) -> dict:
-    return {
-        "resolution": resolution,
-        "step": state.step,
-        "epoch": state.data.epoch,
-        "total_steps": total,
-        "images": sum(image.repeats for image in images),  # Kohya's ss_num_train_images counts repeats
-        "mixed_precision": precision,
-        "started_at": state.started_at,
-    }
-
-
-def _export(model, config: TrainConfig, out: Path, info: dict, *, params=None, ema=None, step=None) -> None:
-    """The run's export, or with `step` the one named by that step (with the EMA weights swapped in for
-    it, and the training weights back after); full-model step folders are kept as checkpoints are."""
-    import shutil
-
-    from facesmith.train.export import export_full, export_kohya_lora, run_name, step_name
-
-    name = run_name(out) if step is None else step_name(out, step)
-    if ema is not None:
-        ema.store(params)
-        ema.copy_to(params)
-    try:
-        if config.mode == "lora":
-            export_kohya_lora(model, config, out / f"{name}.safetensors", info)
-        elif step is None:
-            export_full(model, config, out, info)
-        else:
-            export_full(model, config, out, info, name=name, single_file=False)
-            pattern = f"{run_name(out)}-step" + "[0-9]" * 8
-            folders = sorted(p for p in out.glob(pattern) if p.is_dir())
-            for old in folders[: -config.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if ema is not None:
-            ema.restore(params)
 
 
 def _is_clip(pipe) -> bool:
@@ -409,116 +373,3 @@ def _is_clip(pipe) -> bool:
 
 def _silent(stage: str, done: int, total: int | None, **fields: float) -> None:
     pass
-
-
-@contextlib.contextmanager
-def _interrupts_deferred():
-    """Hold a Ctrl-C that arrives inside the block until the block is done, then deliver it.
-
-    The optimizer, LR-schedule and EMA updates of one step must all happen or none: a KeyboardInterrupt
-    between two parameters' updates would leave weights that no step count describes. Signals reach only
-    the main thread, so elsewhere there is nothing to hold.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: held.append((number, frame)))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if held and callable(previous):
-        previous(*held[0])
-
-
-def _accelerator(config: TrainConfig, out: Path):
-    """(Accelerator, its mixed precision) for this run, after the process-wide settings it needs."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import ProjectConfiguration
-
-    precision = config.mixed_precision
-    if precision is None:
-        bf16 = not config.cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        precision = "bf16" if bf16 else "no"
-    # Accelerate keeps its settings in a process-wide singleton; a second run in the same process (the
-    # Python API, a notebook) may use another precision. The distributed state itself is kept.
-    AcceleratorState._reset_state()
-    if config.compile:
-        from facesmith.engines import configure_compile_cache
-
-        configure_compile_cache()  # inductor's caches persist, so a resumed chunk compiles from cache
-    if torch.cuda.is_available() and not config.cpu:
-        torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
-        torch.backends.cudnn.allow_tf32 = config.allow_tf32
-    accelerator = Accelerator(
-        mixed_precision=precision,
-        cpu=config.cpu,
-        dynamo_backend="inductor" if config.compile else None,
-        log_with="tensorboard" if config.tensorboard else None,
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
-    )
-    if config.compile and accelerator.device.type != "cuda":
-        raise FacesmithError(
-            "compile = true trains on CUDA only: on a CPU, torch's inductor gave wrong UNet gradients "
-            "(benchmarks/NOTES.md, 2026-11-25); set compile = false"
-        )
-    return accelerator, precision
-
-
-def _buckets(images, config: TrainConfig, resolution: int) -> dict[tuple[int, int], list[int]]:
-    """{(width, height): image indices}: aspect-ratio buckets, or one resolution x resolution square."""
-    from facesmith.train.dataset import (
-        TrainingWarning,
-        assign_buckets,
-        bucket_limits,
-        make_buckets,
-        repeat_images,
-    )
-
-    if not config.bucketing:
-        return repeat_images({(resolution, resolution): list(range(len(images)))}, images)
-    step, low, high = bucket_limits(config, resolution)
-    buckets = make_buckets(resolution, step, low, high)
-    if len(buckets) == 1:
-        warnings.warn(
-            f"bucketing is on but the bucket limits (step {step}, sides {low}-{high} px at {resolution} px) "
-            "leave only the square bucket: lower min_bucket_side or bucket_step",
-            TrainingWarning,
-            stacklevel=2,
-        )
-    return repeat_images(assign_buckets(images, buckets), images)
-
-
-def _sample(
-    accelerator, model, prompts, config: TrainConfig, resolution: int, device, step: int, out: Path, report
-) -> Path:
-    import numpy as np
-
-    from facesmith.train.sampling import labelled_grid, sample_images
-
-    pipe = model.pipe
-    unet = pipe.unet
-    was_training = unet.training
-    unet.eval()
-    try:
-        images = sample_images(
-            pipe,
-            prompts,
-            config.sample_sampler or model.default_sampler,
-            resolution,
-            device,
-            progress=lambda done, count: report("sampling", done, count, step=step),
-            cfg=model.default_cfg,
-        )
-    finally:
-        unet.train(was_training)
-    grid = labelled_grid(images, prompts)
-    path = out / "samples" / f"step-{step:06d}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
-    if config.tensorboard:
-        tracker = accelerator.get_tracker("tensorboard", unwrap=True)
-        tracker.add_image("samples", np.asarray(grid), step, dataformats="HWC")
-    return path
