@@ -194,6 +194,27 @@ def encode_long_text(
     return torch.cat(pieces, dim=1)
 
 
+def warn_overlong_captions(pipe, captions: set[str], long_length: int | None) -> None:
+    """One PromptTruncatedWarning counting the captions the text encoder cuts, with the fix for CLIP."""
+    import warnings
+
+    from facesmith.generate import PromptTruncatedWarning
+
+    overlong = overlong_captions(pipe.tokenizer, captions, long_length)
+    if not overlong:
+        return
+    limit = long_length or pipe.tokenizer.model_max_length - 2
+    clip = type(pipe.text_encoder).__name__ == "CLIPTextModel"
+    hint = "; max_token_length = 150 or 225 reads more (CLIP)" if long_length != 225 and clip else ""
+    warnings.warn(
+        f"{len(overlong)} of {len(captions)} captions are longer than the "
+        f"{limit} tokens the text encoder reads and are cut there, so their ends train as nothing "
+        f"(e.g. {overlong[0][:60]!r}...){hint}",
+        PromptTruncatedWarning,
+        stacklevel=3,
+    )
+
+
 def overlong_captions(tokenizer, captions: set[str], max_length: int | None) -> list[str]:
     """The captions longer than the text encoder reads (max_length, else model_max_length - 2 tokens)."""
     limit = max_length or tokenizer.model_max_length - 2

@@ -243,17 +243,21 @@ def training_caption(image: FaceImage, config: TrainConfig, rng: random.Random) 
     )
 
 
+def cover_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`image` resized to cover `size` (w, h) and centre-cropped to it: how a training image meets its
+    bucket, and so how its loss mask does too (`masks.py`)."""
+    width, height = size
+    scale = max(width / image.width, height / image.height)
+    resized = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    image = image.resize(resized, Image.LANCZOS)
+    left, top = (resized[0] - width) // 2, (resized[1] - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
 def load_pixels(path: Path, size: tuple[int, int]) -> torch.Tensor:
     """Image -> float32 [3, H, W] in [-1, 1], resized to cover `size` (w, h) and centre-cropped."""
-    width, height = size
     with Image.open(path) as image:
-        image = image.convert("RGB")
-        scale = max(width / image.width, height / image.height)
-        resized = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
-        image = image.resize(resized, Image.LANCZOS)
-        left, top = (resized[0] - width) // 2, (resized[1] - height) // 2
-        image = image.crop((left, top, left + width, top + height))
-        array = np.asarray(image, dtype=np.float32) / 127.5 - 1
+        array = np.asarray(cover_crop(image.convert("RGB"), size), dtype=np.float32) / 127.5 - 1
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 

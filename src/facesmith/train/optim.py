@@ -3,6 +3,9 @@
 - adamw: torch.optim.AdamW (Loshchilov & Hutter 2019), its fused kernel on CUDA; adamw8bit: bitsandbytes' AdamW8bit (Dettmers et
   al. 2022), CUDA only; lion: lion-pytorch (Chen et al. 2023); prodigy: prodigyopt (Mishchenko & Defazio
   2023), whose learning rate is a multiplier of its own estimate (1.0 is its documented setting).
+- Learning rates per part (Kohya's `--unet_lr/--text_encoder_lr`): `param_groups` puts the UNet's and the
+  text encoder's trainable tensors in two optimizer param groups, each at its own rate (None: learning_rate);
+  the schedule scales both by the same factor.
 - Schedules: linear warm-up over `lr_warmup_steps`, then constant, cosine to 0 or linear to 0 at
   `total_steps`, diffusers' `get_scheduler` shapes written as one LambdaLR so the state resumes exactly.
 """
@@ -17,7 +20,25 @@ from facesmith.errors import FacesmithError
 from facesmith.train.config import TrainConfig
 
 
-def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, device: torch.device):
+def param_groups(named: list[tuple[str, torch.nn.Parameter]], config: TrainConfig) -> list[dict]:
+    """Optimizer param groups from `TrainModel.trainable()` names ("unet." / "text_encoder." prefixes):
+    the UNet's at unet_lr, the text encoder's at text_encoder_lr, each defaulting to learning_rate."""
+    rates = {"unet": config.unet_lr, "text_encoder": config.text_encoder_lr}
+    groups = []
+    for part, rate in rates.items():
+        params = [p for name, p in named if name.split(".", 1)[0] == part]
+        if params:
+            groups.append(
+                {"params": params, "lr": config.learning_rate if rate is None else rate, "name": part}
+            )
+    others = [p for name, p in named if name.split(".", 1)[0] not in rates]
+    if others:
+        groups.append({"params": others, "lr": config.learning_rate, "name": "other"})
+    return groups
+
+
+def make_optimizer(params: list[torch.nn.Parameter] | list[dict], config: TrainConfig, device: torch.device):
+    """The optimizer `config.optimizer` names over `params` (tensors, or `param_groups`)."""
     betas = (config.adam_beta1, config.adam_beta2)
     lr, decay = config.learning_rate, config.weight_decay
     if config.optimizer == "adamw":

@@ -7,14 +7,18 @@ the batch order is a function of (seed, epoch), all noise and caption randomness
 generators in the checkpointed `TrainState`, and a checkpoint is only ever written after a whole
 optimizer step. Ctrl-C (KeyboardInterrupt) rewinds the run to the end of its last whole step, saves a
 checkpoint there, as Kohya's scripts save on interrupt, and stops with `launch.TrainingInterrupted`, which says
-how to resume. Phases report through `progress`: "caching latents", "encoding captions", "training" and
-"sampling". The run folder, which `read_result` reads back whether the run was in this process or in
+how to resume. Phases report through `progress`: "generating class images", "caching latents", "building
+masks", "encoding captions", "training", "validating" and "sampling". Issue 16's options (validation loss,
+masked loss, prior preservation, per-part learning rates, noise and loss options) keep all their randomness
+in the same two generators, or in their own seeded one (validation), so resumes stay bit for bit. The run folder, which `read_result` reads back whether the run was in this process or in
 `--num-processes` launched ones:
 
     OUTPUT_DIR/train.toml             the settings that reproduce the run
     OUTPUT_DIR/checkpoints/step-N/    atomic checkpoints (checkpoint.py) of the TrainState (state.py)
     OUTPUT_DIR/samples/step-N.png     labelled sample grids (sampling.py)
-    OUTPUT_DIR/logs/                  TensorBoard: loss, lr, grad_norm, samples
+    OUTPUT_DIR/logs/                  TensorBoard: loss, lr, grad_norm, val_loss, samples
+    OUTPUT_DIR/validation.csv | .json the validation loss by step and the best step (validation.py)
+    OUTPUT_DIR/class_images/          class images generated for prior preservation (prior.py)
     OUTPUT_DIR/NAME.safetensors | model/ [+ model.safetensors]   exports (export.py; NAME: the folder's)
     OUTPUT_DIR/NAME-step00000600.safetensors | NAME-step00000600/   the same at each earlier save
 """
@@ -58,6 +62,7 @@ class TrainResult:
     samples: list[Path] = field(default_factory=list)
     final_loss: float = math.nan
     bad_steps: int = 0
+    validation: dict | None = None  # validation.json: losses by step, best_step, best_val_loss
 
 
 def run_train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
@@ -76,6 +81,7 @@ def run_train(config: TrainConfig, progress: Progress | None = None) -> TrainRes
 def read_result(output_dir: Path) -> TrainResult:
     """What a run left in its folder: the newest checkpoint's counters, the exports and the sample grids."""
     from facesmith.train.checkpoint import latest_checkpoint, saved_counters
+    from facesmith.train.validation import read_validation
 
     last = latest_checkpoint(output_dir)
     counters = saved_counters(last) if last else {"step": 0, "loss": math.nan, "bad_steps": 0}
@@ -90,13 +96,13 @@ def read_result(output_dir: Path) -> TrainResult:
         samples=sorted((output_dir / "samples").glob("step-*.png")),
         final_loss=counters["loss"],
         bad_steps=counters["bad_steps"],
+        validation=read_validation(output_dir),
     )
 
 
 def _train(config: TrainConfig, progress: Progress | None) -> None:
-    from facesmith.generate import PromptTruncatedWarning
     from facesmith.train import checkpoint as ckpt
-    from facesmith.train.cache import LatentSource, TextStateCache, encode_text, overlong_captions
+    from facesmith.train.cache import LatentSource, TextStateCache, encode_text, warn_overlong_captions
     from facesmith.train.dataset import (
         BatchStream,
         TrainingWarning,
@@ -107,8 +113,8 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     )
     from facesmith.train.export import export_info, export_run
     from facesmith.train.model import build_model, check_fits
-    from facesmith.train.objective import diffusion_loss, sample_noise, target_for
-    from facesmith.train.optim import make_lr_schedule, make_optimizer
+    from facesmith.train.objective import per_sample_loss, sample_noise, target_for, zero_terminal_snr
+    from facesmith.train.optim import make_lr_schedule, make_optimizer, param_groups
     from facesmith.train.sampling import sample_grid
     from facesmith.train.state import TrainState, mark_step, resume_training, rewind_to, save_training
     from facesmith.train.watch import PlainProgress, RunningLoss
@@ -126,8 +132,9 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     # -- Load the dataset and the model, checked against each other before anything trains.
     images = read_dataset(config.dataset)
     note = held_out_note(config.dataset)
-    if note and accelerator.is_main_process:
+    if note and accelerator.is_main_process and not config.validate_every:
         warnings.warn(note, TrainingWarning, stacklevel=2)
+    held_out = _held_out_images(config) if config.validate_every else []
     model = build_model(config)
     pipe = model.pipe
     if accelerator.is_main_process:  # which model this was, also when `model` is unset (the default one)
@@ -135,50 +142,54 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
             toml.write(f"# base model: {model.base_name}, family {model.family}, sha256 {model.base_hash}\n")
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     assigned = bucketed_images(images, config, resolution)
-    check_fits(model, set(assigned), config.max_token_length)
+    class_images = _class_images(config, accelerator, model, out, resolution, device, report)
+    class_assigned = bucketed_images(class_images, config, resolution) if class_images else {}
+    held_assigned = bucketed_images(held_out, config, resolution) if held_out else {}
+    check_fits(model, set(assigned) | set(class_assigned) | set(held_assigned), config.max_token_length)
     long_length = config.max_token_length if config.max_token_length != 75 else None
-    overlong = overlong_captions(pipe.tokenizer, {image.text for image in images}, long_length)
-    if overlong and accelerator.is_main_process:
-        limit = long_length or pipe.tokenizer.model_max_length - 2
-        hint = (
-            "; max_token_length = 150 or 225 reads more (CLIP)"
-            if long_length != 225 and _is_clip(pipe)
-            else ""
-        )
-        warnings.warn(
-            f"{len(overlong)} of {len({image.text for image in images})} captions are longer than the "
-            f"{limit} tokens the text encoder reads and are cut there, so their ends train as nothing "
-            f"(e.g. {overlong[0][:60]!r}...){hint}",
-            PromptTruncatedWarning,
-            stacklevel=2,
-        )
+    if accelerator.is_main_process:
+        warn_overlong_captions(pipe, {image.text for image in images + class_images}, long_length)
     weight_dtype = DTYPES.get(precision, torch.float32)  # Accelerate's "no" is fp32
     pipe.vae.to(device, weight_dtype if config.cache_latents == "none" else torch.float32)
     pipe.unet.to(device)
     train_text = config.train_text_encoder
     pipe.text_encoder.to(device, torch.float32 if train_text else weight_dtype)
-    latents_of = LatentSource(
-        images,
-        {i: bucket for bucket, indices in assigned.items() for i in indices},
-        pipe.vae,
-        mode=config.cache_latents,
-        flip=config.flip,
-        device=device,
-        cache_dir=Path(config.cache_dir) if config.cache_dir else out / "cache",
-        progress=lambda done, count: report("caching latents", done, count),
-    )
+    cache_dir = Path(config.cache_dir) if config.cache_dir else out / "cache"
+
+    def latent_source(pictures, buckets, flip: bool) -> LatentSource:
+        sizes = {i: bucket for bucket, indices in buckets.items() for i in indices}
+        return LatentSource(pictures, sizes, pipe.vae, mode=config.cache_latents, flip=flip, device=device,
+                            cache_dir=cache_dir, progress=lambda done, count: report("caching latents", done, count))  # fmt: skip
+
+    latents_of = latent_source(images, assigned, config.flip)
+    class_latents = latent_source(class_images, class_assigned, config.flip) if class_images else None
+    loss_masks = None
+    if config.mask_dir is not None or config.masked_loss == "face":
+        from facesmith.train.masks import LossMasks
+
+        loss_masks = LossMasks(
+            images,
+            {i: bucket for bucket, indices in assigned.items() for i in indices},
+            mask_dir=config.mask_dir,
+            scale=pipe.vae_scale_factor,
+            device=device,
+            cache_dir=cache_dir if config.cache_latents == "disk" else None,
+            progress=lambda done, count: report("building masks", done, count),
+        )
     # Whole-caption dropout alone keeps captions fixed: "" is one more caption to cache.
     varying = config.caption_shuffle or config.caption_tag_dropout > 0 or config.caption_from_attributes
     text_cache = None
     if config.cache_text_encoder and not train_text and not varying:
         text_cache = TextStateCache(pipe.tokenizer, pipe.text_encoder, device, long_length)
-        captions = {image.text for image in images} | ({""} if config.caption_dropout > 0 else set())
+        captions = {image.text for image in images + class_images + held_out}
+        captions |= {""} if config.caption_dropout > 0 else set()
         with accelerator.autocast():  # as the training step encodes them
             text_cache.fill(captions, progress=lambda done, count: report("encoding captions", done, count))
 
     # -- Set up the optimisation and the training state.
     named = model.trainable()
     params = [p for _, p in named]
+    validator = _validator(config, held_out, held_assigned, latent_source, model) if held_out else None
     state = TrainState(
         data=BatchStream(
             assigned,
@@ -198,7 +209,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     running = RunningLoss(state.data.batches_per_epoch // config.gradient_accumulation)
     plain = PlainProgress(total, config.log_every)
     plain.enabled = plain.enabled and accelerator.is_main_process and progress is not None
-    optimizer = make_optimizer(params, config, device)
+    optimizer = make_optimizer(param_groups(named, config), config, device)
     schedule = make_lr_schedule(optimizer, config, total)
     ema = None
     if config.ema_decay > 0:
@@ -217,6 +228,18 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
         resume_training(resume_from, state, config, **learning, rank=rank)
     if config.tensorboard:
         accelerator.init_trackers("facesmith", config={k: str(v) for k, v in config.to_dict().items()})
+    val_log = None
+    if validator is not None and accelerator.is_main_process:
+        from facesmith.train.validation import ValidationLog
+
+        timesteps = validator.timesteps.tolist()
+        val_log = ValidationLog(out, state.step, timesteps, config.validation_seed, len(held_out))
+    prior = None
+    if class_images:
+        from facesmith.train.prior import PriorBatches
+
+        prior = PriorBatches(class_assigned, batch_size=config.batch_size, rank=rank, processes=world,
+                             seed=config.seed, flip=config.flip)  # fmt: skip
     prompts = None
     if config.sample_prompts:
         from facesmith.train.sampling import read_prompt_file
@@ -232,6 +255,41 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
 
     # -- Train.
     scheduler = model.noise_scheduler
+    if config.zero_terminal_snr:
+        scheduler = zero_terminal_snr(scheduler)
+    noise_options = dict(
+        multires_iterations=config.multires_noise_iterations,
+        multires_discount=config.multires_noise_discount,
+        min_timestep=config.min_timestep,
+        max_timestep=config.max_timestep,
+    )
+    loss_options = dict(
+        loss_type=config.loss_type, huber_c=config.huber_c, huber_schedule=config.huber_schedule
+    )
+
+    def text_states(captions: list[str]) -> torch.Tensor:
+        if text_cache is not None:
+            return text_cache(captions)
+        if train_text:
+            return encode_text(pipe.tokenizer, text_encoder, captions, device, long_length)
+        with torch.no_grad():
+            return encode_text(pipe.tokenizer, text_encoder, captions, device, long_length)
+
+    def validate(step: int) -> None:
+        if validator is None:
+            return
+        if accelerator.is_main_process:
+            report("validating", 0, 1, step=step)
+            raw_text = accelerator.unwrap_model(text_encoder) if train_text else text_encoder
+            states = text_cache or (lambda c: encode_text(pipe.tokenizer, raw_text, c, device, long_length))
+            value = validator(accelerator.unwrap_model(unet), states, accelerator.autocast)
+            val_log.add(step, value)
+            report("validating", 1, 1, step=step, val_loss=value)
+            plain.say(f"step {step}: val_loss {value:.4f}")
+            if config.tensorboard:
+                accelerator.log({"val_loss": value}, step=step)
+        accelerator.wait_for_everyone()
+
     bad_streak = 0
     tick = time.time()
     whole = mark_step(state)  # the end of the last whole optimizer step
@@ -243,26 +301,49 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
                 items = next(state.data)
                 latents = latents_of.latents(items)
                 captions = [training_caption(images[i.index], config, state.captions) for i in items]
-                noise, timesteps = sample_noise(latents, state.noise, scheduler, config.noise_offset)
+                noise, timesteps = sample_noise(
+                    latents, state.noise, scheduler, config.noise_offset, **noise_options
+                )
                 noisy = scheduler.add_noise(latents, noise, timesteps)
                 target = target_for(scheduler, latents, noise, timesteps)
+                mask = loss_masks(items) if loss_masks is not None else None
+                if (
+                    prior is not None
+                ):  # the class batch beside it (DreamBooth); its index is fixed by the step
+                    reg_items = prior.batch(
+                        (state.step + state.bad_steps) * config.gradient_accumulation + micro
+                    )
+                    reg_latents = class_latents.latents(reg_items)
+                    reg_noise, reg_t = sample_noise(
+                        reg_latents, state.noise, scheduler, config.noise_offset, **noise_options
+                    )
+                    reg_noisy = scheduler.add_noise(reg_latents, reg_noise, reg_t)
+                    reg_target = target_for(scheduler, reg_latents, reg_noise, reg_t)
+                    reg_captions = [class_images[i.index].text for i in reg_items]
                 with contextlib.ExitStack() as stack:
                     if micro < config.gradient_accumulation - 1:
                         stack.enter_context(accelerator.no_sync(unet))
                         if train_text:
                             stack.enter_context(accelerator.no_sync(text_encoder))
                     with accelerator.autocast():
-                        if text_cache is not None:
-                            states = text_cache(captions)
-                        elif train_text:
-                            states = encode_text(pipe.tokenizer, text_encoder, captions, device, long_length)
+                        if prior is not None and reg_latents.shape[1:] == latents.shape[1:]:
+                            # One UNet call on instance + class images, as train_dreambooth.py concatenates.
+                            both = unet(torch.cat([noisy, reg_noisy]), torch.cat([timesteps, reg_t]),
+                                        text_states(captions + reg_captions)).sample  # fmt: skip
+                            prediction, reg_prediction = both.split([len(items), len(reg_items)])
                         else:
-                            with torch.no_grad():
-                                states = encode_text(
-                                    pipe.tokenizer, text_encoder, captions, device, long_length
-                                )
-                        prediction = unet(noisy, timesteps, states).sample
-                    loss = diffusion_loss(prediction, target, timesteps, scheduler, config.min_snr_gamma)
+                            prediction = unet(noisy, timesteps, text_states(captions)).sample
+                            if prior is not None:  # another bucket's shape: a call of its own
+                                reg_prediction = unet(reg_noisy, reg_t, text_states(reg_captions)).sample
+                    gamma = config.min_snr_gamma
+                    loss = per_sample_loss(
+                        prediction, target, timesteps, scheduler, gamma, mask=mask, **loss_options
+                    ).mean()
+                    if prior is not None:
+                        reg_loss = per_sample_loss(
+                            reg_prediction, reg_target, reg_t, scheduler, gamma, **loss_options
+                        )
+                        loss = loss + config.prior_loss_weight * reg_loss.mean()
                     accelerator.backward(loss / config.gradient_accumulation)
                 micro_losses.append(loss.detach())
             loss_value = accelerator.reduce(torch.stack(micro_losses).mean(), "mean").item()
@@ -311,12 +392,19 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
             # Log, checkpoint, report, sample.
             step = state.step
             average = running.add(loss_value)
-            lr = schedule.get_last_lr()[0]
+            rates = schedule.get_last_lr()
+            lr = rates[0]
             logs = {"loss": loss_value, "avr_loss": average, "lr": lr, "epoch": state.data.epoch}
+            # Kohya's lr/unet and lr/textencoder when the two parts train at their own rates.
+            names = [group.get("name", "") for group in optimizer.param_groups]
+            if "text_encoder" in names:
+                logs["lr/text_encoder"] = rates[names.index("text_encoder")]
             if math.isfinite(grad_norm):
                 logs["grad_norm"] = grad_norm
             if config.tensorboard:  # every step's loss and the average (Kohya's loss/current, loss/average)
                 accelerator.log(logs, step=step)
+            if config.validate_every and (step % config.validate_every == 0 or step == total):
+                validate(step)
             if step % config.save_every == 0 or step == total:
                 save_training(
                     out,
@@ -355,8 +443,13 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
             raise
         raise TrainingInterrupted(interrupted_message(out)) from None
 
-    # -- Export (the EMA weights when EMA is on).
+    # -- Name the best validation step, then export (the EMA weights when EMA is on).
     accelerator.wait_for_everyone()
+    if val_log is not None and val_log.best is not None:
+        best, value = val_log.best
+        plain.say(
+            f"best step {best} (val_loss {value:.4f}, of {len(val_log.losses)} validations): {out / 'validation.csv'}"
+        )
     if ema is not None:
         ema.copy_to(params)
     if accelerator.is_main_process:
@@ -367,8 +460,49 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     accelerator.end_training()
 
 
-def _is_clip(pipe) -> bool:
-    return type(pipe.text_encoder).__name__ == "CLIPTextModel"
+def _held_out_images(config: TrainConfig) -> list:
+    """The dataset's split "val" images for the validation loss; FacesmithError when there are none."""
+    from facesmith.train.dataset import read_dataset
+
+    try:
+        return read_dataset(config.dataset, split="val")
+    except FacesmithError:
+        raise FacesmithError(
+            f"validate_every {config.validate_every} needs held-out images, and dataset {config.dataset} has "
+            "no rows with split val: prepare it with --val-fraction 0.05 (or so), or set validate_every = 0"
+        ) from None
+
+
+def _class_images(
+    config: TrainConfig, accelerator, model, out: Path, resolution: int, device, report
+) -> list:
+    """Prior preservation's class images: reg_dir's, or num_class_images generated once into the run folder
+    by the main process (the others wait for them); [] without prior preservation."""
+    from facesmith.train.prior import generate_class_images, read_class_images
+
+    if config.reg_dir is not None:
+        return read_class_images(config.reg_dir, config.class_prompt)
+    if not config.num_class_images:
+        return []
+    if accelerator.is_main_process:
+        generate_class_images(model.pipe.to(device), config, out, resolution, device, model.default_sampler,
+                              model.default_cfg, report)  # fmt: skip
+    accelerator.wait_for_everyone()
+    return read_class_images(out / "class_images", config.class_prompt)
+
+
+def _validator(config: TrainConfig, held_out: list, assigned: dict, latent_source, model):
+    """The ValidationLoss of the held-out images: their latents (unflipped) and captions, fixed noise."""
+    from facesmith.train.dataset import BatchItem
+    from facesmith.train.objective import zero_terminal_snr
+    from facesmith.train.validation import ValidationLoss
+
+    source = latent_source(held_out, assigned, False)
+    latents = [source.latents([BatchItem(i, False)])[0] for i in range(len(held_out))]
+    scheduler = (
+        zero_terminal_snr(model.noise_scheduler) if config.zero_terminal_snr else model.noise_scheduler
+    )
+    return ValidationLoss(latents, [image.text for image in held_out], scheduler, config.validation_seed)
 
 
 def _silent(stage: str, done: int, total: int | None, **fields: float) -> None:

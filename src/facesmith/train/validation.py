@@ -1,0 +1,119 @@
+"""The validation loss: the denoising loss on the dataset's held-out rows, comparable from step to step.
+
+Kohya's sd-scripts (`train_network.py`, `--validation_split`, `--validate_every_n_steps`) scores held-out
+images at a fixed list of timesteps, [10, 350, 500, 650, 990] of 1000, with noise from a fixed seed, so
+that two steps differ only by the weights. This module does the same on the rows with split "val"
+(`facesmith prepare --val-fraction`): each image is noised at every one of those timesteps (scaled to
+the scheduler's `num_train_timesteps`) with noise drawn once, ahead of training, from its own generator
+seeded by `validation_seed`, and the loss is the plain mean squared error against the model's target
+(epsilon or v), with no min-SNR weight, mask or Huber: the figure means the same under any training
+loss. The pass runs in eval mode under `torch.no_grad` inside `torch.random.fork_rng`, so the training
+generators and torch's global RNG state (which a checkpoint saves) are untouched and a resumed run
+stays bit for bit. Images, captions and latents come from `dataset.py` and `cache.py`.
+
+The run folder gets `validation.csv` (step, val_loss: one row per validation, rows past a resumed
+checkpoint dropped) and `validation.json` (the losses, the timesteps, the seed and the best step), which
+`facesmith train` names at the end so a user can pick that step's checkpoint or export.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from facesmith.train.objective import target_for
+
+KOHYA_VALIDATION_TIMESTEPS = (10, 350, 500, 650, 990)  # of 1000 (sd-scripts train_network.py)
+CSV_NAME, JSON_NAME = "validation.csv", "validation.json"
+
+
+def validation_timesteps(num_train_timesteps: int) -> list[int]:
+    """Kohya's fixed timesteps scaled to a schedule of `num_train_timesteps`."""
+    return [
+        min(num_train_timesteps - 1, round(t * num_train_timesteps / 1000))
+        for t in KOHYA_VALIDATION_TIMESTEPS
+    ]
+
+
+class ValidationLoss:
+    """The validation loss of the model under training, on fixed noise and timesteps."""
+
+    def __init__(self, latents: list[torch.Tensor], captions: list[str], noise_scheduler, seed: int) -> None:
+        """`latents`: one [C, h, w] latent per held-out image; `captions`: their captions."""
+        self.latents, self.captions, self.scheduler = latents, captions, noise_scheduler
+        self.timesteps = torch.tensor(validation_timesteps(noise_scheduler.config.num_train_timesteps))
+        generator = torch.Generator().manual_seed(seed)
+        self.noise = [torch.randn((len(self.timesteps), *x.shape), generator=generator) for x in latents]
+
+    @torch.no_grad()
+    def __call__(self, unet, text_states, autocast) -> float:
+        """The mean loss over every held-out image and timestep; `text_states(captions)` encodes captions,
+        `autocast()` is the training step's autocast context."""
+        losses = []
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        was_training = unet.training
+        unet.eval()
+        try:
+            with torch.random.fork_rng(devices=devices):
+                for latent, caption, noise in zip(self.latents, self.captions, self.noise, strict=True):
+                    count = len(self.timesteps)
+                    x0 = latent.unsqueeze(0).expand(count, *latent.shape)
+                    noise = noise.to(x0.device, x0.dtype)
+                    t = self.timesteps.to(x0.device)
+                    noisy = self.scheduler.add_noise(x0, noise, t)
+                    target = target_for(self.scheduler, x0, noise, t)
+                    with autocast():
+                        states = text_states([caption] * count)
+                        prediction = unet(noisy, t, states).sample
+                    losses.append(torch.nn.functional.mse_loss(prediction.float(), target.float()).item())
+        finally:
+            unet.train(was_training)
+        return sum(losses) / len(losses)
+
+
+class ValidationLog:
+    """`validation.csv` and `validation.json` of a run folder; a resumed run keeps the rows up to its step."""
+
+    def __init__(self, out: Path, resumed_at: int, timesteps: list[int], seed: int, images: int) -> None:
+        self.csv, self.json = out / CSV_NAME, out / JSON_NAME
+        self.meta = {"timesteps": timesteps, "seed": seed, "images": images}
+        self.losses: dict[int, float] = {}
+        if resumed_at > 0 and self.csv.is_file():
+            with open(self.csv, encoding="utf-8", newline="") as handle:
+                for row in csv.DictReader(handle):
+                    if int(row["step"]) <= resumed_at:
+                        self.losses[int(row["step"])] = float(row["val_loss"])
+        self._write()
+
+    def add(self, step: int, loss: float) -> None:
+        self.losses[step] = loss
+        self._write()
+
+    @property
+    def best(self) -> tuple[int, float] | None:
+        finite = [(loss, step) for step, loss in self.losses.items() if math.isfinite(loss)]
+        return (min(finite)[1], min(finite)[0]) if finite else None
+
+    def _write(self) -> None:
+        with open(self.csv, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["step", "val_loss"])
+            writer.writerows([step, f"{loss:.6g}"] for step, loss in sorted(self.losses.items()))
+        best = self.best
+        summary = dict(
+            self.meta,
+            losses={str(step): loss for step, loss in sorted(self.losses.items())},
+            best_step=best[0] if best else None,
+            best_val_loss=best[1] if best else None,
+        )
+        self.json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+def read_validation(out: Path) -> dict | None:
+    """What `validation.json` of a run folder says, or None when the run had no validation."""
+    path = out / JSON_NAME
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
