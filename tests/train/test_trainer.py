@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import factory
 from facesmith.errors import FacesmithError
 from facesmith.train.config import TrainConfig
 from facesmith.train.launch import TrainingInterrupted
@@ -598,3 +599,101 @@ def test_long_captions_warn_once_with_a_count_and_max_token_length_trains_on_the
         result = run_train(TrainConfig(**base, output_dir=str(tmp_path / "long"), max_token_length=150))
     assert not [w for w in seen if issubclass(w.category, PromptTruncatedWarning)]
     assert result.steps == 1
+
+
+# ----------------------------------------------------------------------------
+# Issue 16's options: validation loss, masked loss, prior preservation, per-part learning rates, noise and
+# loss options, all at once, and still resumed bit for bit.
+
+
+def _issue16_settings(tmp_path, faces, sd15_folder) -> dict:
+    from PIL import Image
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for k, image in enumerate(sorted((faces / "images").glob("*.png"))):
+        mask = Image.new("L", (40, 40), 0)
+        mask.paste(255, (0, 0, 20 + 4 * k, 40))  # the left part, a different width for each image
+        mask.save(masks / image.name)
+    reg = tmp_path / "reg" / "3_person"
+    for k in range(3):
+        factory.save_photo(reg / f"{k}.png", seed=100 + k, size=(40, 40))
+    return dict(
+        INTERRUPTIBLE,
+        dataset=str(faces),
+        model=str(sd15_folder),
+        mode="lora",
+        lora_rank=2,
+        train_text_encoder=True,
+        unet_lr=2e-3,
+        text_encoder_lr=5e-4,
+        validate_every=2,
+        validation_seed=7,
+        mask_dir=str(masks),
+        reg_dir=str(tmp_path / "reg"),
+        prior_loss_weight=0.5,
+        multires_noise_iterations=3,
+        min_timestep=100,
+        max_timestep=900,
+        loss_type="huber",
+        zero_terminal_snr=True,
+        prediction_type="v_prediction",
+    )
+
+
+def test_issue16_options_train_validate_and_resume_bit_for_bit(faces, sd15_folder, tmp_path, capsys):
+    import csv
+    import json
+
+    settings = _issue16_settings(tmp_path, faces, sd15_folder)
+    shown = []
+
+    def progress(stage, done, total, **fields):
+        if stage == "validating" and done == 1:
+            shown.append((fields["step"], fields["val_loss"]))
+
+    straight = run_train(TrainConfig(**settings, output_dir=str(tmp_path / "straight")), progress=progress)
+    assert straight.steps == 4 and [step for step, _ in shown] == [2, 4]
+    rows = list(csv.DictReader((tmp_path / "straight" / "validation.csv").open()))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    summary = json.loads((tmp_path / "straight" / "validation.json").read_text())
+    assert summary["timesteps"] == [10, 350, 500, 650, 990] and summary["images"] == 1
+    losses = {int(k): v for k, v in summary["losses"].items()}
+    assert summary["best_step"] == min(losses, key=losses.get) and straight.validation == summary
+    assert [round(v, 4) for v in losses.values()] == [round(v, 4) for _, v in shown]
+    err = capsys.readouterr().err
+    assert f"train: best step {summary['best_step']} (val_loss " in err and "train: step 2: val_loss " in err
+
+    def ctrl_c_after_step_2(stage, done, total, **fields):
+        if stage == "training" and done == 2:
+            raise KeyboardInterrupt
+
+    halves = tmp_path / "halves"
+    with pytest.raises(TrainingInterrupted):
+        run_train(TrainConfig(**settings, output_dir=str(halves)), progress=ctrl_c_after_step_2)
+    resumed = run_train(TrainConfig(**settings, output_dir=str(halves), resume="latest"))
+    assert resumed.steps == 4
+    a, b = _weights(tmp_path / "straight", 4), _weights(halves, 4)
+    assert a.keys() == b.keys() and any(k.startswith("text_encoder.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
+    # The validation of the resumed run is the straight run's, step for step.
+    assert (halves / "validation.csv").read_text() == (tmp_path / "straight" / "validation.csv").read_text()
+    assert TrainConfig.load(halves / "train.toml") == TrainConfig(
+        **settings, output_dir=str(halves), resume="latest"
+    )
+
+
+def test_validation_needs_held_out_rows_and_reg_dir_needs_images(tmp_path, sd15_folder, make_dataset):
+    import dataclasses
+
+    from facesmith.data.manifest import read_manifest, write_manifest
+
+    data = make_dataset(tmp_path / "data", count=2)
+    write_manifest(data, [dataclasses.replace(r, split="train") for r in read_manifest(data)])
+    base = dict(TINY, dataset=str(data), model=str(sd15_folder), max_steps=1, output_dir=str(tmp_path / "r"))
+    with pytest.raises(FacesmithError, match="validate_every 1 needs held-out images.*--val-fraction"):
+        run_train(TrainConfig(**base, validate_every=1))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FacesmithError, match="reg_dir .*empty has no images") as got:
+        run_train(TrainConfig(**base, reg_dir=str(tmp_path / "empty")))
+    assert "\n" not in str(got.value)

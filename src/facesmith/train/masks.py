@@ -150,3 +150,19 @@ class LossMasks:
         """[B, 1, h, w] masks of a batch (one bucket), mirrored where the item is flipped."""
         masks = [self.masks[i.index].flip(-1) if i.flip else self.masks[i.index] for i in items]
         return torch.stack(masks).to(self.device)
+
+
+def loss_masks_for(config, images, assigned, scale: int, device, cache_dir: Path, report) -> LossMasks | None:
+    """The run's LossMasks (mask_dir or masked_loss "face"), or None without masked loss; on disk beside
+    the latents with cache_latents "disk"."""
+    if config.mask_dir is None and config.masked_loss != "face":
+        return None
+    return LossMasks(
+        images,
+        {i: bucket for bucket, indices in assigned.items() for i in indices},
+        mask_dir=config.mask_dir,
+        scale=scale,
+        device=device,
+        cache_dir=cache_dir if config.cache_latents == "disk" else None,
+        progress=lambda done, count: report("building masks", done, count),
+    )

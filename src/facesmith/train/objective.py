@@ -37,6 +37,21 @@ LOSS_TYPES = ("l2", "huber", "smooth_l1")
 HUBER_SCHEDULES = ("constant", "exponential", "snr")
 
 
+def noise_options(config) -> dict:
+    """`sample_noise`'s keyword options from a TrainConfig."""
+    return dict(
+        multires_iterations=config.multires_noise_iterations,
+        multires_discount=config.multires_noise_discount,
+        min_timestep=config.min_timestep,
+        max_timestep=config.max_timestep,
+    )
+
+
+def loss_options(config) -> dict:
+    """`per_sample_loss`'s loss-type keyword options from a TrainConfig."""
+    return dict(loss_type=config.loss_type, huber_c=config.huber_c, huber_schedule=config.huber_schedule)
+
+
 def sample_noise(
     latents: torch.Tensor,
     generator: torch.Generator,

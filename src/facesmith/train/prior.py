@@ -20,8 +20,10 @@ module owns where the class images come from and which ones each step sees; the 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from facesmith.data.manifest import MANIFEST
@@ -72,6 +74,24 @@ def read_class_images(reg_dir: str | Path, class_prompt: str | None) -> list[Fac
     return images
 
 
+def class_images_for(
+    config, accelerator, model, out: Path, resolution: int, device, report
+) -> list[FaceImage]:
+    """Prior preservation's class images: reg_dir's, or num_class_images generated once into the run
+    folder by the main process (the others wait for them); [] without prior preservation."""
+    if config.reg_dir is not None:
+        return read_class_images(config.reg_dir, config.class_prompt)
+    if not config.num_class_images:
+        return []
+    if accelerator.is_main_process:
+        pipe = model.pipe.to(device)
+        generate_class_images(
+            pipe, config, out, resolution, device, model.default_sampler, model.default_cfg, report
+        )
+    accelerator.wait_for_everyone()
+    return read_class_images(out / CLASS_FOLDER, config.class_prompt)
+
+
 def generate_class_images(
     pipe, config, out: Path, resolution: int, device, sampler: str, cfg: float, report
 ) -> Path:
@@ -98,6 +118,16 @@ def generate_class_images(
     finally:
         pipe.unet.train(was_training)
     return folder
+
+
+@dataclass
+class ClassBatch:
+    """One class micro-batch, noised: what the UNet sees and what it should predict."""
+
+    noisy: torch.Tensor
+    timesteps: torch.Tensor
+    target: torch.Tensor
+    captions: list[str]
 
 
 class PriorBatches:
@@ -128,3 +158,17 @@ class PriorBatches:
             )
         batch = self._epoch[1][position]
         return batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+
+    def noised(
+        self, k: int, latents, images: list[FaceImage], generator, scheduler, offset: float, options: dict
+    ) -> ClassBatch:
+        """Batch k's latents (a `cache.LatentSource`) noised with the training generator, as the instance
+        batch is (`objective.sample_noise`), with its target and captions."""
+        from facesmith.train.objective import sample_noise, target_for
+
+        items = self.batch(k)
+        x0 = latents.latents(items)
+        noise, timesteps = sample_noise(x0, generator, scheduler, offset, **options)
+        noisy = scheduler.add_noise(x0, noise, timesteps)
+        target = target_for(scheduler, x0, noise, timesteps)
+        return ClassBatch(noisy, timesteps, target, [images[i.index].text for i in items])

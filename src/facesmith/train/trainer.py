@@ -112,11 +112,21 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
         training_caption,
     )
     from facesmith.train.export import export_info, export_run
+    from facesmith.train.masks import loss_masks_for
     from facesmith.train.model import build_model, check_fits
-    from facesmith.train.objective import per_sample_loss, sample_noise, target_for, zero_terminal_snr
+    from facesmith.train.objective import (
+        loss_options,
+        noise_options,
+        per_sample_loss,
+        sample_noise,
+        target_for,
+        zero_terminal_snr,
+    )
     from facesmith.train.optim import make_lr_schedule, make_optimizer, param_groups
+    from facesmith.train.prior import class_images_for
     from facesmith.train.sampling import sample_grid
     from facesmith.train.state import TrainState, mark_step, resume_training, rewind_to, save_training
+    from facesmith.train.validation import Validation, ValidationLog, ValidationLoss, held_out_images
     from facesmith.train.watch import PlainProgress, RunningLoss
 
     # -- Initialize: Accelerate and the run folder.
@@ -134,7 +144,10 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     note = held_out_note(config.dataset)
     if note and accelerator.is_main_process and not config.validate_every:
         warnings.warn(note, TrainingWarning, stacklevel=2)
-    held_out = _held_out_images(config) if config.validate_every else []
+    held_out = held_out_images(config.dataset, config.validate_every) if config.validate_every else []
+    # peft draws LoRA's lora_A init from torch's global generator: seeded, so that a run is a function of
+    # its seed (two runs, or a straight and a resumed one, start from the same LoRA), as diffusers' set_seed.
+    torch.manual_seed(config.seed)
     model = build_model(config)
     pipe = model.pipe
     if accelerator.is_main_process:  # which model this was, also when `model` is unset (the default one)
@@ -142,7 +155,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
             toml.write(f"# base model: {model.base_name}, family {model.family}, sha256 {model.base_hash}\n")
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     assigned = bucketed_images(images, config, resolution)
-    class_images = _class_images(config, accelerator, model, out, resolution, device, report)
+    class_images = class_images_for(config, accelerator, model, out, resolution, device, report)
     class_assigned = bucketed_images(class_images, config, resolution) if class_images else {}
     held_assigned = bucketed_images(held_out, config, resolution) if held_out else {}
     check_fits(model, set(assigned) | set(class_assigned) | set(held_assigned), config.max_token_length)
@@ -163,19 +176,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
 
     latents_of = latent_source(images, assigned, config.flip)
     class_latents = latent_source(class_images, class_assigned, config.flip) if class_images else None
-    loss_masks = None
-    if config.mask_dir is not None or config.masked_loss == "face":
-        from facesmith.train.masks import LossMasks
-
-        loss_masks = LossMasks(
-            images,
-            {i: bucket for bucket, indices in assigned.items() for i in indices},
-            mask_dir=config.mask_dir,
-            scale=pipe.vae_scale_factor,
-            device=device,
-            cache_dir=cache_dir if config.cache_latents == "disk" else None,
-            progress=lambda done, count: report("building masks", done, count),
-        )
+    loss_masks = loss_masks_for(config, images, assigned, pipe.vae_scale_factor, device, cache_dir, report)
     # Whole-caption dropout alone keeps captions fixed: "" is one more caption to cache.
     varying = config.caption_shuffle or config.caption_tag_dropout > 0 or config.caption_from_attributes
     text_cache = None
@@ -189,7 +190,16 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     # -- Set up the optimisation and the training state.
     named = model.trainable()
     params = [p for _, p in named]
-    validator = _validator(config, held_out, held_assigned, latent_source, model) if held_out else None
+    scheduler = model.noise_scheduler
+    if config.zero_terminal_snr:
+        scheduler = zero_terminal_snr(scheduler)
+        if scheduler.config.prediction_type == "epsilon" and accelerator.is_main_process:
+            warnings.warn("zero_terminal_snr with an epsilon model: Lin et al. (2023) pair it with "
+                          "v-prediction; set prediction_type = \"v_prediction\"", TrainingWarning, stacklevel=2)  # fmt: skip
+    validator = None
+    if held_out:
+        source = latent_source(held_out, held_assigned, False)
+        validator = ValidationLoss.of_images(held_out, source, scheduler, config.validation_seed)
     state = TrainState(
         data=BatchStream(
             assigned,
@@ -228,12 +238,14 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
         resume_training(resume_from, state, config, **learning, rank=rank)
     if config.tensorboard:
         accelerator.init_trackers("facesmith", config={k: str(v) for k, v in config.to_dict().items()})
-    val_log = None
+    validation = None
     if validator is not None and accelerator.is_main_process:
-        from facesmith.train.validation import ValidationLog
-
-        timesteps = validator.timesteps.tolist()
-        val_log = ValidationLog(out, state.step, timesteps, config.validation_seed, len(held_out))
+        log = ValidationLog(
+            out, state.step, validator.timesteps.tolist(), config.validation_seed, len(held_out)
+        )
+        validation = Validation(
+            validator, log, report, plain.say, accelerator.log if config.tensorboard else None
+        )
     prior = None
     if class_images:
         from facesmith.train.prior import PriorBatches
@@ -254,18 +266,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
         accelerator.wait_for_everyone()
 
     # -- Train.
-    scheduler = model.noise_scheduler
-    if config.zero_terminal_snr:
-        scheduler = zero_terminal_snr(scheduler)
-    noise_options = dict(
-        multires_iterations=config.multires_noise_iterations,
-        multires_discount=config.multires_noise_discount,
-        min_timestep=config.min_timestep,
-        max_timestep=config.max_timestep,
-    )
-    loss_options = dict(
-        loss_type=config.loss_type, huber_c=config.huber_c, huber_schedule=config.huber_schedule
-    )
+    noise_args, loss_args = noise_options(config), loss_options(config)
 
     def text_states(captions: list[str]) -> torch.Tensor:
         if text_cache is not None:
@@ -276,18 +277,10 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
             return encode_text(pipe.tokenizer, text_encoder, captions, device, long_length)
 
     def validate(step: int) -> None:
-        if validator is None:
-            return
-        if accelerator.is_main_process:
-            report("validating", 0, 1, step=step)
+        if validation is not None:
             raw_text = accelerator.unwrap_model(text_encoder) if train_text else text_encoder
             states = text_cache or (lambda c: encode_text(pipe.tokenizer, raw_text, c, device, long_length))
-            value = validator(accelerator.unwrap_model(unet), states, accelerator.autocast)
-            val_log.add(step, value)
-            report("validating", 1, 1, step=step, val_loss=value)
-            plain.say(f"step {step}: val_loss {value:.4f}")
-            if config.tensorboard:
-                accelerator.log({"val_loss": value}, step=step)
+            validation.at(step, accelerator.unwrap_model(unet), states, accelerator.autocast)
         accelerator.wait_for_everyone()
 
     bad_streak = 0
@@ -301,49 +294,43 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
                 items = next(state.data)
                 latents = latents_of.latents(items)
                 captions = [training_caption(images[i.index], config, state.captions) for i in items]
-                noise, timesteps = sample_noise(
-                    latents, state.noise, scheduler, config.noise_offset, **noise_options
-                )
+                offset = config.noise_offset
+                noise, timesteps = sample_noise(latents, state.noise, scheduler, offset, **noise_args)
                 noisy = scheduler.add_noise(latents, noise, timesteps)
                 target = target_for(scheduler, latents, noise, timesteps)
                 mask = loss_masks(items) if loss_masks is not None else None
                 if (
                     prior is not None
                 ):  # the class batch beside it (DreamBooth); its index is fixed by the step
-                    reg_items = prior.batch(
-                        (state.step + state.bad_steps) * config.gradient_accumulation + micro
+                    k = (state.step + state.bad_steps) * config.gradient_accumulation + micro
+                    reg = prior.noised(
+                        k, class_latents, class_images, state.noise, scheduler, offset, noise_args
                     )
-                    reg_latents = class_latents.latents(reg_items)
-                    reg_noise, reg_t = sample_noise(
-                        reg_latents, state.noise, scheduler, config.noise_offset, **noise_options
-                    )
-                    reg_noisy = scheduler.add_noise(reg_latents, reg_noise, reg_t)
-                    reg_target = target_for(scheduler, reg_latents, reg_noise, reg_t)
-                    reg_captions = [class_images[i.index].text for i in reg_items]
                 with contextlib.ExitStack() as stack:
                     if micro < config.gradient_accumulation - 1:
                         stack.enter_context(accelerator.no_sync(unet))
                         if train_text:
                             stack.enter_context(accelerator.no_sync(text_encoder))
                     with accelerator.autocast():
-                        if prior is not None and reg_latents.shape[1:] == latents.shape[1:]:
+                        if prior is not None and reg.noisy.shape[1:] == latents.shape[1:]:
                             # One UNet call on instance + class images, as train_dreambooth.py concatenates.
-                            both = unet(torch.cat([noisy, reg_noisy]), torch.cat([timesteps, reg_t]),
-                                        text_states(captions + reg_captions)).sample  # fmt: skip
-                            prediction, reg_prediction = both.split([len(items), len(reg_items)])
+                            both = unet(torch.cat([noisy, reg.noisy]), torch.cat([timesteps, reg.timesteps]),
+                                        text_states(captions + reg.captions)).sample  # fmt: skip
+                            prediction, reg_prediction = both.split([len(items), len(reg.captions)])
                         else:
                             prediction = unet(noisy, timesteps, text_states(captions)).sample
                             if prior is not None:  # another bucket's shape: a call of its own
-                                reg_prediction = unet(reg_noisy, reg_t, text_states(reg_captions)).sample
+                                reg_prediction = unet(
+                                    reg.noisy, reg.timesteps, text_states(reg.captions)
+                                ).sample
                     gamma = config.min_snr_gamma
-                    loss = per_sample_loss(
-                        prediction, target, timesteps, scheduler, gamma, mask=mask, **loss_options
-                    ).mean()
+                    losses = per_sample_loss(
+                        prediction, target, timesteps, scheduler, gamma, mask=mask, **loss_args
+                    )
+                    loss = losses.mean()
                     if prior is not None:
-                        reg_loss = per_sample_loss(
-                            reg_prediction, reg_target, reg_t, scheduler, gamma, **loss_options
-                        )
-                        loss = loss + config.prior_loss_weight * reg_loss.mean()
+                        prior_losses = per_sample_loss(reg_prediction, reg.target, reg.timesteps, scheduler, gamma, **loss_args)  # fmt: skip
+                        loss = loss + config.prior_loss_weight * prior_losses.mean()
                     accelerator.backward(loss / config.gradient_accumulation)
                 micro_losses.append(loss.detach())
             loss_value = accelerator.reduce(torch.stack(micro_losses).mean(), "mean").item()
@@ -403,7 +390,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
                 logs["grad_norm"] = grad_norm
             if config.tensorboard:  # every step's loss and the average (Kohya's loss/current, loss/average)
                 accelerator.log(logs, step=step)
-            if config.validate_every and (step % config.validate_every == 0 or step == total):
+            if validator is not None and (step % config.validate_every == 0 or step == total):
                 validate(step)
             if step % config.save_every == 0 or step == total:
                 save_training(
@@ -445,11 +432,8 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
 
     # -- Name the best validation step, then export (the EMA weights when EMA is on).
     accelerator.wait_for_everyone()
-    if val_log is not None and val_log.best is not None:
-        best, value = val_log.best
-        plain.say(
-            f"best step {best} (val_loss {value:.4f}, of {len(val_log.losses)} validations): {out / 'validation.csv'}"
-        )
+    if validation is not None:
+        validation.name_best()
     if ema is not None:
         ema.copy_to(params)
     if accelerator.is_main_process:
@@ -458,51 +442,6 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
         export_run(model, config, out, export_info(state, total, images, resolution, precision))
     accelerator.wait_for_everyone()
     accelerator.end_training()
-
-
-def _held_out_images(config: TrainConfig) -> list:
-    """The dataset's split "val" images for the validation loss; FacesmithError when there are none."""
-    from facesmith.train.dataset import read_dataset
-
-    try:
-        return read_dataset(config.dataset, split="val")
-    except FacesmithError:
-        raise FacesmithError(
-            f"validate_every {config.validate_every} needs held-out images, and dataset {config.dataset} has "
-            "no rows with split val: prepare it with --val-fraction 0.05 (or so), or set validate_every = 0"
-        ) from None
-
-
-def _class_images(
-    config: TrainConfig, accelerator, model, out: Path, resolution: int, device, report
-) -> list:
-    """Prior preservation's class images: reg_dir's, or num_class_images generated once into the run folder
-    by the main process (the others wait for them); [] without prior preservation."""
-    from facesmith.train.prior import generate_class_images, read_class_images
-
-    if config.reg_dir is not None:
-        return read_class_images(config.reg_dir, config.class_prompt)
-    if not config.num_class_images:
-        return []
-    if accelerator.is_main_process:
-        generate_class_images(model.pipe.to(device), config, out, resolution, device, model.default_sampler,
-                              model.default_cfg, report)  # fmt: skip
-    accelerator.wait_for_everyone()
-    return read_class_images(out / "class_images", config.class_prompt)
-
-
-def _validator(config: TrainConfig, held_out: list, assigned: dict, latent_source, model):
-    """The ValidationLoss of the held-out images: their latents (unflipped) and captions, fixed noise."""
-    from facesmith.train.dataset import BatchItem
-    from facesmith.train.objective import zero_terminal_snr
-    from facesmith.train.validation import ValidationLoss
-
-    source = latent_source(held_out, assigned, False)
-    latents = [source.latents([BatchItem(i, False)])[0] for i in range(len(held_out))]
-    scheduler = (
-        zero_terminal_snr(model.noise_scheduler) if config.zero_terminal_snr else model.noise_scheduler
-    )
-    return ValidationLoss(latents, [image.text for image in held_out], scheduler, config.validation_seed)
 
 
 def _silent(stage: str, done: int, total: int | None, **fields: float) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from facesmith.errors import FacesmithError
 from facesmith.train.objective import target_for
 
 KOHYA_VALIDATION_TIMESTEPS = (10, 350, 500, 650, 990)  # of 1000 (sd-scripts train_network.py)
@@ -39,8 +40,29 @@ def validation_timesteps(num_train_timesteps: int) -> list[int]:
     ]
 
 
+def held_out_images(dataset: str, validate_every: int) -> list:
+    """The dataset's split "val" images for the validation loss; FacesmithError when there are none."""
+    from facesmith.train.dataset import read_dataset
+
+    try:
+        return read_dataset(dataset, split="val")
+    except FacesmithError:
+        raise FacesmithError(
+            f"validate_every {validate_every} needs held-out images, and dataset {dataset} has no rows "
+            "with split val: prepare it with --val-fraction 0.05 (or so), or set validate_every = 0"
+        ) from None
+
+
 class ValidationLoss:
     """The validation loss of the model under training, on fixed noise and timesteps."""
+
+    @classmethod
+    def of_images(cls, images: list, source, noise_scheduler, seed: int) -> ValidationLoss:
+        """From the held-out `images` and their (unflipped) `cache.LatentSource`."""
+        from facesmith.train.dataset import BatchItem
+
+        latents = [source.latents([BatchItem(i, False)])[0] for i in range(len(images))]
+        return cls(latents, [image.text for image in images], noise_scheduler, seed)
 
     def __init__(self, latents: list[torch.Tensor], captions: list[str], noise_scheduler, seed: int) -> None:
         """`latents`: one [C, h, w] latent per held-out image; `captions`: their captions."""
@@ -117,3 +139,26 @@ def read_validation(out: Path) -> dict | None:
     """What `validation.json` of a run folder says, or None when the run had no validation."""
     path = out / JSON_NAME
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+class Validation:
+    """A run's validation: the loss at a step, reported (progress, a plain line, TensorBoard) and logged
+    to the run folder, and the best step named at the end. Main process only."""
+
+    def __init__(self, loss: ValidationLoss, log: ValidationLog, report, say, scalars=None) -> None:
+        self.loss, self.log, self.report, self.say, self.scalars = loss, log, report, say, scalars
+
+    def at(self, step: int, unet, text_states, autocast) -> float:
+        self.report("validating", 0, 1, step=step)
+        value = self.loss(unet, text_states, autocast)
+        self.log.add(step, value)
+        self.report("validating", 1, 1, step=step, val_loss=value)
+        self.say(f"step {step}: val_loss {value:.4f}")
+        if self.scalars is not None:
+            self.scalars({"val_loss": value}, step=step)
+        return value
+
+    def name_best(self) -> None:
+        if self.log.best is not None:
+            step, value = self.log.best
+            self.say(f"best step {step} (val_loss {value:.4f} of {len(self.log.losses)}): {self.log.csv}")
