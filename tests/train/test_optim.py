@@ -40,3 +40,19 @@ def test_8bit_adamw_needs_cuda():
         make_optimizer(
             [torch.nn.Parameter(torch.zeros(1))], TrainConfig(optimizer="adamw8bit"), torch.device("cpu")
         )
+
+
+def test_unet_and_text_encoder_learn_at_their_own_rates_under_one_schedule():
+    from facesmith.train.optim import make_lr_schedule, param_groups
+
+    named = [
+        ("unet.a", torch.nn.Parameter(torch.zeros(1))),
+        ("text_encoder.b", torch.nn.Parameter(torch.zeros(1))),
+    ]
+    config = TrainConfig(learning_rate=1e-3, unet_lr=1e-4, text_encoder_lr=5e-5, lr_warmup_steps=2)
+    optimizer = make_optimizer(param_groups(named, config), config, torch.device("cpu"))
+    assert [(g["name"], g["lr"]) for g in optimizer.param_groups] == [("unet", 1e-4), ("text_encoder", 5e-5)]
+    schedule = make_lr_schedule(optimizer, config, 10)
+    assert schedule.get_last_lr() == pytest.approx([0.5e-4, 2.5e-5])  # warm-up scales both
+    plain = param_groups(named, TrainConfig(learning_rate=1e-3))
+    assert [g["lr"] for g in plain] == [1e-3, 1e-3]  # both default to learning_rate
