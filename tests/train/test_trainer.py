@@ -697,3 +697,21 @@ def test_validation_needs_held_out_rows_and_reg_dir_needs_images(tmp_path, sd15_
     with pytest.raises(FacesmithError, match="reg_dir .*empty has no images") as got:
         run_train(TrainConfig(**base, reg_dir=str(tmp_path / "empty")))
     assert "\n" not in str(got.value)
+
+
+def test_class_images_are_generated_once_into_the_run_folder_and_trained_beside(faces, sd15_folder, tmp_path):
+    base = dict(TINY, dataset=str(faces), model=str(sd15_folder), batch_size=1, save_every=1,
+                class_prompt="a photo of a person", num_class_images=2, class_image_steps=1)  # fmt: skip
+    run = tmp_path / "run"
+    stages = []
+    result = run_train(TrainConfig(**base, output_dir=str(run), max_steps=1),
+                       progress=lambda stage, done, total, **f: stages.append((stage, done, total)))  # fmt: skip
+    assert result.steps == 1 and ("generating class images", 2, 2) in stages
+    made = sorted(p.name for p in (run / "class_images").iterdir())
+    assert made == ["000000.png", "000000.txt", "000001.png", "000001.txt"]
+    stamps = [p.stat().st_mtime_ns for p in sorted((run / "class_images").glob("*.png"))]
+    stages.clear()
+    again = run_train(TrainConfig(**base, output_dir=str(run), max_steps=2, resume="latest"),
+                      progress=lambda stage, done, total, **f: stages.append((stage, done, total)))  # fmt: skip
+    assert again.steps == 2 and not [s for s in stages if s[0] == "generating class images"]
+    assert stamps == [p.stat().st_mtime_ns for p in sorted((run / "class_images").glob("*.png"))]
