@@ -18,6 +18,8 @@
   "scheduled pseudo-Huber"): l2, pseudo-Huber 2c(sqrt((p - y)^2 + c^2) - c) and smooth_l1
   2(sqrt((p - y)^2 + c^2) - c), with c constant, exponential in t (c^(t/T)) or by SNR
   ((1 - c) / (1 + sigma)^2 + c, sigma = sqrt((1 - a) / a)), the default.
+- `batch_loss`: one micro-batch's loss, with DreamBooth's class batch beside it when prior preservation is
+  on (diffusers' `train_dreambooth.py`: one UNet call on both, loss = instance + prior_loss_weight * prior).
 - Masked loss (Kohya's `--masked_loss`, sd-scripts `apply_masked_loss`): the per-element loss times a
   [B, 1, h, w] latent-size mask in [0, 1], then the plain mean, as Kohya does (not divided by the mask).
 Random numbers come from the caller's CPU generator, so a run is the same on any device and resumable.
@@ -186,3 +188,40 @@ def diffusion_loss(
 ) -> torch.Tensor:
     """The batch's mean of `per_sample_loss` (options: mask, loss_type, huber_c, huber_schedule)."""
     return per_sample_loss(prediction, target, timesteps, noise_scheduler, min_snr_gamma, **options).mean()
+
+
+def batch_loss(unet, text_states, autocast, scheduler, config, noisy, timesteps, target, captions, *,
+               mask: torch.Tensor | None = None, reg=None) -> torch.Tensor:  # fmt: skip
+    """The loss of one micro-batch: `per_sample_loss` under `config`'s options, plus prior_loss_weight x the
+    class batch's (`prior.ClassBatch`) when `reg` is given. The UNet runs under `autocast()`, once on both
+    batches when their latents have one shape (as train_dreambooth.py concatenates), else once on each."""
+    with autocast():
+        if reg is not None and reg.noisy.shape[1:] == noisy.shape[1:]:
+            states = text_states(captions + reg.captions)
+            both = unet(torch.cat([noisy, reg.noisy]), torch.cat([timesteps, reg.timesteps]), states).sample
+            prediction, reg_prediction = both.split([len(captions), len(reg.captions)])
+        else:
+            prediction = unet(noisy, timesteps, text_states(captions)).sample
+            if reg is not None:  # another bucket's shape: a call of its own
+                reg_prediction = unet(reg.noisy, reg.timesteps, text_states(reg.captions)).sample
+    gamma, options = config.min_snr_gamma, loss_options(config)
+    loss = per_sample_loss(prediction, target, timesteps, scheduler, gamma, mask=mask, **options).mean()
+    if reg is not None:
+        prior = per_sample_loss(reg_prediction, reg.target, reg.timesteps, scheduler, gamma, **options)
+        loss = loss + config.prior_loss_weight * prior.mean()
+    return loss
+
+
+def training_scheduler(noise_scheduler, config):
+    """The noise scheduler training draws from: the model's, or its zero-terminal-SNR copy, with a warning
+    when that meets an epsilon model."""
+    if not config.zero_terminal_snr:
+        return noise_scheduler
+    if noise_scheduler.config.prediction_type == "epsilon":
+        import warnings
+
+        from facesmith.train.dataset import TrainingWarning
+
+        warnings.warn("zero_terminal_snr with an epsilon model: Lin et al. (2023) pair it with v-prediction; "
+                      "set prediction_type = \"v_prediction\"", TrainingWarning, stacklevel=3)  # fmt: skip
+    return zero_terminal_snr(noise_scheduler)

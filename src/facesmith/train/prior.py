@@ -131,7 +131,8 @@ class ClassBatch:
 
 
 class PriorBatches:
-    """Class-image micro-batches for one process: batch k is a pure function of (seed, k)."""
+    """Class-image micro-batches for one process: batch k is a pure function of (seed, k); `noised` gives
+    them with their latents (a `cache.LatentSource` over `images`) noised."""
 
     def __init__(
         self,
@@ -142,9 +143,12 @@ class PriorBatches:
         processes: int,
         seed: int,
         flip: bool,
+        images: list[FaceImage] | None = None,
+        latents=None,
     ) -> None:
         self.assigned, self.batch_size, self.rank = assigned, batch_size, rank
         self.global_batch, self.seed, self.flip = batch_size * processes, seed, flip
+        self.images, self.latents = images, latents
         self.per_epoch = len(epoch_batches(assigned, self.global_batch, seed, 0, flip))
         self._epoch: tuple[int, list[list[BatchItem]]] | None = None
 
@@ -152,23 +156,19 @@ class PriorBatches:
         epoch, position = divmod(k, self.per_epoch)
         if self._epoch is None or self._epoch[0] != epoch:
             # Its own order: the instance stream's seed, offset so the two orders are not the same.
-            self._epoch = (
-                epoch,
-                epoch_batches(self.assigned, self.global_batch, self.seed + 7919, epoch, self.flip),
-            )
+            batches = epoch_batches(self.assigned, self.global_batch, self.seed + 7919, epoch, self.flip)
+            self._epoch = (epoch, batches)
         batch = self._epoch[1][position]
         return batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
-    def noised(
-        self, k: int, latents, images: list[FaceImage], generator, scheduler, offset: float, options: dict
-    ) -> ClassBatch:
-        """Batch k's latents (a `cache.LatentSource`) noised with the training generator, as the instance
-        batch is (`objective.sample_noise`), with its target and captions."""
+    def noised(self, k: int, generator, scheduler, offset: float, options: dict) -> ClassBatch:
+        """Batch k noised with the training generator, as the instance batch is (`objective.sample_noise`),
+        with its target and captions."""
         from facesmith.train.objective import sample_noise, target_for
 
         items = self.batch(k)
-        x0 = latents.latents(items)
+        x0 = self.latents.latents(items)
         noise, timesteps = sample_noise(x0, generator, scheduler, offset, **options)
         noisy = scheduler.add_noise(x0, noise, timesteps)
         target = target_for(scheduler, x0, noise, timesteps)
-        return ClassBatch(noisy, timesteps, target, [images[i.index].text for i in items])
+        return ClassBatch(noisy, timesteps, target, [self.images[i.index].text for i in items])

@@ -115,18 +115,17 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     from facesmith.train.masks import loss_masks_for
     from facesmith.train.model import build_model, check_fits
     from facesmith.train.objective import (
-        loss_options,
+        batch_loss,
         noise_options,
-        per_sample_loss,
         sample_noise,
         target_for,
-        zero_terminal_snr,
+        training_scheduler,
     )
     from facesmith.train.optim import make_lr_schedule, make_optimizer, param_groups
-    from facesmith.train.prior import class_images_for
+    from facesmith.train.prior import PriorBatches, class_images_for
     from facesmith.train.sampling import sample_grid
     from facesmith.train.state import TrainState, mark_step, resume_training, rewind_to, save_training
-    from facesmith.train.validation import Validation, ValidationLog, ValidationLoss, held_out_images
+    from facesmith.train.validation import Validation, ValidationLoss, held_out_images
     from facesmith.train.watch import PlainProgress, RunningLoss
 
     # -- Initialize: Accelerate and the run folder.
@@ -175,7 +174,6 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
                             cache_dir=cache_dir, progress=lambda done, count: report("caching latents", done, count))  # fmt: skip
 
     latents_of = latent_source(images, assigned, config.flip)
-    class_latents = latent_source(class_images, class_assigned, config.flip) if class_images else None
     loss_masks = loss_masks_for(config, images, assigned, pipe.vae_scale_factor, device, cache_dir, report)
     # Whole-caption dropout alone keeps captions fixed: "" is one more caption to cache.
     varying = config.caption_shuffle or config.caption_tag_dropout > 0 or config.caption_from_attributes
@@ -190,12 +188,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     # -- Set up the optimisation and the training state.
     named = model.trainable()
     params = [p for _, p in named]
-    scheduler = model.noise_scheduler
-    if config.zero_terminal_snr:
-        scheduler = zero_terminal_snr(scheduler)
-        if scheduler.config.prediction_type == "epsilon" and accelerator.is_main_process:
-            warnings.warn("zero_terminal_snr with an epsilon model: Lin et al. (2023) pair it with "
-                          "v-prediction; set prediction_type = \"v_prediction\"", TrainingWarning, stacklevel=2)  # fmt: skip
+    scheduler = training_scheduler(model.noise_scheduler, config)
     validator = None
     if held_out:
         source = latent_source(held_out, held_assigned, False)
@@ -240,18 +233,15 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
         accelerator.init_trackers("facesmith", config={k: str(v) for k, v in config.to_dict().items()})
     validation = None
     if validator is not None and accelerator.is_main_process:
-        log = ValidationLog(
-            out, state.step, validator.timesteps.tolist(), config.validation_seed, len(held_out)
-        )
-        validation = Validation(
-            validator, log, report, plain.say, accelerator.log if config.tensorboard else None
+        scalars = accelerator.log if config.tensorboard else None
+        validation = Validation.open(
+            validator, out, state.step, config.validation_seed, report, plain.say, scalars
         )
     prior = None
     if class_images:
-        from facesmith.train.prior import PriorBatches
-
         prior = PriorBatches(class_assigned, batch_size=config.batch_size, rank=rank, processes=world,
-                             seed=config.seed, flip=config.flip)  # fmt: skip
+                             seed=config.seed, flip=config.flip, images=class_images,
+                             latents=latent_source(class_images, class_assigned, config.flip))  # fmt: skip
     prompts = None
     if config.sample_prompts:
         from facesmith.train.sampling import read_prompt_file
@@ -266,7 +256,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
         accelerator.wait_for_everyone()
 
     # -- Train.
-    noise_args, loss_args = noise_options(config), loss_options(config)
+    noise_args = noise_options(config)
 
     def text_states(captions: list[str]) -> torch.Tensor:
         if text_cache is not None:
@@ -299,38 +289,19 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
                 noisy = scheduler.add_noise(latents, noise, timesteps)
                 target = target_for(scheduler, latents, noise, timesteps)
                 mask = loss_masks(items) if loss_masks is not None else None
+                reg = None
                 if (
                     prior is not None
                 ):  # the class batch beside it (DreamBooth); its index is fixed by the step
                     k = (state.step + state.bad_steps) * config.gradient_accumulation + micro
-                    reg = prior.noised(
-                        k, class_latents, class_images, state.noise, scheduler, offset, noise_args
-                    )
+                    reg = prior.noised(k, state.noise, scheduler, offset, noise_args)
                 with contextlib.ExitStack() as stack:
                     if micro < config.gradient_accumulation - 1:
                         stack.enter_context(accelerator.no_sync(unet))
                         if train_text:
                             stack.enter_context(accelerator.no_sync(text_encoder))
-                    with accelerator.autocast():
-                        if prior is not None and reg.noisy.shape[1:] == latents.shape[1:]:
-                            # One UNet call on instance + class images, as train_dreambooth.py concatenates.
-                            both = unet(torch.cat([noisy, reg.noisy]), torch.cat([timesteps, reg.timesteps]),
-                                        text_states(captions + reg.captions)).sample  # fmt: skip
-                            prediction, reg_prediction = both.split([len(items), len(reg.captions)])
-                        else:
-                            prediction = unet(noisy, timesteps, text_states(captions)).sample
-                            if prior is not None:  # another bucket's shape: a call of its own
-                                reg_prediction = unet(
-                                    reg.noisy, reg.timesteps, text_states(reg.captions)
-                                ).sample
-                    gamma = config.min_snr_gamma
-                    losses = per_sample_loss(
-                        prediction, target, timesteps, scheduler, gamma, mask=mask, **loss_args
-                    )
-                    loss = losses.mean()
-                    if prior is not None:
-                        prior_losses = per_sample_loss(reg_prediction, reg.target, reg.timesteps, scheduler, gamma, **loss_args)  # fmt: skip
-                        loss = loss + config.prior_loss_weight * prior_losses.mean()
+                    loss = batch_loss(unet, text_states, accelerator.autocast, scheduler, config, noisy,
+                                      timesteps, target, captions, mask=mask, reg=reg)  # fmt: skip
                     accelerator.backward(loss / config.gradient_accumulation)
                 micro_losses.append(loss.detach())
             loss_value = accelerator.reduce(torch.stack(micro_losses).mean(), "mean").item()

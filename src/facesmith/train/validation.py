@@ -148,6 +148,14 @@ class Validation:
     def __init__(self, loss: ValidationLoss, log: ValidationLog, report, say, scalars=None) -> None:
         self.loss, self.log, self.report, self.say, self.scalars = loss, log, report, say, scalars
 
+    @classmethod
+    def open(
+        cls, loss: ValidationLoss, out: Path, step: int, seed: int, report, say, scalars=None
+    ) -> Validation:
+        """The validation of the run in `out`, (re)starting its log at `step` (0, or the resumed step)."""
+        log = ValidationLog(out, step, loss.timesteps.tolist(), seed, len(loss.latents))
+        return cls(loss, log, report, say, scalars)
+
     def at(self, step: int, unet, text_states, autocast) -> float:
         self.report("validating", 0, 1, step=step)
         value = self.loss(unet, text_states, autocast)
