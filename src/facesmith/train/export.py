@@ -10,6 +10,11 @@
   `lora_te_text_model_...` for the text encoder), with Kohya's `ss_*` training metadata and the
   Stability AI model-spec (`modelspec.*`) keys, which name the real base model (family, name, sha256).
   diffusers' `load_lora_weights` reads it.
+- Textual inversion (mode embedding): `OUTPUT_DIR/NAME.safetensors` (with several tokens one file per
+  token, `NAME-<token>.safetensors`) in the form AUTOMATIC1111 writes and reads, and diffusers'
+  `load_textual_inversion` takes: one tensor `emb_params` of shape (vectors, width), with A1111's `.pt`
+  fields as metadata (`name`: the token, `step`, `sd_checkpoint`, `sd_checkpoint_name`). A1111 invokes an
+  embedding by its file name; `facesmith generate --embedding` by the recorded `name` (the token trained).
 - At every checkpoint save before the last, the same export under the step's name, as Kohya saves:
   `NAME-step00000600.safetensors` (LoRA) or the folder `NAME-step00000600/` (full).
 
@@ -163,6 +168,31 @@ def export_kohya_lora(model: TrainModel, config: TrainConfig, path: Path, info: 
     return path
 
 
+def export_embeddings(model: TrainModel, config: TrainConfig, path: Path, info: dict[str, Any]) -> list[Path]:
+    """Write each trained token as an A1111 embedding file: `path` for one token, `path`-TOKEN for more."""
+    from safetensors.torch import save_file
+
+    from facesmith.train.embedding import trained_tokens
+
+    vectors = trained_tokens(model.pipe, config.tokens, config.num_vectors)
+    written = []
+    for token, tensor in vectors.items():
+        slug = "".join(c for c in token if c.isalnum() or c in "-_") or "token"
+        target = path if len(vectors) == 1 else path.with_name(f"{path.stem}-{slug}{path.suffix}")
+        check_finite({token: tensor}, target)
+        metadata = {
+            "name": token,
+            "step": str(info.get("step", 0)),
+            "sd_checkpoint": str(model.base_hash and model.base_hash[:10]),
+            "sd_checkpoint_name": model.base_name,
+            "modelspec.architecture": f"{architecture(model.family)[1]}/textual-inversion",
+        }
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"emb_params": tensor}, str(target), metadata=metadata)
+        written.append(target)
+    return written
+
+
 def export_full(
     model: TrainModel,
     config: TrainConfig,
@@ -271,6 +301,8 @@ def export_run(model, config, out: Path, info: dict, *, params=None, ema=None, s
     try:
         if config.mode == "lora":
             export_kohya_lora(model, config, out / f"{name}.safetensors", info)
+        elif config.mode == "embedding":
+            export_embeddings(model, config, out / f"{name}.safetensors", info)
         elif step is None:
             export_full(model, config, out, info)
         else:
