@@ -2,16 +2,17 @@
 
 Formats read (the ones AUTOMATIC1111's `modules/textual_inversion/textual_inversion.py` reads):
 - A1111 safetensors: `{"emb_params": (vectors, width)}` (what `facesmith train --mode embedding` writes);
-- A1111's `.pt`: `{"string_to_param": {"*": tensor}, "name": ..., "step": ...}` (pickle: --allow-pickle);
+- A1111's `.pt`: `{"string_to_param": {"*": tensor}, "name": ..., "step": ...}`, read by torch's
+  weights-only unpickler (runs no code; a `.pt` holding other objects needs --allow-pickle);
 - diffusers' `learned_embeds.safetensors`: `{"<token>": (width,) or (vectors, width)}`;
 - SDXL pairs: `{"clip_l": ..., "clip_g": ...}` for the two text encoders.
 
 The word a prompt uses is the file's stem, as A1111 names embeddings, unless the file names its token:
-the `name` metadata our exports record, the `name` of a `.pt`, or a diffusers file's one key. Loading is
-diffusers' `load_textual_inversion` (it adds the token and its `_1`, `_2`, ... vector entries to the
-tokenizer and text encoder; the pipeline's `maybe_convert_prompt` widens the word in every prompt), which
-works offline on tensors for CLIP and for the default model's BERT tokenizer alike. Before it, the width
-is checked here: diffusers' own message for a mismatch names neither width.
+the `name` metadata our exports record, the `name` of a `.pt`, or a diffusers file's one key. The word and
+its `_1`, `_2`, ... vector entries are added as diffusers' `load_textual_inversion` adds them, so the
+pipeline's own `maybe_convert_prompt` widens the word in every prompt (CLIP and the default model's BERT
+tokenizer alike); `add_word` says why the adding itself is done here. The width is checked first, with
+both widths named (diffusers' message names neither).
 """
 
 from __future__ import annotations
@@ -63,9 +64,7 @@ def read_embedding(path: str | Path, *, allow_pickle: bool = False) -> Embedding
             metadata = handle.metadata() or {}
         state = load_file(str(path))
     else:
-        from facesmith.models.single_file import read_checkpoint
-
-        state = read_checkpoint(path, allow_pickle=allow_pickle)
+        state = _read_pickle(path, allow_pickle)
     if "string_to_param" in state:  # A1111 .pt
         vectors = {"text_encoder": next(iter(state["string_to_param"].values()))}
         name = str(state.get("name") or name)
@@ -88,6 +87,25 @@ def read_embedding(path: str | Path, *, allow_pickle: bool = False) -> Embedding
     if non_finite(vectors):
         raise FacesmithError(f"embedding {path} holds NaN or inf: the file is corrupt")
     return Embedding(path, name, vectors)
+
+
+def _read_pickle(path: Path, allow_pickle: bool) -> dict:
+    """An A1111 `.pt`/`.bin`: tensors, strings and numbers only, which torch's weights-only unpickler reads
+    without running code; anything else in it needs --allow-pickle, as other pickles do."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        if not allow_pickle:
+            raise FacesmithError(
+                f"embedding {path} holds more than tensors ({str(err).splitlines()[0][:80]}); loading it runs "
+                "code from the file: pass --allow-pickle if you trust its source"
+            ) from None
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, torch.Tensor):
+        state = {path.stem: state}
+    if not isinstance(state, dict):
+        raise FacesmithError(f"{path} holds a {type(state).__name__}, not a textual-inversion embedding")
+    return state
 
 
 def apply_embeddings(
@@ -122,14 +140,29 @@ def apply_embeddings(
                     f"embedding {embedding.path.name} has {vectors.shape[-1]}-wide vectors but this model's text "
                     f"encoder takes {width}-wide ones: use an embedding trained for this model"
                 )
-            if embedding.name in tokenizer.get_vocab():
+            if tokenizer.tokenize(embedding.name) == [embedding.name]:
                 raise FacesmithError(
                     f"embedding {embedding.path.name}: {embedding.name!r} is already a word of this model's "
                     "tokenizer, so the embedding would never be used: rename the file"
                 )
-            dtype = text_encoder.get_input_embeddings().weight.dtype
-            pipe.load_textual_inversion(
-                vectors.to(dtype), token=embedding.name, tokenizer=tokenizer, text_encoder=text_encoder
-            )
+            add_word(tokenizer, text_encoder, embedding.name, vectors)
         loaded.append(embedding)
     return loaded
+
+
+def add_word(tokenizer, text_encoder, name: str, vectors: torch.Tensor) -> None:
+    """Add `name` (and `name_1`, ... for more vectors) to the tokenizer, with `vectors` as their rows.
+
+    This is diffusers' `load_textual_inversion` steps 5-7, done here because diffusers refuses any name in
+    the vocabulary, CLIP's sub-word pieces included ("alice" without "</w>"), while A1111 files are named
+    like that all the time and load there; an added token is matched before BPE, so such a name is safe.
+    The rows are set without `mean_resizing`, which would draw from the global RNG and take seconds on
+    a 49408-word vocabulary for rows that are overwritten at once.
+    """
+    names = [name] + [f"{name}_{i}" for i in range(1, vectors.shape[0])]
+    tokenizer.add_tokens(names)
+    ids = tokenizer.convert_tokens_to_ids(names)
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    weight = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        weight[ids] = vectors.to(weight.device, weight.dtype)
