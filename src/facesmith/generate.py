@@ -106,8 +106,8 @@ class FaceGenerator:
             if not spec.path.is_file():
                 raise FacesmithError(f"LoRA file {spec.path} does not exist or is not a file")
         self.loras = [f"{spec.path.resolve()}:{spec.weight:g}" for spec in specs]
-        apply_loras(self.pipe, specs, allow_pickle=allow_pickle)
-        if specs and fuse_loras:
+        apply_loras(self.pipe, specs, allow_pickle=allow_pickle, fused=fuse_loras)
+        if fuse_loras and self.pipe.get_list_adapters():  # LoHa/LoKr files were merged already
             # diffusers' fuse_lora merges each adapter at its set weight; unloading then drops the peft
             # wrappers and keeps the merged weights. Unfused, every LoRA layer costs extra matmuls each
             # step and rules out the ONNX engine (benchmarks/lora_speed.py measures both).
