@@ -80,7 +80,8 @@ def recipe(config: GenerateConfig, model, seed: int, lora_names: list[str] | Non
     recorded["embeddings"] = [Path(path).name for path in one.embeddings]
     used = used_embeddings(one)
     settings = {"config": recorded, "model_name": model.name, "model_hash": model_hash, "loras": loras}
-    settings["embeddings"] = used
+    if used:  # a PNG made without embeddings keeps the chunk as it was
+        settings["embeddings"] = used
     parameters = format_parameters(
         one, model_name=model.name, model_hash=model_hash, loras=loras, embeddings=used
     )
