@@ -157,6 +157,7 @@ class GenerateConfig(StageConfig):
     height: int | None = None
     model: str | None = None
     loras: list[str] = field(default_factory=list)
+    embeddings: list[str] = field(default_factory=list)  # textual-inversion files; prompts call them by name
     vae: str | None = None  # a diffusers VAE folder to decode with, e.g. TAESD for fast previews
     out_dir: str = "outputs"
     device: str | None = None
@@ -219,6 +220,9 @@ class GenerateConfig(StageConfig):
             lora = parse_lora_spec(spec).path.expanduser()
             if not lora.is_file():
                 raise FacesmithError(f"LoRA file {lora} does not exist or is not a file")
+        for embedding in self.embeddings:
+            if not Path(embedding).expanduser().is_file():
+                raise FacesmithError(f"embedding file {embedding} does not exist or is not a file")
         if self.vae and not Path(self.vae).expanduser().is_dir():
             raise FacesmithError(f"--vae {self.vae} is not a folder: pass a diffusers VAE folder")
         self._validate_img2img()

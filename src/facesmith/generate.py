@@ -37,7 +37,7 @@ from facesmith.runtime import choose_device, choose_dtype, prepare_out_dir
 from facesmith.samplers import make_scheduler
 from facesmith.trace import TraceRecorder, detached_after, image_strip
 
-LOAD_TIME_SETTINGS = ("model", "loras", "vae", "device", "dtype", "engine", "allow_pickle")
+LOAD_TIME_SETTINGS = ("model", "loras", "embeddings", "vae", "device", "dtype", "engine", "allow_pickle")
 
 
 class EngineFallbackWarning(UserWarning):
@@ -87,8 +87,9 @@ class FaceGenerator:
         vae: str | None = None,
         fuse_loras: bool = True,
         progress: Progress | None = None,
+        embeddings: list[str] | tuple[str, ...] = (),
     ):
-        """`progress` hears what takes long at load (an ONNX export); `fuse_loras`: merge the LoRAs into the weights at their given weights (fast: plain layers, and
+        """`embeddings`: textual-inversion files (models/embeddings.py), called by name in prompts. `progress` hears what takes long at load (an ONNX export); `fuse_loras`: merge the LoRAs into the weights at their given weights (fast: plain layers, and
         the ONNX engine can run them); False keeps them as peft adapters whose weights can change per
         call, as the server's `<lora:name:weight>` tags need."""
         from facesmith.engines import engine_pipeline, resolve_engine
@@ -105,13 +106,16 @@ class FaceGenerator:
             if not spec.path.is_file():
                 raise FacesmithError(f"LoRA file {spec.path} does not exist or is not a file")
         self.loras = [f"{spec.path.resolve()}:{spec.weight:g}" for spec in specs]
-        apply_loras(self.pipe, specs, allow_pickle=allow_pickle)
-        if specs and fuse_loras:
+        apply_loras(self.pipe, specs, allow_pickle=allow_pickle, fused=fuse_loras)
+        if fuse_loras and self.pipe.get_list_adapters():  # LoHa/LoKr files were merged already
             # diffusers' fuse_lora merges each adapter at its set weight; unloading then drops the peft
             # wrappers and keeps the merged weights. Unfused, every LoRA layer costs extra matmuls each
             # step and rules out the ONNX engine (benchmarks/lora_speed.py measures both).
             self.pipe.fuse_lora()
             self.pipe.unload_lora_weights()
+        from facesmith.models.embeddings import apply_embeddings
+
+        self.embeddings = apply_embeddings(self.pipe, embeddings, allow_pickle=allow_pickle)
         self.vae = str(Path(vae).expanduser().resolve()) if vae else None
         if vae:
             self.pipe.vae = load_vae(vae, self.pipe.unet.config.in_channels)
@@ -148,10 +152,12 @@ class FaceGenerator:
         vae: str | None = None,
         fuse_loras: bool = True,
         progress: Progress | None = None,
+        embeddings: list[str] | tuple[str, ...] = (),
     ) -> FaceGenerator:
         model = load_model(source, allow_pickle=allow_pickle)
         return cls(
             model,
+            embeddings=embeddings,
             device=device,
             dtype=dtype,
             loras=loras,
@@ -205,6 +211,7 @@ class FaceGenerator:
             width=width,
             height=height,
             loras=list(self.loras),
+            embeddings=[str(e.path.resolve()) for e in self.embeddings],
             model=self.model.source,
             device=self.device_name,
             dtype=self.dtype_name,

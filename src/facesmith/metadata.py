@@ -77,8 +77,36 @@ def recipe(config: GenerateConfig, model, seed: int, lora_names: list[str] | Non
         f"{lora['name']}{Path(path).suffix}:{lora['weight']:g}"
         for lora, path in zip(loras, paths, strict=True)
     ]
+    recorded["embeddings"] = [Path(path).name for path in one.embeddings]
+    used = used_embeddings(one)
     settings = {"config": recorded, "model_name": model.name, "model_hash": model_hash, "loras": loras}
-    return Recipe(format_parameters(one, model_name=model.name, model_hash=model_hash, loras=loras), settings)
+    if used:  # a PNG made without embeddings keeps the chunk as it was
+        settings["embeddings"] = used
+    parameters = format_parameters(
+        one, model_name=model.name, model_hash=model_hash, loras=loras, embeddings=used
+    )
+    return Recipe(parameters, settings)
+
+
+def used_embeddings(config: GenerateConfig) -> list[dict]:
+    """{name, hash} of each loaded embedding the prompt or negative prompt calls, as A1111 records them
+    (`TI hashes: "name: hash"`, the hash the first 10 hex digits of the file's sha256)."""
+    records = []
+    for path in config.embeddings:
+        stat = Path(path).stat()
+        name, digest = _embedding_record(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+        if re.search(rf"(?<!\S){re.escape(name)}(?![\w])", f"{config.prompt} {config.negative}"):
+            records.append({"name": name, "hash": digest})
+    return records
+
+
+@functools.lru_cache(maxsize=64)
+def _embedding_record(path: str, _size: int, _mtime_ns: int) -> tuple[str, str]:
+    from facesmith.models.embeddings import file_sha256, read_embedding
+
+    # A .pt is a pickle, read only at load time when allowed: its record names it by its stem, as A1111 does.
+    name = read_embedding(path).name if path.endswith(".safetensors") else Path(path).stem
+    return name, file_sha256(Path(path))[:10]
 
 
 def unique_lora_names(paths: list[str]) -> list[str]:
@@ -123,7 +151,12 @@ def _lora_hash(path: str, _size: int, _mtime_ns: int) -> str:
 
 
 def format_parameters(
-    config: GenerateConfig, *, model_name: str, model_hash: str | None, loras: list[dict] | None = None
+    config: GenerateConfig,
+    *,
+    model_name: str,
+    model_hash: str | None,
+    loras: list[dict] | None = None,
+    embeddings: list[dict] | None = None,
 ) -> str:
     """A1111's `parameters` text for the one image `config` describes (its seed, width and height);
     `loras` are `recipe`'s records (name, hash, weight)."""
@@ -148,6 +181,8 @@ def format_parameters(
                 fields["Masked area padding"] = config.inpaint_full_res_padding
     if loras:
         fields["Lora hashes"] = _quote(", ".join(f"{lora['name']}: {lora['hash']}" for lora in loras))
+    if embeddings:  # A1111's textual-inversion record
+        fields["TI hashes"] = _quote(", ".join(f"{e['name']}: {e['hash']}" for e in embeddings))
     fields["Version"] = "facesmith"
     lines.append(", ".join(f"{k}: {v}" for k, v in fields.items() if v is not None))
     return "\n".join(lines)

@@ -91,3 +91,79 @@ def test_lora_files_are_named_after_their_run(tmp_path):
 
     assert run_name(tmp_path / "runs" / "alice") == "alice"
     assert step_name(tmp_path / "runs" / "alice", 600) == "alice-step00000600"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Network types (issue 16): DoRA, LoHa and LoKr exports under the tensor names A1111 and ComfyUI look up,
+# and loaded back through `--lora` to the image of the trained in-memory model.
+
+# The tensors ComfyUI's comfy/weight_adapter (lora.py, loha.py, lokr.py) and A1111's network_*.py read.
+COMFY_NAMES = {
+    "dora": {"lora_down.weight", "lora_up.weight", "dora_scale", "alpha"},
+    "loha": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"},
+    "lokr": {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "alpha"},
+}
+
+
+def _trained_network(sd15_folder, **settings):
+    """A network of the given type with random (non-zero) adapter weights, as training leaves it."""
+    config = TrainConfig(model=str(sd15_folder), mode="lora", lora_rank=2, lora_alpha=1.0, lora_conv=True,
+                         train_text_encoder=True, **settings)  # fmt: skip
+    model = build_model(config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, param in model.trainable():
+            param.add_(0.3 * torch.randn(param.shape, generator=generator))
+    return config, model
+
+
+def _latents(pipe):
+    pipe.unet.eval()
+    return pipe(prompt="a face", num_inference_steps=2, output_type="latent", width=64, height=64,
+                generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "settings, kind",
+    [(dict(use_dora=True), "dora"), (dict(lora_type="loha"), "loha"), (dict(lora_type="lokr"), "lokr")],
+)
+def test_network_exports_use_lycoris_names_and_load_back_to_the_trained_image(
+    sd15_folder, tmp_path, settings, kind
+):
+    from diffusers import StableDiffusionPipeline
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from facesmith.models.lora import LoraSpec, apply_loras
+
+    config, model = _trained_network(sd15_folder, **settings)
+    path = export_kohya_lora(model, config, tmp_path / "net.safetensors", {})
+    state = load_file(path)
+    modules = {k.rsplit(".", 2 if k.endswith(".weight") else 1)[0] for k in state}
+    unet_names = {"lora_unet_" + n.replace(".", "_") for n, _ in model.pipe.unet.named_modules()}
+    text_names = {"lora_te_text_model_" + n.removeprefix("text_model.").replace(".", "_")
+                  for n, _ in model.pipe.text_encoder.named_modules()}  # fmt: skip
+    assert modules <= unet_names | text_names
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q" in modules
+    assert "lora_unet_down_blocks_0_resnets_0_conv1" in modules and any(
+        m.startswith("lora_te_") for m in modules
+    )
+    for module in modules:
+        names = {k[len(module) + 1 :] for k in state if k.startswith(module + ".")}
+        assert names <= COMFY_NAMES[kind] and "alpha" in names, (module, names)
+    if kind == "dora":  # output-axis dora_scale: (out, 1) for Linear, (out, 1, 1, 1) for Conv2d
+        q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+        assert state[f"{q}.dora_scale"].shape == (state[f"{q}.lora_up.weight"].shape[0], 1)
+        assert state["lora_unet_down_blocks_0_resnets_0_conv1.dora_scale"].dim() == 4
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata()
+    expected_module = "networks.lora" if kind == "dora" else "lycoris.kohya"
+    assert metadata["ss_network_module"] == expected_module
+    assert (kind == "dora") == ('"dora_wd": true' in metadata["ss_network_args"])
+
+    trained = _latents(model.pipe)
+    loaded = StableDiffusionPipeline.from_pretrained(str(sd15_folder), safety_checker=None)
+    apply_loras(loaded, [LoraSpec(path, 1.0)])
+    torch.testing.assert_close(_latents(loaded), trained, rtol=1e-4, atol=1e-4)
+    base = StableDiffusionPipeline.from_pretrained(str(sd15_folder), safety_checker=None)
+    assert not torch.allclose(_latents(base), trained, atol=1e-3)

@@ -42,6 +42,10 @@ def generate(
     height: Annotated[int | None, typer.Option(help="Multiple of 8 [default: the model's size].")] = None,
     model: Annotated[str | None, typer.Option(help="Diffusers folder or .safetensors file.")] = None,
     lora: Annotated[list[str] | None, typer.Option(help="LoRA FILE[:WEIGHT]; repeat to stack.")] = None,
+    embedding: Annotated[
+        list[str] | None,
+        typer.Option(help="Textual-inversion FILE (A1111/diffusers); the prompt calls it by name; repeat."),
+    ] = None,
     vae: Annotated[
         str | None, typer.Option(help="Decode with this diffusers VAE folder (e.g. TAESD, a fast preview).")
     ] = None,
@@ -125,7 +129,7 @@ def generate(
         given = {
             "prompt": prompt, "negative": negative, "steps": steps, "cfg": cfg, "sampler": chosen,
             "seed": seed, "count": count, "batch_size": batch_size, "engine": engine, "width": width, "height": height, "model": model,
-            "loras": lora or None, "vae": vae, "out_dir": out_dir, "device": device, "dtype": dtype, "trace": trace,
+            "loras": lora or None, "embeddings": embedding or None, "vae": vae, "out_dir": out_dir, "device": device, "dtype": dtype, "trace": trace,
             "allow_pickle": allow_pickle, "init_image": _absolute(init), "strength": strength,
             "resize_mode": resize_mode, "mask": _absolute(mask) if mask and Path(mask).is_file() else mask,
             "mask_blur": mask_blur,

@@ -18,6 +18,9 @@ def serve(
         str | None, typer.Option(help="Diffusers folder or .safetensors [default: the built-in model].")
     ] = None,
     lora: Annotated[list[str] | None, typer.Option(help="LoRA FILE[:WEIGHT] to offer; repeat.")] = None,
+    embedding: Annotated[
+        list[str] | None, typer.Option(help="Textual-inversion FILE that prompts may call by name; repeat.")
+    ] = None,
     host: Annotated[
         str | None, typer.Option(help=f"0.0.0.0 opens it to the network [default: {ServeConfig.host}].")
     ] = None,
@@ -49,7 +52,7 @@ def serve(
         from facesmith.serve import run_serve
 
         given = {
-            "model": model, "loras": lora or None, "device": device, "dtype": dtype, "allow_pickle": allow_pickle,
+            "model": model, "loras": lora or None, "embeddings": embedding or None, "device": device, "dtype": dtype, "allow_pickle": allow_pickle,
             "host": host, "port": port, "api_auth": api_auth, "max_batch": max_batch, "max_steps": max_steps,
             "max_size": max_size, "max_queue": max_queue,
         }  # fmt: skip

@@ -162,11 +162,22 @@ def check_lora_fits(pipe, state: dict[str, torch.Tensor], name: str = "LoRA") ->
         )
 
 
-def apply_loras(pipe, specs: list[LoraSpec], *, allow_pickle: bool = False) -> None:
-    """Load each LoRA as its own peft adapter and set their weights; a weight of 0 leaves the base model."""
+def apply_loras(pipe, specs: list[LoraSpec], *, allow_pickle: bool = False, fused: bool = True) -> None:
+    """Load each LoRA as its own peft adapter and set their weights; a weight of 0 leaves the base model.
+
+    LyCORIS LoHa / LoKr and DoRA files, which diffusers cannot load, are merged into the weights at their
+    weight (`merge_lycoris`); `fused` False (the server's per-request weights) refuses them."""
     names, weights = [], []
     for index, spec in enumerate(specs):
         state = read_lora(spec.path, allow_pickle=allow_pickle)
+        if lycoris_type(state):
+            if not fused:
+                raise FacesmithError(
+                    f"LoRA {spec.path.name} is a LyCORIS {lycoris_type(state)}, which facesmith merges at load "
+                    "with a fixed weight: use it with `facesmith generate --lora`, not `serve`"
+                )
+            merge_lycoris(pipe, state, spec.weight, spec.path.name)
+            continue
         check_lora_fits(pipe, state, spec.path.name)
         adapter = f"lora{index}"
         try:
@@ -222,3 +233,112 @@ def _layer_shapes(pipe, component: str, kohya: bool) -> dict[str, tuple[int, int
         for alias in aliases:
             shapes[alias.replace(".", "_") if kohya else alias] = shape
     return shapes
+
+
+# ----------------------------------------------------------------------------------------------------------
+# LyCORIS LoHa and LoKr (KohakuBlueleaf/LyCORIS) and Kohya DoRA, merged by facesmith: diffusers' SD loaders
+# read none of them. The weight updates are LyCORIS's, as ComfyUI's `comfy/weight_adapter/` (lora.py,
+# loha.py, lokr.py, base.py's weight_decompose) and A1111's `extensions-builtin/Lora/network_*.py` compute them:
+#   LoHa: dW = (w1_a @ w1_b) * (w2_a @ w2_b) * alpha / rank
+#   LoKr: dW = kron(w1, w2) * alpha / rank, each factor whole (`lokr_w1`) or split (`lokr_w1_a @ lokr_w1_b`);
+#         with neither split there is no rank and the scale is 1.
+
+LYCORIS_MARKS = {
+    ".hada_w1_a": "LoHa",
+    ".lokr_w1": "LoKr",
+    ".lokr_w1_a": "LoKr",
+    ".lokr_w2_a": "LoKr",
+    ".dora_scale": "DoRA",  # diffusers' SD loaders drop Kohya `dora_scale` tensors (lora_pipeline.py)
+}
+
+
+def lycoris_type(state: dict[str, torch.Tensor]) -> str | None:
+    """'LoHa', 'LoKr' or 'DoRA' for a file facesmith merges itself, else None (diffusers loads it)."""
+    for key in state:
+        for mark, kind in LYCORIS_MARKS.items():
+            if key.endswith(mark):
+                return kind
+    return None
+
+
+def lycoris_weight(state: dict[str, torch.Tensor], module: str, weight: torch.Tensor) -> torch.Tensor:
+    """The layer weight after one module's LoRA / LoHa / LoKr update (and DoRA's rescaling), in fp32.
+
+    DoRA (`dora_scale`, Liu et al. 2024) as LyCORIS applies it: the updated weight W' = W + dW is scaled to
+    `dora_scale` / ||W'||, per output feature when `dora_scale` is (out, 1, ...) (peft's and LyCORIS's
+    `wd_on_out`), per input feature when it is (1, in, ...) (the form A1111's `apply_weight_decompose` reads).
+    """
+    import torch
+
+    def get(name):
+        value = state.get(f"{module}.{name}")
+        return value.float() if value is not None else None
+
+    if get("hada_t1") is not None or get("lokr_t2") is not None or get("lora_mid.weight") is not None:
+        raise FacesmithError(f"{module}: LyCORIS Tucker (CP) layers are not supported by facesmith")
+    alpha, shape = get("alpha"), weight.shape
+    if get("hada_w1_a") is not None:
+        rank = get("hada_w1_b").shape[0]
+        delta = (get("hada_w1_a") @ get("hada_w1_b")) * (get("hada_w2_a") @ get("hada_w2_b"))
+    elif get("lora_down.weight") is not None:
+        down, up = get("lora_down.weight"), get("lora_up.weight")
+        rank = down.shape[0]
+        delta = up.flatten(1) @ down.flatten(1)
+    else:
+        rank = None
+        w1 = get("lokr_w1")
+        if w1 is None:
+            w1, rank = get("lokr_w1_a") @ get("lokr_w1_b"), get("lokr_w1_b").shape[0]
+        w2 = get("lokr_w2")
+        if w2 is None:
+            w2, rank = get("lokr_w2_a") @ get("lokr_w2_b"), get("lokr_w2_b").shape[0]
+        delta = torch.kron(w1[:, :, None, None] if w2.dim() == 4 else w1, w2)
+    scale = float(alpha) / rank if alpha is not None and rank is not None else 1.0
+    merged = weight.float() + (delta * scale).reshape(shape)
+    dora_scale = get("dora_scale")
+    if dora_scale is None:
+        return merged
+    ones = [1] * (merged.dim() - 1)
+    if dora_scale.shape[0] == shape[0] and dora_scale.numel() == shape[0]:
+        norm = merged.reshape(shape[0], -1).norm(dim=1).reshape(shape[0], *ones)
+    else:
+        norm = (
+            merged.transpose(0, 1).reshape(shape[1], -1).norm(dim=1).reshape(shape[1], *ones).transpose(0, 1)
+        )
+    return merged * (
+        dora_scale.reshape(norm.shape if dora_scale.numel() == norm.numel() else dora_scale.shape) / norm
+    )
+
+
+def merge_lycoris(pipe, state: dict[str, torch.Tensor], weight: float, name: str = "LoRA") -> None:
+    """Move each layer of `pipe` named in a LoHa/LoKr/DoRA file (Kohya module names) `weight` of the way
+    to its updated weight."""
+    import torch
+
+    modules = sorted({key.split(".", 1)[0] for key in state})  # Kohya module names hold no dots
+    layers = {}
+    for component in ("unet", "text_encoder", "text_encoder_2"):
+        model = getattr(pipe, component, None)
+        if model is None:
+            continue
+        prefixes = [p for p, c in KOHYA_COMPONENTS.items() if c == component]
+        for layer_name, layer in model.named_modules():
+            if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+                names = {layer_name, layer_name.removeprefix("text_model."), f"text_model.{layer_name}"}
+                for prefix in prefixes:
+                    layers.update({prefix + n.replace(".", "_"): layer for n in names})
+    misfits = [m for m in modules if m not in layers]
+    if misfits:
+        raise FacesmithError(
+            f"LoRA {name} doesn't fit this model: {len(misfits)} of {len(modules)} LyCORIS modules have no "
+            f"matching layer (e.g. {misfits[0]}); was it trained for another base model?"
+        )
+    with torch.no_grad():
+        for module in modules:
+            layer = layers[module]
+            try:
+                updated = lycoris_weight(state, module, layer.weight)
+            except (RuntimeError, TypeError, AttributeError) as err:
+                raise FacesmithError(f"LoRA {name}: {module} does not fit its layer ({err})") from None
+            # At weight w the layer moves w of the way to the updated weight, as ComfyUI's strength does.
+            layer.weight += weight * (updated - layer.weight.float()).to(layer.weight.dtype)

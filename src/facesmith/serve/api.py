@@ -390,4 +390,32 @@ def api_router(queue: JobQueue, serve: ServeConfig, model: dict) -> APIRouter:
         queue.interrupt(user, any_job=not users or user == users[0])
         return {}
 
+    router.add_api_route("/embeddings", embeddings_route(queue.generator), methods=["GET"])
     return router
+
+
+def embeddings_route(generator):
+    """GET /sdapi/v1/embeddings as A1111 answers it: the loaded textual-inversion words (those given to
+    `serve --embedding`), with their vector count and width; nothing is ever skipped here."""
+    loaded = {}
+    for embedding in getattr(generator, "embeddings", []):
+        vectors = next(iter(embedding.vectors.values()))
+        info = {}
+        if embedding.path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(embedding.path), "pt") as handle:
+                info = handle.metadata() or {}
+        step = info.get("step")
+        loaded[embedding.name] = {
+            "step": int(step) if step and step.isdigit() else None,
+            "sd_checkpoint": info.get("sd_checkpoint"),
+            "sd_checkpoint_name": info.get("sd_checkpoint_name"),
+            "shape": int(vectors.shape[-1]),
+            "vectors": int(vectors.shape[0]),
+        }
+
+    def embeddings() -> dict:
+        return {"loaded": loaded, "skipped": {}}
+
+    return embeddings

@@ -22,6 +22,7 @@ class ServeConfig(StageConfig):
 
     model: str | None = None  # None: the default model shipped in the package
     loras: list[str] = field(default_factory=list)  # FILE[:WEIGHT]; requests pick among these by name
+    embeddings: list[str] = field(default_factory=list)  # textual-inversion files, loaded at start
     device: str | None = None
     dtype: str | None = None
     allow_pickle: bool = False

@@ -9,19 +9,20 @@ back to make the same run again (`TrainConfig.save`/`load`); every field is also
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from facesmith.config import StageConfig
 from facesmith.errors import FacesmithError
 
-MODES = ("full", "lora")
+MODES = ("full", "lora", "embedding")  # embedding: textual inversion (train/embedding.py)
 OPTIMIZERS = ("adamw", "adamw8bit", "lion", "prodigy")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 PREDICTIONS = ("epsilon", "v_prediction")
 CACHES = ("none", "memory", "disk")
 PRECISIONS = ("no", "fp16", "bf16")
+LORA_TYPES = ("lora", "loha", "lokr")
 
 
 @dataclass
@@ -125,6 +126,18 @@ class TrainConfig(StageConfig):
     huber_c: float = 0.1  # the Huber threshold c in (0, 1]
     huber_schedule: str = "snr"  # how c varies with t: "constant", "exponential" or "snr" (Kohya's default)
 
+    # -- network types and textual inversion (issue 16)
+    lora_type: str = "lora"  # mode lora: "lora", "loha" or "lokr" (LyCORIS types through peft)
+    use_dora: bool = False  # mode lora, type lora: DoRA's magnitude vectors (Liu et al. 2024, peft use_dora)
+    network_dropout: float = (
+        0.0  # dropout on the LoRA path's input (peft lora_dropout, Kohya network_dropout)
+    )
+    lokr_factor: int = -1  # LoKr: Kronecker factor of each dimension; -1: as square as possible (LyCORIS)
+    tokens: list[str] = field(default_factory=list)  # mode embedding: the new tokens, e.g. ["<alice>"]
+    num_vectors: int = 1  # vectors per new token (A1111's "number of vectors per token")
+    init_word: str = "face"  # each token's vectors start as this word's embedding (mean of its tokens)
+    caption_template: str | None = None  # e.g. "a photo of {token}"; {caption} is the image's own caption
+
     # ------------------------------------------------------------------------------------------------------
     def resolved(self) -> TrainConfig:
         """A copy with every path absolute, so that the `train.toml` it saves reproduces the run from any
@@ -210,6 +223,7 @@ class TrainConfig(StageConfig):
         if self.keep_checkpoints < 1:
             raise FacesmithError("keep_checkpoints must be at least 1: the last good checkpoint is kept")
         self._validate_issue16()
+        self._validate_networks()
         return self
 
     # -- validation, masked loss, prior preservation, learning rates, noise (issue 16)
@@ -248,3 +262,43 @@ class TrainConfig(StageConfig):
             raise FacesmithError(
                 f"min_timestep {self.min_timestep} must be below max_timestep {self.max_timestep} (max is exclusive)"
             )
+
+    def _validate_networks(self) -> None:
+        # -- network types and textual inversion (issue 16)
+        if self.lora_type not in LORA_TYPES:
+            raise FacesmithError(f"lora_type {self.lora_type!r} is not one of {', '.join(LORA_TYPES)}")
+        if self.use_dora and self.lora_type != "lora":
+            raise FacesmithError(
+                f"use_dora applies to lora_type lora, not {self.lora_type}: drop one of them"
+            )
+        if not 0 <= self.network_dropout < 1:
+            raise FacesmithError(f"network_dropout {self.network_dropout} must lie in [0, 1)")
+        if self.lokr_factor == 0 or self.lokr_factor < -1:
+            raise FacesmithError(f"lokr_factor {self.lokr_factor} must be -1 (automatic) or at least 1")
+        if self.mode != "embedding":
+            if self.tokens:
+                raise FacesmithError(
+                    'tokens are trained by mode embedding: set mode = "embedding" or drop tokens'
+                )
+            return
+        if not self.tokens:
+            raise FacesmithError(
+                'mode embedding needs the new tokens: e.g. tokens = ["<alice>"] (--tokens "<alice>")'
+            )
+        for token in self.tokens:
+            if not token.strip() or any(c.isspace() for c in token) or "{" in token or "," in token:
+                raise FacesmithError(
+                    f'token {token!r} must be one word without spaces, commas or braces, e.g. "<alice>"'
+                )
+        if len(set(self.tokens)) < len(self.tokens):
+            raise FacesmithError(f"tokens {self.tokens} name one token twice")
+        if self.num_vectors < 1:
+            raise FacesmithError(f"num_vectors {self.num_vectors} must be at least 1")
+        if not self.init_word.strip():
+            raise FacesmithError('init_word is empty: give a word close to what the token means, e.g. "face"')
+        if self.caption_template is not None and "{token}" not in self.caption_template:
+            raise FacesmithError(
+                f'caption_template {self.caption_template!r} has no {{token}}: e.g. "a photo of {{token}}"'
+            )
+        if self.train_text_encoder:
+            raise FacesmithError("mode embedding trains only the new tokens: set train_text_encoder = false")

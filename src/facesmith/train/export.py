@@ -10,6 +10,11 @@
   `lora_te_text_model_...` for the text encoder), with Kohya's `ss_*` training metadata and the
   Stability AI model-spec (`modelspec.*`) keys, which name the real base model (family, name, sha256).
   diffusers' `load_lora_weights` reads it.
+- Textual inversion (mode embedding): `OUTPUT_DIR/NAME.safetensors` (with several tokens one file per
+  token, `NAME-<token>.safetensors`) in the form AUTOMATIC1111 writes and reads, and diffusers'
+  `load_textual_inversion` takes: one tensor `emb_params` of shape (vectors, width), with A1111's `.pt`
+  fields as metadata (`name`: the token, `step`, `sd_checkpoint`, `sd_checkpoint_name`). A1111 invokes an
+  embedding by its file name; `facesmith generate --embedding` by the recorded `name` (the token trained).
 - At every checkpoint save before the last, the same export under the step's name, as Kohya saves:
   `NAME-step00000600.safetensors` (LoRA) or the folder `NAME-step00000600/` (full).
 
@@ -56,14 +61,31 @@ def architecture(family: str) -> tuple[str, str]:
     return BASE_VERSIONS.get(family, family), ARCHITECTURES.get(family, family)
 
 
-def kohya_lora_state(model: TrainModel, alpha: float) -> dict[str, torch.Tensor]:
-    """The LoRA layers of the UNet (and text encoder) under Kohya's key names."""
+# peft's parameter names of each network type -> the LyCORIS / Kohya names A1111 and ComfyUI read.
+LYCORIS_NAMES = {
+    "lora": {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight"},
+    "loha": {n: n for n in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")},
+    "lokr": {n: n for n in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")},
+}
+
+
+def kohya_lora_state(model: TrainModel, alpha: float, lora_type: str = "lora") -> dict[str, torch.Tensor]:
+    """The adapter layers of the UNet (and text encoder) under Kohya's module names and LyCORIS's tensor
+    names: `lora_down`/`lora_up` (+ `dora_scale`), `hada_w1_a`..., or `lokr_w1`/`lokr_w2_a`...; `alpha`.
+
+    DoRA: peft keeps one magnitude per output feature (`lora_magnitude_vector`); it is written as
+    LyCORIS's output-axis `dora_scale` of shape (out, 1) or (out, 1, 1, 1), which ComfyUI tells from the
+    input-axis form by its first dimension and diffusers' Kohya converter maps back to peft's magnitude.
+    LoKr with neither factor split: ComfyUI then applies no alpha / rank, so peft's scale is baked into
+    `lokr_w1`.
+    """
     from peft import get_peft_model_state_dict
 
     state = {}
     parts = [("lora_unet_", model.pipe.unet, model.unet_lora)]
     if model.text_lora:
         parts.append(("lora_te_", model.pipe.text_encoder, model.text_lora))
+    names = LYCORIS_NAMES[lora_type]
     for prefix, module, targets in parts:
         if not targets:
             continue
@@ -72,10 +94,27 @@ def kohya_lora_state(model: TrainModel, alpha: float) -> dict[str, torch.Tensor]
             # Kohya names CLIP layers from `text_model.`, which transformers 5 models may not have.
             written = f"text_model.{name.removeprefix('text_model.')}" if prefix == "lora_te_" else name
             key = prefix + written.replace(".", "_")
-            state[f"{key}.lora_down.weight"] = layers[f"{name}.lora_A.weight"].detach().cpu().contiguous()
-            state[f"{key}.lora_up.weight"] = layers[f"{name}.lora_B.weight"].detach().cpu().contiguous()
+            tensors = {
+                ours: layers[f"{name}.{theirs}"]
+                for theirs, ours in names.items()
+                if f"{name}.{theirs}" in layers
+            }
+            if lora_type == "lokr" and "lokr_w1" in tensors and "lokr_w2" in tensors:
+                tensors["lokr_w1"] = tensors["lokr_w1"] * (alpha / _rank_of(module, name))
+            magnitude = layers.get(f"{name}.lora_magnitude_vector")
+            if magnitude is not None:
+                out_features = tensors["lora_up.weight"].shape[0]
+                tensors["dora_scale"] = magnitude.reshape(
+                    out_features, *[1] * (tensors["lora_up.weight"].dim() - 1)
+                )
+            for suffix, tensor in tensors.items():
+                state[f"{key}.{suffix}"] = tensor.detach().cpu().contiguous()
             state[f"{key}.alpha"] = torch.tensor(float(alpha))
     return state
+
+
+def _rank_of(module: torch.nn.Module, name: str) -> int:
+    return int(module.get_submodule(name).r["default"])
 
 
 def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -97,12 +136,11 @@ def kohya_metadata(model: TrainModel, config: TrainConfig, info: dict[str, Any])
     version, arch = architecture(model.family)
     name = info.get("name", "lora")
     metadata = {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": "networks.lora" if config.lora_type == "lora" else "lycoris.kohya",
         "ss_network_dim": str(config.lora_rank),
         "ss_network_alpha": str(config.lora_alpha),
-        "ss_network_args": json.dumps({"conv_dim": config.lora_rank, "conv_alpha": config.lora_alpha})
-        if config.lora_conv
-        else "null",
+        "ss_network_args": network_args(config),
+        "ss_network_dropout": str(config.network_dropout or None),
         "ss_base_model_version": version,
         "ss_v2": str(v2),
         "ss_v_parameterization": str(model.prediction_type == "v_prediction"),
@@ -147,11 +185,25 @@ def kohya_metadata(model: TrainModel, config: TrainConfig, info: dict[str, Any])
     return metadata
 
 
+def network_args(config: TrainConfig) -> str:
+    """Kohya's `ss_network_args` JSON: LoCon's conv_dim, LyCORIS's algo (and LoKr factor), DoRA's dora_wd."""
+    args: dict[str, Any] = {}
+    if config.lora_type != "lora":
+        args["algo"] = config.lora_type
+        if config.lora_type == "lokr":
+            args["factor"] = config.lokr_factor
+    if config.lora_conv:
+        args.update(conv_dim=config.lora_rank, conv_alpha=config.lora_alpha)
+    if config.use_dora:
+        args["dora_wd"] = True
+    return json.dumps(args) if args else "null"
+
+
 def export_kohya_lora(model: TrainModel, config: TrainConfig, path: Path, info: dict[str, Any]) -> Path:
     """Write the LoRA as a Kohya `.safetensors` with ss_*/modelspec metadata and Kohya's hashes."""
     from safetensors.torch import save, save_file
 
-    state = kohya_lora_state(model, config.lora_alpha)
+    state = kohya_lora_state(model, config.lora_alpha, config.lora_type)
     check_finite(state, path)
     metadata = kohya_metadata(model, config, {"name": path.stem, **info})
     # Kohya's sshs_model_hash (addnet_hash_safetensors): sha256 of the tensor bytes after the header.
@@ -161,6 +213,31 @@ def export_kohya_lora(model: TrainModel, config: TrainConfig, path: Path, info: 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata=metadata)
     return path
+
+
+def export_embeddings(model: TrainModel, config: TrainConfig, path: Path, info: dict[str, Any]) -> list[Path]:
+    """Write each trained token as an A1111 embedding file: `path` for one token, `path`-TOKEN for more."""
+    from safetensors.torch import save_file
+
+    from facesmith.train.embedding import trained_tokens
+
+    vectors = trained_tokens(model.pipe, config.tokens, config.num_vectors)
+    written = []
+    for token, tensor in vectors.items():
+        slug = "".join(c for c in token if c.isalnum() or c in "-_") or "token"
+        target = path if len(vectors) == 1 else path.with_name(f"{path.stem}-{slug}{path.suffix}")
+        check_finite({token: tensor}, target)
+        metadata = {
+            "name": token,
+            "step": str(info.get("step", 0)),
+            "sd_checkpoint": str(model.base_hash and model.base_hash[:10]),
+            "sd_checkpoint_name": model.base_name,
+            "modelspec.architecture": f"{architecture(model.family)[1]}/textual-inversion",
+        }
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"emb_params": tensor}, str(target), metadata=metadata)
+        written.append(target)
+    return written
 
 
 def export_full(
@@ -271,6 +348,8 @@ def export_run(model, config, out: Path, info: dict, *, params=None, ema=None, s
     try:
         if config.mode == "lora":
             export_kohya_lora(model, config, out / f"{name}.safetensors", info)
+        elif config.mode == "embedding":
+            export_embeddings(model, config, out / f"{name}.safetensors", info)
         elif step is None:
             export_full(model, config, out, info)
         else:

@@ -94,11 +94,13 @@ def build_model(config: TrainConfig) -> TrainModel:
         pipe.unet.requires_grad_(True)
         if config.train_text_encoder:
             pipe.text_encoder.requires_grad_(True).train()
-    else:
-        from peft import LoraConfig
+    elif config.mode == "embedding":
+        from facesmith.train.embedding import add_training_tokens
 
+        add_training_tokens(pipe, config.tokens, config.num_vectors, config.init_word)
+    else:
         unet_lora = lora_targets(pipe.unet, UNET_BLOCKS + (UNET_CONV_BLOCKS if config.lora_conv else ()))
-        pipe.unet.add_adapter(_lora_config(LoraConfig, unet_lora, config))
+        pipe.unet.add_adapter(_lora_config(unet_lora, config))
         if config.train_text_encoder:
             text_lora = lora_targets(pipe.text_encoder, TEXT_BLOCKS)
             if not text_lora:
@@ -109,7 +111,7 @@ def build_model(config: TrainConfig) -> TrainModel:
             from peft import inject_adapter_in_model
 
             # What diffusers' add_adapter does; transformers' own add_adapter needs a newer peft.
-            lora = _lora_config(LoraConfig, text_lora, config)
+            lora = _lora_config(text_lora, config)
             pipe.text_encoder.peft_config = {"default": lora}
             inject_adapter_in_model(lora, pipe.text_encoder, "default")
             pipe.text_encoder.train()
@@ -131,10 +133,27 @@ def _preset_of(source: str | None) -> str:
     return "face-small"
 
 
-def _lora_config(cls, targets: list[str], config: TrainConfig):
-    # Kohya initialises lora_up to zero and lora_down like a Linear layer: the LoRA starts as a no-op.
-    return cls(
-        r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=targets, init_lora_weights=True
+def _lora_config(targets: list[str], config: TrainConfig):
+    """peft's config for `config.lora_type`: LoRA (with DoRA), or LyCORIS's LoHa / LoKr as peft has them.
+
+    All start as a no-op, as Kohya's and LyCORIS's do: LoRA's up (B) is zero, LoHa's `hada_w2_a` and
+    LoKr's `lokr_w2` are zero. `network_dropout` is peft's dropout on the adapter's input (Kohya's
+    `network_dropout` drops the down projection's output instead; both regularise only the adapter path).
+    """
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
+
+    shared = dict(r=config.lora_rank, alpha=config.lora_alpha, target_modules=targets)
+    if config.lora_type == "loha":
+        return LoHaConfig(**shared, module_dropout=0.0, rank_dropout=config.network_dropout)
+    if config.lora_type == "lokr":
+        return LoKrConfig(**shared, rank_dropout=config.network_dropout, decompose_factor=config.lokr_factor)
+    return LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        target_modules=targets,
+        init_lora_weights=True,
+        use_dora=config.use_dora,
+        lora_dropout=config.network_dropout,
     )
 
 

@@ -33,7 +33,8 @@ from facesmith.train.dataset import BatchStream
 RESUME_KEYS = (
     "model", "preset", "mode", "lora_rank", "lora_alpha", "lora_conv", "train_text_encoder", "seed",
     "batch_size", "gradient_accumulation", "resolution", "bucketing", "bucket_step", "min_bucket_side",
-    "max_bucket_side", "flip", "ema_decay", "optimizer",
+    "max_bucket_side", "flip", "ema_decay", "optimizer", "lora_type", "use_dora", "lokr_factor", "tokens",
+    "num_vectors",
 )  # fmt: skip
 
 

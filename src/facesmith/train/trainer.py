@@ -140,6 +140,10 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
 
     # -- Load the dataset and the model, checked against each other before anything trains.
     images = read_dataset(config.dataset)
+    if config.mode == "embedding":  # issue 16: textual inversion's captions carry its tokens (embedding.py)
+        from facesmith.train.embedding import token_captions, widened
+
+        images = token_captions(images, config)
     note = held_out_note(config.dataset)
     if note and accelerator.is_main_process and not config.validate_every:
         warnings.warn(note, TrainingWarning, stacklevel=2)
@@ -164,7 +168,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     weight_dtype = DTYPES.get(precision, torch.float32)  # Accelerate's "no" is fp32
     pipe.vae.to(device, weight_dtype if config.cache_latents == "none" else torch.float32)
     pipe.unet.to(device)
-    train_text = config.train_text_encoder
+    train_text = config.train_text_encoder or config.mode == "embedding"  # TI's tokens learn through it
     pipe.text_encoder.to(device, torch.float32 if train_text else weight_dtype)
     cache_dir = Path(config.cache_dir) if config.cache_dir else out / "cache"
 
@@ -284,6 +288,8 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
                 items = next(state.data)
                 latents = latents_of.latents(items)
                 captions = [training_caption(images[i.index], config, state.captions) for i in items]
+                if config.mode == "embedding":  # each token widened to its vectors, as generate does
+                    captions = widened(captions, pipe)
                 offset = config.noise_offset
                 noise, timesteps = sample_noise(latents, state.noise, scheduler, offset, **noise_args)
                 noisy = scheduler.add_noise(latents, noise, timesteps)
