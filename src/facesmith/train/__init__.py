@@ -1,8 +1,11 @@
-"""`facesmith train`: fine-tune (full or LoRA) or train from a preset, Kohya-grade, on Accelerate.
+"""`facesmith train`: fine-tune (full, LoRA/LoHa/LoKr/DoRA, textual inversion) or train from a preset, on Accelerate.
 
-Modules, one idea each: config (TrainConfig), dataset (manifest, buckets, batch order), cache (latents and text states), model (what learns, fit check), presets
-(from-scratch models), objective (noise, targets, min-SNR), optim (optimizers, LR schedules),
-checkpoint (the TrainState and its atomic save/resume), sampling (prompt files, grids), export (diffusers, single file,
-Kohya LoRA), trainer (the loop, `run_train`, `read_result`) and launch (`--num-processes`, launching only). Kohya's caption ops are
-`facesmith.data.caption_ops`'s.
+Modules, one idea each: config (TrainConfig), dataset (manifest, buckets, batch order), cache (latents and
+text states), model (what learns, fit check), embedding (textual inversion's tokens), presets (from-scratch
+models), objective (noise, targets, losses), masks (masked loss), prior (prior preservation), optim
+(optimizers, LR schedules), checkpoint (atomic folders, checked loads), state (the TrainState and its
+save/resume pair), validation (the held-out loss), sampling (prompt files, grids), export (diffusers,
+single file, Kohya/LyCORIS files, embeddings), watch (avr_loss, plain progress), process (the Accelerator,
+uninterruptible steps), trainer (the loop, `run_train`), result (`read_result`) and launch
+(`--num-processes`, launching only). Kohya's caption ops are `facesmith.data.caption_ops`'s.
 """

@@ -23,6 +23,8 @@ PREDICTIONS = ("epsilon", "v_prediction")
 CACHES = ("none", "memory", "disk")
 PRECISIONS = ("no", "fp16", "bf16")
 LORA_TYPES = ("lora", "loha", "lokr")
+LOSS_TYPES = ("l2", "huber", "smooth_l1")  # objective.py computes each
+HUBER_SCHEDULES = ("constant", "exponential", "snr")  # how Kohya's Huber c varies with t
 
 
 @dataclass
@@ -228,8 +230,6 @@ class TrainConfig(StageConfig):
 
     # -- validation, masked loss, prior preservation, learning rates, noise (issue 16)
     def _validate_issue16(self) -> None:
-        from facesmith.train.objective import HUBER_SCHEDULES, LOSS_TYPES
-
         for name in ("validate_every", "num_class_images", "multires_noise_iterations", "min_timestep"):
             if getattr(self, name) < 0:
                 raise FacesmithError(f"{name} {getattr(self, name)} must be >= 0 (0: off)")

@@ -2,7 +2,7 @@
 
 On CUDA through `accelerate launch --multi_gpu`, on the CPU through torch's elastic launcher (gloo), each
 process reading OUTPUT_DIR/train.toml; `trainer.py` then splits every global batch across them. This module
-only launches: what the processes made is read back from the run folder (`trainer.read_result`). On
+only launches: what the processes made is read back from the run folder (`result.read_result`). On
 Ctrl-C it waits for the processes to stop and says, once, which checkpoint to resume from.
 DeepSpeed, FSDP and multi-node runs are Accelerate's own: `accelerate launch --config_file ...`.
 """

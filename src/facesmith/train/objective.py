@@ -35,8 +35,6 @@ import torch.nn.functional as F
 from facesmith.errors import FacesmithError
 
 KOHYA_TERMINAL_ALPHA_BAR = 4.8973451890853435e-08  # sd-scripts' finite stand-in for alpha-bar 0 at t = T
-LOSS_TYPES = ("l2", "huber", "smooth_l1")
-HUBER_SCHEDULES = ("constant", "exponential", "snr")
 
 
 def noise_options(config) -> dict:

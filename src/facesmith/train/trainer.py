@@ -10,7 +10,7 @@ checkpoint there, as Kohya's scripts save on interrupt, and stops with `launch.T
 how to resume. Phases report through `progress`: "generating class images", "caching latents", "building
 masks", "encoding captions", "training", "validating" and "sampling". Issue 16's options (validation loss,
 masked loss, prior preservation, per-part learning rates, noise and loss options) keep all their randomness
-in the same two generators, or in their own seeded one (validation), so resumes stay bit for bit. The run folder, which `read_result` reads back whether the run was in this process or in
+in the same two generators, or in their own seeded one (validation), so resumes stay bit for bit. The run folder, which `result.read_result` reads back whether the run was in this process or in
 `--num-processes` launched ones:
 
     OUTPUT_DIR/train.toml             the settings that reproduce the run
@@ -31,7 +31,6 @@ import os
 import random
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -42,6 +41,7 @@ from facesmith.runtime import DTYPES
 from facesmith.train.config import TrainConfig
 from facesmith.train.launch import TrainingInterrupted, interrupted_message, launch_processes
 from facesmith.train.process import interrupts_deferred, make_accelerator
+from facesmith.train.result import TrainResult, read_result
 
 LIKELY_NAN_CAUSES = (
     "a learning rate too high for this optimizer, fp16 overflow (use mixed_precision bf16 or no), "
@@ -51,18 +51,6 @@ OOM_ADVICE = (
     "out of GPU memory: lower batch_size (raise gradient_accumulation to keep the effective batch), "
     "resolution, or use mode lora, gradient_checkpointing = true, mixed_precision bf16, optimizer adamw8bit"
 )
-
-
-@dataclass
-class TrainResult:
-    output_dir: Path
-    steps: int
-    exports: list[Path] = field(default_factory=list)
-    checkpoint: Path | None = None
-    samples: list[Path] = field(default_factory=list)
-    final_loss: float = math.nan
-    bad_steps: int = 0
-    validation: dict | None = None  # validation.json: losses by step, best_step, best_val_loss
 
 
 def run_train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
@@ -76,28 +64,6 @@ def run_train(config: TrainConfig, progress: Progress | None = None) -> TrainRes
         except torch.cuda.OutOfMemoryError:
             raise FacesmithError(OOM_ADVICE) from None
     return read_result(Path(config.output_dir))
-
-
-def read_result(output_dir: Path) -> TrainResult:
-    """What a run left in its folder: the newest checkpoint's counters, the exports and the sample grids."""
-    from facesmith.train.checkpoint import latest_checkpoint, saved_counters
-    from facesmith.train.validation import read_validation
-
-    last = latest_checkpoint(output_dir)
-    counters = saved_counters(last) if last else {"step": 0, "loss": math.nan, "bad_steps": 0}
-    from facesmith.train.export import run_name
-
-    exports = (f"{run_name(output_dir)}.safetensors", "model", "model.safetensors")
-    return TrainResult(
-        output_dir,
-        counters["step"],
-        exports=[output_dir / name for name in exports if (output_dir / name).exists()],
-        checkpoint=last,
-        samples=sorted((output_dir / "samples").glob("step-*.png")),
-        final_loss=counters["loss"],
-        bad_steps=counters["bad_steps"],
-        validation=read_validation(output_dir),
-    )
 
 
 def _train(config: TrainConfig, progress: Progress | None) -> None:
