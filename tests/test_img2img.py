@@ -192,7 +192,7 @@ def _png_header_only(path, width: int, height: int) -> None:
     ("make", "args", "fragment"),
     [
         (lambda p: p.write_text("not a picture"), ["--init", "{bad}"], "is not an image"),
-        (lambda p: p.write_bytes(b""), ["--init", "{bad}"], "is an empty file"),
+        (lambda p: p.write_bytes(b""), ["--init", "{bad}"], "is empty"),
         (lambda p: _png_header_only(p, 9000, 9000), ["--init", "{bad}"], "is 9000x9000"),
         (lambda p: p.write_text("not a mask"), ["--init", "{photo}", "--mask", "{bad}"], "--mask"),
         (lambda p: Image.new("L", (64, 64)).save(p, format="PNG"), ["--init", "{photo}", "--mask", "{bad}"],

@@ -176,6 +176,20 @@ class GenerateConfig(StageConfig):
     inpaint_full_res: bool = False  # "only masked": repaint a padded crop around the mask at full size
     inpaint_full_res_padding: int = 32  # pixels around the mask in that crop
     masked_content: str = "original"  # or "latent noise": what the masked area starts from
+    # the face detailer (detailer.py), after ADetailer's ad_* arguments: each face found in a finished image
+    # is cropped with padding, repainted at detail_size and pasted back through a feathered face mask
+    detail_faces: bool = False
+    detail_confidence: float = 0.7  # MTCNN's last-stage score a face needs (its own default threshold)
+    detail_max_faces: int = 0  # 0: every face; k: the k largest (ad_mask_k_largest)
+    detail_padding: int = 32  # pixels around the face mask in the crop (ad_inpaint_only_masked_padding)
+    detail_size: int | None = None  # side of the repainted crop; None: the model's native size
+    detail_strength: float = 0.4  # denoising strength of the face pass (ad_denoising_strength)
+    detail_dilate: int = 4  # pixels the face mask grows (<0: shrinks) before blurring (ad_dilate_erode)
+    detail_mask_blur: int = 4  # pixels of feather at the face mask's edge (ad_mask_blur)
+    detail_steps: int | None = None  # None: the main steps (ad_steps)
+    detail_cfg: float | None = None  # None: the main CFG scale (ad_cfg_scale)
+    detail_prompt: str = ""  # "": the main prompt (ad_prompt)
+    detail_negative: str = ""  # "": the main negative prompt (ad_negative_prompt)
 
     def __post_init__(self) -> None:
         if self.seed == -1:  # A1111's "random", as the API and the page take it
@@ -226,7 +240,33 @@ class GenerateConfig(StageConfig):
         if self.vae and not Path(self.vae).expanduser().is_dir():
             raise FacesmithError(f"--vae {self.vae} is not a folder: pass a diffusers VAE folder")
         self._validate_img2img()
+        self._validate_detailer()
         return self
+
+    def _validate_detailer(self) -> None:
+        if not self.detail_faces:
+            return
+        if not 0 < self.detail_confidence <= 1:
+            raise FacesmithError(
+                f"--detail-confidence {self.detail_confidence} is outside (0, 1]: 0.7 is MTCNN's"
+            )
+        if not 0 < self.detail_strength <= 1:
+            raise FacesmithError(
+                f"--detail-strength {self.detail_strength} is outside (0, 1]: 0.4 is ADetailer's"
+            )
+        if self.detail_max_faces < 0 or self.detail_padding < 0 or self.detail_mask_blur < 0:
+            raise FacesmithError("--detail-max-faces, --detail-padding and --detail-mask-blur take 0 or more")
+        if self.detail_size is not None and (self.detail_size <= 0 or self.detail_size % 8):
+            raise FacesmithError(f"--detail-size {self.detail_size} is not a positive multiple of 8")
+        if self.detail_steps is not None and not 1 <= self.detail_steps <= MAX_STEPS:
+            raise FacesmithError(f"--detail-steps {self.detail_steps} is outside [1, {MAX_STEPS}]")
+        steps = self.detail_steps or self.steps
+        if int(steps * self.detail_strength) < 1:
+            raise FacesmithError(
+                f"--detail-strength {self.detail_strength:g} of {steps} steps denoises no step: raise either"
+            )
+        if self.detail_cfg is not None and (not math.isfinite(self.detail_cfg) or self.detail_cfg < 0):
+            raise FacesmithError(f"--detail-cfg {self.detail_cfg} must be a finite number >= 0")
 
     def _validate_img2img(self) -> None:
         if self.init_image is None:

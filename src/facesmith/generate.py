@@ -28,7 +28,7 @@ from PIL import Image
 
 from facesmith.config import GenerateConfig
 from facesmith.errors import FacesmithError
-from facesmith.img2img import prepare_start
+from facesmith.img2img import StartPicture, prepare_start
 from facesmith.latents import decode_latents, to_pil
 from facesmith.metadata import recipe, write_png
 from facesmith.models.loading import LoadedModel, load_model
@@ -198,9 +198,12 @@ class FaceGenerator:
         """Check `config`, then sample `config.count` images (see `sample`)."""
         return self.sample(config.validate(), progress)
 
-    def sample(self, config: GenerateConfig, progress: Progress | None = None) -> Generation:
+    def sample(
+        self, config: GenerateConfig, progress: Progress | None = None, given: StartPicture | None = None
+    ) -> Generation:
         """Sample `config.count` images from a config that was validated where it came in (`run`,
-        `run_generate`, the server); `progress("sampling", step, total)` follows every denoising step."""
+        `run_generate`, the server); `progress("sampling", step, total)` follows every denoising step.
+        `given`: an init image (and mask) in memory, as the API and the face detailer pass them."""
         width, height = config.width or self.native_size[0], config.height or self.native_size[1]
         seed = config.seed if config.seed is not None else secrets.randbelow(2**32)
         config = dataclasses.replace(
@@ -246,7 +249,7 @@ class FaceGenerator:
                     stacklevel=2,
                 )
         # img2img and inpainting (img2img.py) start from an encoded picture and run steps x strength steps.
-        start = prepare_start(config, pipe.vae) if config.init_image is not None else None
+        start = prepare_start(config, pipe.vae, given) if given or config.init_image is not None else None
         steps = config.steps if start is None else start.steps
         images, trace = [], []
         for first in range(0, config.count, config.batch_size):
@@ -284,7 +287,12 @@ class FaceGenerator:
                         to_pil(decode_latents(pipe.vae, x0)) for x0 in recorder.pick(config.trace_frames)
                     ]
                     trace += [[frame[j] for frame in frames] for j in range(size)]
-        return Generation(images, [seed + i for i in range(config.count)], config, trace)
+        seeds = [seed + i for i in range(config.count)]
+        if config.detail_faces:  # the face detailer (detailer.py): a second, inpainting pass per face
+            from facesmith.detailer import detail_faces
+
+            images = detail_faces(self, images, seeds, config, progress)
+        return Generation(images, seeds, config, trace)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -56,10 +56,18 @@ def read_image(path: str | Path, option: str) -> Image.Image:
     label = f"{option} {path}"
     if not path.is_file():
         raise FacesmithError(f"{label} does not exist or is not a file: give the path of an image")
-    if path.stat().st_size == 0:
-        raise FacesmithError(f"{label} is an empty file: give a PNG or JPEG image")
+    return decode_image(path.read_bytes(), label)
+
+
+def decode_image(data: bytes, label: str) -> Image.Image:
+    """`data` decoded as an image; FacesmithError naming `label` (a file, an API field) when it is empty,
+    oversized or not an image. The size is read from the header, before the pixels are decoded."""
+    import io
+
+    if not data:
+        raise FacesmithError(f"{label} is empty: give a PNG or JPEG image")
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS or not image.width or not image.height:
                 raise FacesmithError(
                     f"{label} is {image.width}x{image.height}: images up to {MAX_IMAGE_PIXELS // 10**6} "
@@ -138,24 +146,39 @@ def read_mask(config: GenerateConfig, image: Image.Image) -> Image.Image:
     spec = str(config.mask)
     if spec.lower() in FACE_PARTS and not Path(spec).is_file():
         mask = face_part_mask(image, spec.lower(), name=f"--init {config.init_image}")
-    else:
-        mask = read_image(spec, "--mask")
-        # A mask drawn over transparency (A1111's sketch, Gradio's editor) is its alpha; else its grey.
-        mask = mask.getchannel("A") if mask.mode in ("RGBA", "LA") else mask.convert("L")
-        if mask.size != image.size:
-            warnings.warn(
-                f"--mask {spec} is {mask.width}x{mask.height} but --init {config.init_image} is "
-                f"{image.width}x{image.height}: the mask was stretched to the image",
-                MaskResizedWarning,
-                stacklevel=3,
-            )
-            mask = mask.resize(image.size, Image.LANCZOS)
+        return finish_mask(mask, config, f"--mask {spec}")
+    return mask_from_image(
+        read_image(spec, "--mask"), image, config, f"--mask {spec}", f"--init {config.init_image}"
+    )
+
+
+def mask_from_image(
+    mask: Image.Image, image: Image.Image, config: GenerateConfig, label: str, image_label: str
+) -> Image.Image:
+    """A drawn mask (a file, an API field) as "L" at `image`'s size, inverted and blurred as `config` asks.
+
+    A mask drawn over transparency (A1111's sketch, Gradio's editor) is its alpha; else its grey. One of
+    another size is stretched to the image, with a MaskResizedWarning."""
+    mask = mask.getchannel("A") if mask.mode in ("RGBA", "LA") else mask.convert("L")
+    if mask.size != image.size:
+        warnings.warn(
+            f"{label} is {mask.width}x{mask.height} but {image_label} is "
+            f"{image.width}x{image.height}: the mask was stretched to the image",
+            MaskResizedWarning,
+            stacklevel=3,
+        )
+        mask = mask.resize(image.size, Image.LANCZOS)
+    return finish_mask(mask, config, label)
+
+
+def finish_mask(mask: Image.Image, config: GenerateConfig, label: str) -> Image.Image:
+    """`mask` inverted and Gaussian-blurred as `config` asks; FacesmithError when nothing is left white."""
     if config.mask_invert:
         mask = ImageOps.invert(mask)
     if config.mask_blur:
         mask = mask.filter(ImageFilter.GaussianBlur(config.mask_blur))
     if not np.asarray(mask).any():
-        raise FacesmithError(f"--mask {spec} is all black{' once inverted' if config.mask_invert else ''}: "
+        raise FacesmithError(f"{label} is all black{' once inverted' if config.mask_invert else ''}: "
                              "nothing to repaint; white marks what to repaint")  # fmt: skip
     return mask
 
@@ -225,11 +248,23 @@ class Start:
         return done
 
 
-def prepare_start(config: GenerateConfig, vae) -> Start:
-    """Read, resize, mask and encode `config`'s init image at config.width x config.height."""
+@dataclasses.dataclass
+class StartPicture:
+    """An init image (and a finished "L" mask at its size, or None) given in memory instead of by
+    `config.init_image`/`config.mask`: an API request's, or the face detailer's crop."""
+
+    image: Image.Image
+    mask: Image.Image | None = None
+
+
+def prepare_start(config: GenerateConfig, vae, given: StartPicture | None = None) -> Start:
+    """Read, resize, mask and encode `config`'s init image (or `given`) at config.width x config.height."""
     width, height = config.width, config.height
-    original = flatten(read_image(config.init_image, "--init"))
-    mask = read_mask(config, original) if config.mask is not None else None
+    if given is not None:
+        original, mask = flatten(given.image), given.mask
+    else:
+        original = flatten(read_image(config.init_image, "--init"))
+        mask = read_mask(config, original) if config.mask is not None else None
     overlay = latent_mask = paste_to = None
     if mask is not None and config.inpaint_full_res:
         paste_to = crop_region(mask, config.inpaint_full_res_padding, width, height)

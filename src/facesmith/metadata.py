@@ -179,6 +179,7 @@ def format_parameters(
             if config.inpaint_full_res:
                 fields["Inpaint area"] = "Only masked"
                 fields["Masked area padding"] = config.inpaint_full_res_padding
+    fields.update(detailer_fields(config))
     if loras:
         fields["Lora hashes"] = _quote(", ".join(f"{lora['name']}: {lora['hash']}" for lora in loras))
     if embeddings:  # A1111's textual-inversion record
@@ -186,6 +187,55 @@ def format_parameters(
     fields["Version"] = "facesmith"
     lines.append(", ".join(f"{k}: {v}" for k, v in fields.items() if v is not None))
     return "\n".join(lines)
+
+
+def detailer_fields(config: GenerateConfig) -> dict[str, Any]:
+    """The face detailer's pass in ADetailer's infotext fields (adetailer/args.py, ALL_ARGS), so A1111
+    tools show it; {} without --detail-faces. ADetailer writes the optional ones only when they are set."""
+    if not config.detail_faces:
+        return {}
+    from facesmith.detailer import DETECTOR
+
+    fields: dict[str, Any] = {"ADetailer model": DETECTOR}
+    if config.detail_prompt:
+        fields["ADetailer prompt"] = json.dumps(config.detail_prompt)  # ADetailer quotes them always
+    if config.detail_negative:
+        fields["ADetailer negative prompt"] = json.dumps(config.detail_negative)
+    fields["ADetailer confidence"] = f"{config.detail_confidence:g}"
+    if config.detail_max_faces:
+        fields["ADetailer mask only top k largest"] = config.detail_max_faces
+    fields["ADetailer dilate erode"] = config.detail_dilate
+    fields["ADetailer mask blur"] = config.detail_mask_blur
+    fields["ADetailer denoising strength"] = f"{config.detail_strength:g}"
+    fields["ADetailer inpaint only masked"] = True
+    fields["ADetailer inpaint padding"] = config.detail_padding
+    if config.detail_size:
+        fields["ADetailer use inpaint width height"] = True
+        fields["ADetailer inpaint width"] = fields["ADetailer inpaint height"] = config.detail_size
+    if config.detail_steps:
+        fields["ADetailer use separate steps"] = True
+        fields["ADetailer steps"] = config.detail_steps
+    if config.detail_cfg is not None:
+        fields["ADetailer use separate CFG scale"] = True
+        fields["ADetailer CFG scale"] = f"{config.detail_cfg:g}"
+    fields["ADetailer version"] = "facesmith"
+    return fields
+
+
+# ADetailer's infotext field -> (GenerateConfig field, reader), for reading a PNG's detailer pass back.
+_DETAILER_READS = {
+    "ADetailer prompt": ("detail_prompt", str),
+    "ADetailer negative prompt": ("detail_negative", str),
+    "ADetailer confidence": ("detail_confidence", float),
+    "ADetailer mask only top k largest": ("detail_max_faces", int),
+    "ADetailer dilate erode": ("detail_dilate", int),
+    "ADetailer mask blur": ("detail_mask_blur", int),
+    "ADetailer denoising strength": ("detail_strength", float),
+    "ADetailer inpaint padding": ("detail_padding", int),
+    "ADetailer inpaint width": ("detail_size", int),
+    "ADetailer steps": ("detail_steps", int),
+    "ADetailer CFG scale": ("detail_cfg", float),
+}
 
 
 def png_bytes(image, recipe: Recipe) -> bytes:
@@ -307,6 +357,11 @@ def config_from_parameters(text: str) -> GenerateConfig:
             config.inpaint_full_res = True
         if "Masked area padding" in fields:
             config.inpaint_full_res_padding = int(fields["Masked area padding"])
+        if "ADetailer model" in fields:  # any face model of ADetailer's is read as facesmith's MTCNN pass
+            config.detail_faces = True
+            for key, (name, read) in _DETAILER_READS.items():
+                if key in fields:
+                    setattr(config, name, read(fields[key]))
     except ValueError as err:
         raise FacesmithError(f"cannot read the A1111 parameters {fields}: {err}") from err
     return config

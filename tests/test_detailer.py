@@ -1,0 +1,105 @@
+"""The face detailer: each found face repainted inside its padded crop, the rest of the image kept to the
+pixel, the k largest faces only when asked, no face left alone with a warning, and the pass recorded in
+ADetailer's PNG fields (and read back)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facesmith.config import GenerateConfig
+from facesmith.detailer import NoFaceDetailedWarning, detail_faces, face_mask, find_faces
+from facesmith.errors import FacesmithError
+from facesmith.metadata import config_from_parameters, format_parameters
+
+SETTINGS = dict(prompt="a face", steps=4, detail_faces=True, detail_strength=0.75)
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def celeba(shared_data, name: str = "000001.jpg", size: int = 128) -> Image.Image:
+    photo = Image.open(shared_data / "celeba" / "images" / name).convert("RGB")
+    return photo.resize((size, round(size * photo.height / photo.width)), Image.LANCZOS)
+
+
+def changed(before, after) -> np.ndarray:
+    return np.abs(pixels(before) - pixels(after)).max(axis=-1) > 0
+
+
+def test_a_face_is_repainted_inside_its_crop_and_the_rest_kept(sd15, shared_data):
+    photo = celeba(shared_data)
+    config = GenerateConfig(**SETTINGS, detail_padding=8)
+    (face,) = find_faces(photo)
+    (result,) = detail_faces(sd15, [photo], [3], config)
+    moved = changed(photo, result)
+    mask = np.asarray(face_mask(face, photo.size, config.detail_dilate, config.detail_mask_blur)) > 0
+    assert moved[mask].mean() > 0.9  # the face was repainted
+    assert not moved[~mask].any()  # and nothing outside its feathered mask changed
+    again = detail_faces(sd15, [photo], [3], config)[0]
+    assert np.array_equal(pixels(result), pixels(again))  # the face pass takes the image's seed
+
+
+def test_only_the_k_largest_faces_are_detailed(sd15, shared_data):
+    small, large = celeba(shared_data, "000002.jpg", 96), celeba(shared_data, "000001.jpg", 144)
+    both = Image.new("RGB", (96 + 144, max(small.height, large.height)), "gray")
+    both.paste(small, (0, 0))
+    both.paste(large, (96, 0))
+    assert len(find_faces(both)) == 2
+    (one,) = detail_faces(sd15, [both], [1], GenerateConfig(**SETTINGS, detail_max_faces=1))
+    moved = changed(both, one)
+    assert moved[:, 96:].any() and not moved[:, :96].any()
+
+
+def test_an_image_without_a_face_is_left_with_a_warning(sd15):
+    wall = Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8))
+    with pytest.warns(NoFaceDetailedWarning, match="found no face in the image of seed 5"):
+        (kept,) = detail_faces(sd15, [wall], [5], GenerateConfig(**SETTINGS))
+    assert np.array_equal(pixels(kept), pixels(wall))
+
+
+def test_generate_with_detail_faces_runs_the_pass_after_the_image(sd15, shared_data, tmp_path):
+    photo = celeba(shared_data, size=64).crop((0, 0, 64, 64))
+    path = tmp_path / "photo.png"
+    photo.save(path)
+    # Inpainting a corner keeps the face findable (the tiny model's random VAE leaves no face of its own).
+    corner = Image.new("L", (64, 64))
+    corner.paste(255, (0, 0, 12, 12))
+    corner.save(tmp_path / "corner.png")
+    light = dict(init_image=str(path), mask=str(tmp_path / "corner.png"), mask_blur=0, steps=4, seed=2)
+    plain = sd15.generate("a face", **light)[0]
+    detailed = sd15.generate("a face", **light, detail_faces=True, detail_strength=0.75)[0]
+    assert changed(plain, detailed).mean() > 0.1
+
+
+def test_the_pass_is_recorded_in_adetailer_fields_and_read_back():
+    config = GenerateConfig(
+        prompt="a face", seed=1, cfg=7.5, sampler="DDIM", width=64, height=64, detail_faces=True,
+        detail_prompt="a smiling face, detailed", detail_strength=0.35, detail_max_faces=2, detail_size=128,
+    )  # fmt: skip
+    text = format_parameters(config, model_name="tiny", model_hash="abc")
+    assert "ADetailer model: mtcnn" in text and "ADetailer denoising strength: 0.35" in text
+    assert 'ADetailer prompt: "a smiling face, detailed"' in text and "ADetailer inpaint width: 128" in text
+    back = config_from_parameters(text)
+    assert back.detail_faces and back.detail_prompt == "a smiling face, detailed"
+    assert (back.detail_strength, back.detail_max_faces, back.detail_size) == (0.35, 2, 128)
+    assert "ADetailer" not in format_parameters(
+        GenerateConfig(prompt="a", seed=1, cfg=7.5, sampler="DDIM", width=64, height=64),
+        model_name="tiny", model_hash=None,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "settings, fragment",
+    [
+        ({"detail_strength": 0}, "--detail-strength 0 is outside"),
+        ({"detail_confidence": 1.5}, "--detail-confidence 1.5"),
+        ({"detail_size": 100}, "--detail-size 100 is not a positive multiple of 8"),
+        ({"detail_strength": 0.1, "steps": 4}, "denoises no step"),
+    ],
+)
+def test_bad_detailer_settings_name_the_option(settings, fragment):
+    with pytest.raises(FacesmithError, match=fragment):
+        GenerateConfig(**{**SETTINGS, **settings}).validate()
