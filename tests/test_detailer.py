@@ -103,3 +103,33 @@ def test_the_pass_is_recorded_in_adetailer_fields_and_read_back():
 def test_bad_detailer_settings_name_the_option(settings, fragment):
     with pytest.raises(FacesmithError, match=fragment):
         GenerateConfig(**{**SETTINGS, **settings}).validate()
+
+
+def test_cli_detail_faces_records_the_pass_and_from_repeats_it(sd15_folder, shared_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from facesmith.cli import app
+    from factory import one_line_error
+
+    runner = CliRunner()
+    celeba(shared_data, size=64).crop((0, 0, 64, 64)).save(tmp_path / "photo.png")
+    corner = Image.new("L", (64, 64))
+    corner.paste(255, (0, 0, 12, 12))
+    corner.save(tmp_path / "corner.png")
+    start = ["generate", "a face", "--model", str(sd15_folder), "--init", str(tmp_path / "photo.png"),
+             "--mask", str(tmp_path / "corner.png"), "--steps", "4", "--seed", "3"]  # fmt: skip
+    result = runner.invoke(app, [*start, "--detail-faces", "--detail-strength", "0.75", "--detail-prompt",
+                                 "a detailed face", "-o", str(tmp_path / "a")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (made,) = (tmp_path / "a").glob("*.png")
+    text = Image.open(made).text["parameters"]
+    assert "ADetailer model: mtcnn" in text and "ADetailer denoising strength: 0.75" in text
+    assert 'ADetailer prompt: "a detailed face"' in text
+    again = runner.invoke(app, ["generate", "--from", str(made), "--model", str(sd15_folder), "--init",
+                                str(tmp_path / "photo.png"), "--mask", str(tmp_path / "corner.png"),
+                                "-o", str(tmp_path / "b")])  # fmt: skip
+    assert again.exit_code == 0, again.output
+    (copy,) = (tmp_path / "b").glob("*.png")
+    assert np.array_equal(pixels(Image.open(copy)), pixels(Image.open(made)))
+    bad = runner.invoke(app, [*start, "--detail-faces", "--detail-strength", "2", "-o", str(tmp_path / "c")])
+    one_line_error(bad, "--detail-strength 2")

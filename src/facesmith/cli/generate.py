@@ -109,6 +109,34 @@ def generate(
         str | None,
         typer.Option(help="What the masked area starts from: original or latent noise [default: original]."),
     ] = None,
+    detail_faces: Annotated[
+        bool | None,
+        typer.Option("--detail-faces", help="Then repaint each detected face at full size (ADetailer)."),
+    ] = None,
+    detail_confidence: Annotated[
+        float | None, typer.Option(help="--detail-faces: MTCNN score a face needs [default: 0.7].")
+    ] = None,
+    detail_max_faces: Annotated[
+        int | None, typer.Option(help="--detail-faces: only the N largest faces; 0 = all [default: 0].")
+    ] = None,
+    detail_padding: Annotated[
+        int | None, typer.Option(help="--detail-faces: pixels around the face in its crop [default: 32].")
+    ] = None,
+    detail_size: Annotated[
+        int | None, typer.Option(help="--detail-faces: side the crop is repainted at [default: native].")
+    ] = None,
+    detail_strength: Annotated[
+        float | None, typer.Option(help="--detail-faces: denoising strength of the face [default: 0.4].")
+    ] = None,
+    detail_prompt: Annotated[
+        str | None, typer.Option(help="--detail-faces: the face's own prompt [default: the prompt].")
+    ] = None,
+    detail_negative: Annotated[
+        str | None, typer.Option(help="--detail-faces: the face's negative prompt [default: --negative].")
+    ] = None,
+    detail_steps: Annotated[
+        int | None, typer.Option(help="--detail-faces: steps of the face pass [default: --steps].")
+    ] = None,
 ) -> None:
     """Generate face images from a text prompt, or from an image (--init) and a mask (--mask); each PNG
     carries its recipe."""
@@ -135,6 +163,10 @@ def generate(
             "mask_blur": mask_blur,
             "mask_invert": invert_mask, "inpaint_full_res": only_masked, "inpaint_full_res_padding": padding,
             "masked_content": masked_content,
+            "detail_faces": detail_faces, "detail_confidence": detail_confidence,
+            "detail_max_faces": detail_max_faces, "detail_padding": detail_padding, "detail_size": detail_size,
+            "detail_strength": detail_strength, "detail_prompt": detail_prompt,
+            "detail_negative": detail_negative, "detail_steps": detail_steps,
         }  # fmt: skip
         base = config_from_png(from_image) if from_image is not None else None
         made_with = model_hash_from_png(from_image) if from_image is not None else None
