@@ -52,6 +52,21 @@ def test_generation_with_and_without_the_password(guarded):
     assert response.status_code == 200 and len(response.json()["images"]) == 1
 
 
+def test_img2img_needs_the_password_too(guarded):
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "gray").save(buffer, format="PNG")
+    body = {**FAST, "init_images": [base64.b64encode(buffer.getvalue()).decode()], "denoising_strength": 1.0}
+    url = guarded.url + "/sdapi/v1/img2img"
+    assert httpx.post(url, json=body, timeout=60).status_code == 401
+    response = httpx.post(url, json=body, auth=USERS[0], timeout=60)
+    assert response.status_code == 200 and len(response.json()["images"]) == 1
+
+
 @pytest.mark.slow
 def test_serve_without_model_uses_the_default_model(tmp_path):
     running = start_server(tmp_path, [])

@@ -23,15 +23,17 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from facesmith.config import GenerateConfig
 from facesmith.errors import FacesmithError
+from facesmith.img2img import StartPicture
 from facesmith.samplers import SAMPLERS, check_sampler
+from facesmith.serve.adetailer import detailer_settings
 from facesmith.serve.config import AUTH_USER, credentials
 from facesmith.serve.jobs import Job, JobCancelled, JobQueue, Picture, QueueFull
+from facesmith.serve.validation import invalid, validation_error  # noqa: F401 - app.py takes it from here
 
 if TYPE_CHECKING:
     from facesmith.serve.config import ServeConfig
@@ -41,8 +43,6 @@ DISCONNECT_POLL_S = 0.25
 # CLIP reads 77 tokens (about 300 characters); A1111 chains 75-token chunks for longer prompts. 10,000
 # characters is far past any prompt a person writes and keeps a hostile one from costing minutes.
 MAX_PROMPT_CHARS = 10_000
-# A 422 names the offending value; a long one is cut so a huge request does not come back in its answer.
-ECHO_CHARS = 200
 
 
 class Txt2ImgRequest(BaseModel):
@@ -69,6 +69,10 @@ class Txt2ImgRequest(BaseModel):
     height: int | None = Field(None, description="multiple of 8; default the model's native size")
     send_images: bool = True
     save_images: bool = Field(False, description="ignored: the server never writes request data to disk")
+    alwayson_scripts: dict[str, Any] = Field(
+        default_factory=dict,
+        description='{"ADetailer": {"args": [true, {"ad_model": "face_yolov8n.pt", ...}]}} runs the face detailer',
+    )
 
 
 class Txt2ImgResponse(BaseModel):
@@ -79,40 +83,6 @@ class Txt2ImgResponse(BaseModel):
 
 # ----------------------------------------------------------------------------------------------------------
 # Request -> GenerateConfig
-
-
-def invalid(field: str, message: str, value: Any = None) -> RequestValidationError:
-    """A 422 naming `field`, in the same shape FastAPI gives pydantic's errors."""
-    return RequestValidationError(
-        [{"type": "value_error", "loc": ("body", field), "msg": message, "input": echo(value)}]
-    )
-
-
-def echo(value: Any) -> Any:
-    """`value` as a 422 may show it: JSON-safe (no NaN, no unpaired surrogate) and at most ECHO_CHARS long."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, str):
-        text = value.encode("utf-8", "backslashreplace").decode("utf-8")
-        return text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS] + f"... ({len(value)} characters)"
-    if isinstance(value, (list, tuple, dict)):
-        return echo(json.dumps(value, default=str))
-    return value
-
-
-async def validation_error(request: Request, error: RequestValidationError) -> Response:
-    """FastAPI's 422 for invalid requests, with every echoed input made safe by `echo`.
-
-    FastAPI's own handler echoes the whole input: a NaN or an unpaired surrogate then cannot be written as
-    JSON (a 500), and a 10 MB prompt comes back whole.
-    """
-    from fastapi.responses import JSONResponse
-
-    detail = [
-        {**e, "input": echo(e.get("input"))} | ({"ctx": echo(e["ctx"])} if "ctx" in e else {})
-        for e in error.errors()
-    ]
-    return JSONResponse({"detail": detail}, status_code=422)
 
 
 def request_config(
@@ -163,11 +133,12 @@ def request_config(
         count=body.batch_size * body.n_iter,
         width=body.width or native_size[0],
         height=body.height or native_size[1],
+        **detailer_settings(body.alwayson_scripts, serve.max_size, serve.max_steps),
     )
     try:
         config.validate()
     except FacesmithError as err:
-        raise invalid("prompt", str(err)) from None
+        raise invalid("alwayson_scripts" if str(err).startswith("--detail") else "prompt", str(err)) from None
     return config, weights
 
 
@@ -245,7 +216,7 @@ def info_json(body: Txt2ImgRequest, job: Job, pictures: list[Picture], model: di
             "sd_vae_hash": None,
             "seed_resize_from_w": -1,
             "seed_resize_from_h": -1,
-            "denoising_strength": 0,
+            "denoising_strength": config.strength if config.init_image is not None else 0,
             "extra_generation_params": {},
             "index_of_first_image": 0,
             "infotexts": [p.parameters for p in pictures],
@@ -305,6 +276,40 @@ async def wait_for_job(job: Job, queue: JobQueue, request: Request) -> list[Pict
             return None
 
 
+async def answer(
+    body: Txt2ImgRequest, request: Request, queue: JobQueue, model: dict, config: GenerateConfig,
+    weights: dict, given: StartPicture | None = None, notes: list[str] | None = None,
+) -> Txt2ImgResponse | Response:  # fmt: skip
+    """Queue the request's job (with its init picture, for img2img), wait for it, answer in A1111's shape."""
+    if queue.generator.device.type == "cuda":
+        config.batch_size = body.batch_size
+    try:
+        job = queue.submit(config, weights, owner=request.scope.get(AUTH_USER), given=given)
+    except QueueFull as err:
+        raise HTTPException(503, str(err), headers={"Retry-After": "5"}) from None
+    try:
+        pictures = await wait_for_job(job, queue, request)
+    except JobCancelled as err:  # interrupted through /sdapi/v1/interrupt: A1111 returns what it has
+        pictures = err.pictures
+        message = str(err)
+    except FacesmithError as err:
+        raise invalid("init_images" if given is not None else "prompt", str(err)) from None
+    else:
+        message = None
+    if pictures is None:
+        return Response(status_code=499)  # the client is gone; nobody reads this
+    body_echo = body.model_dump()
+    for name in ("init_images", "mask"):  # A1111 echoes them; a 10 MB echo helps no one
+        if body_echo.get(name):
+            body_echo[name] = None
+    info = info_json(body, job, pictures, model)
+    if message or notes:
+        extra = {"interrupted": message} if message else {}
+        info = json.dumps({**json.loads(info), **extra, **({"warnings": notes} if notes else {})})
+    images = [base64.b64encode(p.png).decode("ascii") for p in pictures] if body.send_images else []
+    return Txt2ImgResponse(images=images, parameters=body_echo, info=info)
+
+
 def api_router(queue: JobQueue, serve: ServeConfig, model: dict) -> APIRouter:
     """The /sdapi/v1 routes over one queue; `model` is the sd-models entry of the loaded model."""
     router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111-compatible API"])
@@ -317,29 +322,7 @@ def api_router(queue: JobQueue, serve: ServeConfig, model: dict) -> APIRouter:
         config, weights = await run_in_threadpool(
             request_config, body, serve, queue.loras, queue.generator.native_size
         )
-        if queue.generator.device.type == "cuda":
-            config.batch_size = body.batch_size
-        try:
-            job = queue.submit(config, weights, owner=request.scope.get(AUTH_USER))
-        except QueueFull as err:
-            raise HTTPException(503, str(err), headers={"Retry-After": "5"}) from None
-        try:
-            pictures = await wait_for_job(job, queue, request)
-        except JobCancelled as err:  # interrupted through /sdapi/v1/interrupt: A1111 returns what it has
-            pictures = err.pictures
-            message = str(err)
-        except FacesmithError as err:
-            raise invalid("prompt", str(err)) from None
-        else:
-            message = None
-        if pictures is None:
-            return Response(status_code=499)  # the client is gone; nobody reads this
-        body_echo = body.model_dump()
-        info = info_json(body, job, pictures, model)
-        if message:
-            info = json.dumps({**json.loads(info), "interrupted": message})
-        images = [base64.b64encode(p.png).decode("ascii") for p in pictures] if body.send_images else []
-        return Txt2ImgResponse(images=images, parameters=body_echo, info=info)
+        return await answer(body, request, queue, model, config, weights)
 
     @router.get("/samplers")
     def samplers() -> list[dict]:
@@ -376,7 +359,8 @@ def api_router(queue: JobQueue, serve: ServeConfig, model: dict) -> APIRouter:
 
     @router.get("/scripts")
     def scripts() -> dict:
-        return {"txt2img": [], "img2img": []}  # facesmith has no A1111 scripts; clients probe for them
+        # ADetailer is the one always-on script facesmith runs (its face detailer); webuiapi looks for it here
+        return {"txt2img": ["adetailer"], "img2img": ["adetailer"]}
 
     @router.get("/progress")
     def progress() -> dict:

@@ -160,7 +160,10 @@ def build_app(generator, config: ServeConfig, *, page: bool = True):
         redoc_url=None,
     )
     app.state.queue = queue
+    from facesmith.serve.img2img import img2img_router
+
     app.include_router(api_router(queue, config, model_entry(generator)))
+    app.include_router(img2img_router(queue, config, model_entry(generator)))
     app.add_exception_handler(RequestValidationError, validation_error)
 
     import swagger_ui_bundle

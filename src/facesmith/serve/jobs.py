@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from facesmith.config import GenerateConfig
 from facesmith.errors import FacesmithError
+from facesmith.img2img import StartPicture
 from facesmith.metadata import png_bytes, recipe, unique_lora_names
 
 
@@ -63,6 +64,7 @@ class Job:
     step: int = 0
     total: int = 0
     used: GenerateConfig | None = None  # as run: seed, size and sampler resolved
+    given: StartPicture | None = None  # an API img2img request's init image and mask, in memory
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Future = field(default_factory=Future)
 
@@ -89,18 +91,22 @@ class JobQueue:
 
     # ------------------------------------------------------------------------------------------------------
     def submit(
-        self, config: GenerateConfig, lora_weights: dict[str, float] | None = None, owner: str | None = None
+        self,
+        config: GenerateConfig,
+        lora_weights: dict[str, float] | None = None,
+        owner: str | None = None,
+        given: StartPicture | None = None,
     ) -> Job:
-        """Queue a validated config with the LoRAs it names; raise QueueFull when --max-queue jobs are
-        already waiting."""
+        """Queue a validated config with the LoRAs it names (and the init picture `given` in memory);
+        raise QueueFull when --max-queue jobs are already waiting."""
         with self._wake:
             if len(self._waiting) >= self.max_waiting:
                 raise QueueFull(
                     f"{len(self._waiting)} jobs are already waiting (--max-queue {self.max_waiting}): "
                     "retry later"
                 )
-            job = Job(next(self._ids), config, dict(lora_weights or {}), owner)
-            job.total = config.count * config.steps
+            job = Job(next(self._ids), config, dict(lora_weights or {}), owner, given=given)
+            job.total = config.count * run_steps(config)
             self._waiting.append(job)
             self._wake.notify()
         return job
@@ -182,7 +188,8 @@ class JobQueue:
         done = 0
 
         def progress(stage: str, step: int, total: int | None, **fields: float) -> None:
-            job.step, job.total = done * config.steps + step, config.count * config.steps
+            if stage == "sampling":  # the face detailer's pass ("detailing faces") leaves the count alone
+                job.step, job.total = done * run_steps(config) + step, config.count * run_steps(config)
             if job.cancel.is_set():
                 raise JobCancelled(
                     f"job {job.id} was interrupted at step {job.step} of {job.total}", pictures
@@ -195,11 +202,18 @@ class JobQueue:
             while done < config.count:
                 size = min(config.batch_size, config.count - done)
                 batch = dataclasses.replace(config, seed=config.seed + done, count=size)
-                result = generator.sample(batch, progress=progress)
+                result = generator.sample(batch, progress=progress, given=job.given)
                 pictures += pictures_from(generator, result, applied.names)
                 done += size
         job.used = dataclasses.replace(result.config, seed=config.seed, count=config.count)
         return pictures
+
+
+def run_steps(config: GenerateConfig) -> int:
+    """The denoising steps one image takes: steps x strength for img2img (as `img2img.prepare_start`)."""
+    if config.init_image is None:
+        return config.steps
+    return min(int(config.steps * config.strength), config.steps)
 
 
 # ----------------------------------------------------------------------------------------------------------
