@@ -39,8 +39,10 @@ def edit(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
     config: Annotated[Path | None, typer.Option(help="Start from an edit.toml.")] = None,
 ) -> None:
-    """Edit the main face of PHOTO: e.g. `facesmith edit me.jpg --add eyeglasses --set age=senior`. The
-    face is aligned, re-captioned from its predicted attributes plus the changes, redrawn and pasted back."""
+    """Change the attributes of the main face in PHOTO (glasses, smile, age, hair), keeping the person.
+
+    E.g. `facesmith edit me.jpg --add eyeglasses --set age=senior`: the face is aligned, re-captioned from
+    its predicted attributes plus the changes, redrawn and pasted back."""
 
     def work():
         from facesmith.edit import run_edit
