@@ -201,3 +201,38 @@ def test_the_default_model_s_own_encoder_is_weighted_with_its_attention_mask():
     assert torch.equal(same["prompt_embeds"], cond) and torch.equal(same["negative_prompt_embeds"], uncond)
     plain = generator.generate("a smiling woman", seed=1, steps=2)[0]
     assert differs(generator.generate("a (smiling:1.8) woman", seed=1, steps=2)[0], plain, by=1)
+
+
+def test_serve_jobs_weight_prompts_and_record_them_as_written(sd15):
+    """The server's queue samples through FaceGenerator.sample too; its PNG keeps the brackets."""
+    import io
+
+    from PIL import Image
+
+    from facesmith.config import GenerateConfig
+    from facesmith.serve.jobs import JobQueue
+
+    queue = JobQueue(sd15)
+    try:
+        jobs = {
+            prompt: queue.submit(GenerateConfig(prompt=prompt, seed=3, **FAST)).future.result(timeout=120)[0]
+            for prompt in ("a face", "a (face:1.0)", "a (face:1.8)")
+        }
+    finally:
+        queue.close()
+    pictures = {
+        prompt: Image.open(io.BytesIO(picture.png)).convert("RGB") for prompt, picture in jobs.items()
+    }
+    assert np.array_equal(np.asarray(pictures["a (face:1.0)"]), np.asarray(pictures["a face"]))
+    assert differs(pictures["a (face:1.8)"], pictures["a face"])
+    assert jobs["a (face:1.8)"].parameters.startswith("a (face:1.8)\n")
+
+
+def test_img2img_takes_weighted_prompts(eager, tmp_path):
+    import factory
+
+    start = factory.save_photo(tmp_path / "start.png", seed=1, size=(64, 64))
+    settings = dict(init_image=str(start), strength=0.5, seed=2, steps=4)
+    plain = eager.generate("a face", **settings)[0]
+    assert np.array_equal(np.asarray(eager.generate("a (face:1.0)", **settings)[0]), np.asarray(plain))
+    assert differs(eager.generate("a (face:1.8) BREAK old", **settings)[0], plain)
