@@ -236,3 +236,23 @@ def test_img2img_takes_weighted_prompts(eager, tmp_path):
     plain = eager.generate("a face", **settings)[0]
     assert np.array_equal(np.asarray(eager.generate("a (face:1.0)", **settings)[0]), np.asarray(plain))
     assert differs(eager.generate("a (face:1.8) BREAK old", **settings)[0], plain)
+
+
+def test_textual_inversion_words_are_widened_and_weighted(sd15_folder, tmp_path):
+    """A two-vector embedding's word stands for both vectors on the weighted path too (diffusers'
+    maybe_convert_prompt), so at weight 1 it is exactly the plain prompt's embedding."""
+    from safetensors.torch import save_file
+
+    save_file(
+        {"emb_params": torch.randn(2, 32, generator=torch.Generator().manual_seed(0))},
+        tmp_path / "alice.safetensors",
+    )
+    generator = facesmith.load(sd15_folder, embeddings=[str(tmp_path / "alice.safetensors")], engine="eager")
+    pipe = generator.pipe
+    cond, _ = plain_embeddings(pipe, "a photo of alice")
+    same = weighted_embeddings(pipe, "a photo of (alice:1.0)")["prompt_embeds"]
+    assert torch.equal(same, cond)
+    heavy = weighted_embeddings(pipe, "a photo of (alice:1.5)")["prompt_embeds"]
+    ratio = heavy[0, 0, 0] / cond[0, 0, 0]
+    for position in (4, 5):  # <start> a photo of alice alice_1 <end>
+        assert torch.allclose(heavy[0, position], 1.5 * cond[0, position] * ratio, rtol=1e-4)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 BREAK = ("BREAK", -1.0)  # the marker parse_weights returns for `BREAK`, as A1111 lists it
@@ -183,14 +184,19 @@ def warn_about(label: str, text: str, tokenizer) -> None:
 # Tokens
 
 
-def token_chunks(tokenizer, text: str, weighted: bool) -> list[tuple[list[int], list[float]]]:
+def token_chunks(
+    tokenizer, text: str, weighted: bool, convert: Callable[[str], str] | None = None
+) -> list[tuple[list[int], list[float]]]:
     """`text` as chunks of (token ids, weights), special tokens not yet added.
 
     `weighted`: A1111's grammar and 75-token chunks; otherwise the text as it is, cut to one chunk as
-    diffusers' tokenizer call cuts it."""
+    diffusers' tokenizer call cuts it. `convert`: the pipeline's `maybe_convert_prompt`, which widens a
+    textual-inversion word into its vector tokens (`models/embeddings.py`); each piece goes through it, so
+    an embedding's vectors all take the weight of the brackets around its word, as in A1111."""
     size = tokenizer.model_max_length - tokenizer.num_special_tokens_to_add()
+    convert = convert or (lambda piece: piece)
     if not weighted:
-        ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids[:size]
+        ids = tokenizer(convert(text), add_special_tokens=False, truncation=False).input_ids[:size]
         return [(ids, [1.0] * len(ids))]
     comma = tokenizer(",", add_special_tokens=False).input_ids
     comma = comma[0] if len(comma) == 1 else None
@@ -203,7 +209,10 @@ def token_chunks(tokenizer, text: str, weighted: bool) -> list[tuple[list[int], 
             chunks.append((ids, weights))
             ids, weights, last_comma = [], [], -1
             continue
-        for token in tokenizer(piece, add_special_tokens=False, truncation=False).input_ids if piece else []:
+        tokens = (
+            tokenizer(convert(piece), add_special_tokens=False, truncation=False).input_ids if piece else []
+        )
+        for token in tokens:
             if len(ids) == size:
                 # A full chunk whose last comma is near its end is cut after the comma, so the words
                 # after it start the next chunk together (A1111's comma padding backtrack).
@@ -261,7 +270,9 @@ def _encode_chunks(pipe, text: str, weighted: bool) -> tuple[Any, Any]:
     per_encoder, pooled = [], None
     for tokenizer, encoder in pairs:
         chunks = []
-        for ids, weights in token_chunks(tokenizer, text, weighted):
+        convert = getattr(pipe, "maybe_convert_prompt", None)
+        convert = (lambda piece, tok=tokenizer: pipe.maybe_convert_prompt(piece, tok)) if convert else None
+        for ids, weights in token_chunks(tokenizer, text, weighted, convert):
             input_ids, mask, laid = chunk_tensors(tokenizer, ids, weights)
             device = encoder.device
             if sdxl:

@@ -253,7 +253,9 @@ class TrainConfig(StageConfig):
 
         dataset = Path(self.dataset).expanduser()
         if not dataset.is_dir():
-            raise FacesmithError(f"dataset {self.dataset} is not a folder: pass --dataset DIR with {MANIFEST}")
+            raise FacesmithError(
+                f"dataset {self.dataset} is not a folder: pass --dataset DIR with {MANIFEST}"
+            )
         if not (dataset / MANIFEST).is_file():
             raise FacesmithError(
                 f"dataset {self.dataset} has no {MANIFEST}: make one with `facesmith prepare PHOTOS -o {self.dataset}`"
