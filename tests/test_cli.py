@@ -228,7 +228,9 @@ def test_one_generate_validates_its_settings_once(sd15_folder, tmp_path, monkeyp
     monkeypatch.setattr(GenerateConfig, "validate", lambda self: checked.append(self) or validate(self))
     result = invoke("generate", "a face", "--model", sd15_folder, "-n", 2, "-o", tmp_path, *FAST)
     assert result.exit_code == 0, result.output
-    assert len(checked) == 1  # at the stage boundary, run_generate; not again in the CLI or the sampler
+    # In the CLI before torch is imported (issue 15.26), and at the stage boundary, run_generate, which
+    # Python callers reach directly; never per image in the sampler.
+    assert len(checked) == 2
 
 
 def _help(*command: str) -> str:
@@ -347,10 +349,54 @@ def test_from_a_png_of_another_model_warns_that_the_image_will_differ(sd15_folde
     assert "was made with model hash" in " ".join(differs.stderr.split())
 
 
-def test_a1111_emphasis_is_warned_about_not_silently_read_as_words(sd15_folder, tmp_path):
-    result = invoke("generate", "a (smiling:1.2) woman", "--model", sd15_folder, "--seed", 1,
-                    "-o", tmp_path, *FAST)  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert "A1111's emphasis syntax ((smiling:1.2))" in " ".join(result.stderr.split())
-    plain = invoke("generate", "a smiling woman", "--model", sd15_folder, "--seed", 1, "-o", tmp_path, *FAST)
-    assert plain.exit_code == 0 and "emphasis" not in plain.stderr
+def test_a1111_emphasis_is_weighted_and_the_png_keeps_it_for_from(sd15_folder, tmp_path):
+    """Issue 15.31: (smiling:1.2) was read as words, with a warning; now it weighs, unwarned, and the PNG
+    records the prompt as written, so --from makes the same image."""
+    from facesmith.metadata import prompt_from_png, read_png
+
+    prompt = "a (smiling:1.6) woman, [old]"
+    result = invoke("generate", prompt, "--model", sd15_folder, "--seed", 1, "-o", tmp_path / "a", *FAST)
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.output
+    (png,) = (tmp_path / "a").glob("*.png")
+    parameters, _ = read_png(png)
+    assert parameters.startswith(prompt + "\n") and prompt_from_png(png) == prompt
+    again = invoke("generate", "--from", png, "--model", sd15_folder, "-o", tmp_path / "b")
+    assert again.exit_code == 0, again.output
+    (copy,) = (tmp_path / "b").glob("*.png")
+    assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(copy)))
+    plain = invoke("generate", "a smiling woman, old", "--model", sd15_folder, "--seed", 1, "-o", tmp_path / "c",
+                   *FAST)  # fmt: skip
+    assert plain.exit_code == 0, plain.output
+    (unweighted,) = (tmp_path / "c").glob("*.png")
+    assert not np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(unweighted)))
+    editing = invoke("generate", "a [smiling|sad] woman", "--model", sd15_folder, "-o", tmp_path / "d", *FAST)
+    assert editing.exit_code == 0
+    assert "does not support ([smiling|sad]" in " ".join(editing.stderr.split())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Issue 15.26: bad input is told before torch is imported (2-3 s)
+
+_BEFORE_TORCH = """
+import sys
+from typer.testing import CliRunner
+from facesmith.cli import app
+
+cases = [
+    (["generate", "--lora", "missing.safetensors", "x"], "LoRA file missing.safetensors does not exist"),
+    (["generate", "x", "--model", "no/such/model"], "model no/such/model does not exist"),
+    (["generate", "x", "--width", "100"], "--width 100 is not a positive multiple of 8"),
+    (["generate", "x", "--init", "no-such.png"], "no-such.png does not exist"),
+    (["train", "--dataset", "no/such/dataset"], "dataset no/such/dataset is not a folder"),
+    (["train", "--dataset", ".", "--learning-rate", "-1"], "learning_rate -1.0 must be"),
+]
+for args, words in cases:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and words in result.stderr, (args, result.output)
+    assert "torch" not in sys.modules, args
+"""
+
+
+def test_bad_generate_and_train_input_fails_before_torch_is_imported(tmp_path):
+    env = {**__import__("os").environ, "PYTHONPATH": ":".join(sys.path)}
+    subprocess.run([sys.executable, "-c", _BEFORE_TORCH], check=True, cwd=tmp_path, env=env, timeout=120)

@@ -273,6 +273,10 @@ class GenerateConfig(StageConfig):
             if self.mask is not None:
                 raise FacesmithError(f"--mask {self.mask} needs --init IMAGE: the image to inpaint")
             return
+        if not Path(self.init_image).expanduser().is_file():  # read_image's words, said before torch loads
+            raise FacesmithError(
+                f"--init {self.init_image} does not exist or is not a file: give the path of an image"
+            )
         if not (isinstance(self.strength, (int, float)) and 0 < self.strength <= 1):
             raise FacesmithError(f"--strength {self.strength} is outside (0, 1]: 0.75 is A1111's default")
         if int(self.steps * self.strength) < 1:

@@ -6,7 +6,8 @@ UNet, VAE, scheduler), and owns what facesmith adds around it:
 - seeds: image i of a batch started at seed s is made alone, from a CPU torch.Generator seeded s+i, so
   it is exactly the image that seed s+i makes by itself, and the same on any device;
 - device and dtype: CUDA in bf16/fp16, CPU in fp32 (the NaN-guarded VAE decode is `latents.py`'s);
-- the 77-token limit: facesmith truncates, as diffusers does, and warns naming the words that were cut;
+- prompt text (`prompts.py`): plain prompts go to diffusers as strings, truncated at 77 tokens with a
+  warning naming the words cut; A1111's `(word:1.2)` emphasis goes as weighted embeddings;
 - `trace`: the predicted clean image x0 at evenly spaced steps (recorded by `trace.py`).
 `run_generate` is the stage behind `facesmith generate` (config in, PNGs with `metadata.py`'s recipe
 out). The forward process (`facesmith noise`) is `noise.py`'s; img2img and inpainting are `img2img.py`'s;
@@ -16,7 +17,6 @@ device, dtype and output folder are `runtime.py`'s.
 from __future__ import annotations
 
 import dataclasses
-import re
 import secrets
 import warnings
 from dataclasses import dataclass, field
@@ -33,6 +33,14 @@ from facesmith.latents import decode_latents, to_pil
 from facesmith.metadata import recipe, write_png
 from facesmith.models.loading import LoadedModel, load_model
 from facesmith.progress import Progress
+from facesmith.prompts import (  # noqa: F401  (PromptTruncatedWarning, truncated_words: kept importable here)
+    PromptTruncatedWarning,
+    PromptWeightingWarning,
+    truncated_words,
+    uses_syntax,
+    warn_about,
+    weighted_embeddings,
+)
 from facesmith.runtime import choose_device, choose_dtype, prepare_out_dir
 from facesmith.samplers import make_scheduler
 from facesmith.trace import TraceRecorder, detached_after, image_strip
@@ -42,18 +50,6 @@ LOAD_TIME_SETTINGS = ("model", "loras", "embeddings", "vae", "device", "dtype", 
 
 class EngineFallbackWarning(UserWarning):
     """`--engine auto` chose an engine that could not be set up here; the eager pipeline samples instead."""
-
-
-class PromptTruncatedWarning(UserWarning):
-    """The prompt is longer than the text encoder reads; the message names the words that were cut."""
-
-
-class PromptWeightingWarning(UserWarning):
-    """The prompt uses A1111's emphasis syntax, which facesmith reads as plain text."""
-
-
-# A1111's attention syntax (modules/prompt_parser.py): (words:1.2), (words) = x1.1, [words] = /1.1.
-EMPHASIS = re.compile(r"\([^()]*:\s*[-+]?\d*\.?\d+\s*\)|\([^()]+\)|\[[^\[\]]+\]")
 
 
 class SizeWarning(UserWarning):
@@ -232,22 +228,12 @@ class FaceGenerator:
         pipe = self.runner
         pipe.scheduler = make_scheduler(config.sampler, self.base_scheduler_config)
         for label, text in (("prompt", config.prompt), ("negative prompt", config.negative)):
-            emphasis = EMPHASIS.search(text)
-            if emphasis:
-                warnings.warn(
-                    f"the {label} uses A1111's emphasis syntax ({emphasis.group(0)}), which facesmith does "
-                    "not weight yet: the brackets and numbers are read as words; write the words plainly",
-                    PromptWeightingWarning,
-                    stacklevel=2,
-                )
-            cut = truncated_words(pipe.tokenizer, text)
-            if cut:
-                warnings.warn(
-                    f"the {label} is longer than the {pipe.tokenizer.model_max_length}-token limit; "
-                    f"these words were cut: {cut}",
-                    PromptTruncatedWarning,
-                    stacklevel=2,
-                )
+            warn_about(label, text, pipe.tokenizer)
+        # Plain prompts go to diffusers as strings, as always; A1111's (word:1.2) syntax as weighted
+        # embeddings (prompts.py). The recipe keeps the text as written.
+        texts = dict(prompt=config.prompt, negative_prompt=config.negative or None)
+        if uses_syntax(config.prompt) or uses_syntax(config.negative):
+            texts = weighted_embeddings(pipe, config.prompt, config.negative)
         # img2img and inpainting (img2img.py) start from an encoded picture and run steps x strength steps.
         start = prepare_start(config, pipe.vae, given) if given or config.init_image is not None else None
         steps = config.steps if start is None else start.steps
@@ -263,8 +249,7 @@ class FaceGenerator:
                 return tensors
 
             call = dict(
-                prompt=config.prompt,
-                negative_prompt=config.negative or None,
+                **texts,
                 num_images_per_prompt=size,
                 num_inference_steps=config.steps,
                 guidance_scale=config.cfg,
@@ -339,18 +324,3 @@ def run_generate(
 def next_image_number(out_dir: Path) -> int:
     numbers = [int(p.name[:5]) for p in out_dir.glob("*.png") if p.name[:5].isdigit()]
     return max(numbers, default=0) + 1
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Pieces
-
-
-def truncated_words(tokenizer, text: str) -> str:
-    """The part of `text` past the tokenizer's limit (special tokens included), or '' if it all fits."""
-    if not text:
-        return ""
-    limit = tokenizer.model_max_length - tokenizer.num_special_tokens_to_add()
-    ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids
-    if len(ids) <= limit:
-        return ""
-    return tokenizer.decode(ids[limit:]).strip()

@@ -2,9 +2,9 @@
 and warnings on stderr, and no library chatter.
 
 `guarded` runs a command's work: a FacesmithError becomes one red line and exit status 2, facesmith's
-own warnings (a cut prompt, a NaN VAE decode) become yellow lines, every other warning and library log
-is silenced. `Bars` is the `facesmith.progress` interface drawn as rich progress bars. The commands
-themselves are the `cli` package's.
+own warnings (a cut prompt, a NaN VAE decode: any warning class defined in a facesmith module) become
+yellow lines, every other warning and library log is silenced. `Bars` is the `facesmith.progress`
+interface drawn as rich progress bars. The commands themselves are the `cli` package's.
 """
 
 from __future__ import annotations
@@ -27,14 +27,19 @@ err = Console(stderr=True)
 
 
 def guarded(work: Callable[[], Any], models: bool = True) -> Any:
-    """Run `work`, turning user mistakes into one red line and exit status 2."""
+    """Run `work`, turning user mistakes into one red line and exit status 2.
+
+    `models`: switch off diffusers' and transformers' progress bars first, which imports them (and torch);
+    a command that checks its input before loading a model passes False and calls `quiet_libraries()`
+    itself once the input is good."""
     quiet_libraries(models)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            # Every warning reaches _show_warning, which prints facesmith's own and drops the libraries'.
+            # Telling them apart by the module that defines the class, rather than importing the
+            # classes, keeps torch unimported until a command's input has been checked.
+            warnings.simplefilter("always")
             warnings.showwarning = _show_warning
-            for category in _facesmith_warnings():
-                warnings.simplefilter("always", category)
             return work()
     except FacesmithError as error:
         # escape: a message is plain text; "pip install 'facesmith[serve]'" must keep its brackets
@@ -48,31 +53,9 @@ def guarded(work: Callable[[], Any], models: bool = True) -> Any:
         raise typer.Exit(130) from None
 
 
-def _facesmith_warnings() -> list[type[Warning]]:
-    from facesmith.generate import (
-        EngineFallbackWarning,
-        ModelMismatchWarning,
-        PromptTruncatedWarning,
-        PromptWeightingWarning,
-        SizeWarning,
-    )
-    from facesmith.img2img import MaskResizedWarning
-    from facesmith.latents import VaeUpcastWarning
-    from facesmith.train.dataset import TrainingWarning
-
-    return [
-        PromptTruncatedWarning,
-        PromptWeightingWarning,
-        SizeWarning,
-        ModelMismatchWarning,
-        EngineFallbackWarning,
-        VaeUpcastWarning,
-        MaskResizedWarning,
-        TrainingWarning,
-    ]
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if not category.__module__.startswith("facesmith."):  # a library's warning is not the user's business
+        return
     err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 

@@ -26,8 +26,9 @@ def test_preset_constants_match_the_default_model_script():
     assert (presets.LATENT_SCALE, presets.RESOLUTION) == (script.LATENT_SCALE, script.RESOLUTION)
 
 
-def test_recipe_is_a_valid_config_with_the_script_defaults():
-    config = TrainConfig(dataset="d", **presets.RECIPES["face-small"]).validate()
+def test_recipe_is_a_valid_config_with_the_script_defaults(tmp_path):
+    (tmp_path / "metadata.jsonl").write_text("")  # validate checks that the dataset has a manifest
+    config = TrainConfig(dataset=str(tmp_path), **presets.RECIPES["face-small"]).validate()
     # argparse defaults of scripts/train_default_model.py
     assert (config.batch_size, config.learning_rate, config.lr_warmup_steps) == (256, 2e-4, 500)
     assert (config.ema_decay, config.min_snr_gamma, config.caption_dropout) == (0.9995, 5.0, 0.1)

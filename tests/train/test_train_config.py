@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from facesmith.errors import FacesmithError
@@ -9,7 +11,8 @@ from facesmith.train.config import TrainConfig
 
 
 def test_toml_round_trip_keeps_epoch_only_runs(tmp_path):
-    config = TrainConfig(dataset="d", max_steps=0, max_epochs=3, model=None, ema_decay=0.999).validate()
+    (tmp_path / "metadata.jsonl").write_text("")  # validate checks that the dataset has a manifest
+    config = TrainConfig(dataset=str(tmp_path), max_steps=0, max_epochs=3, ema_decay=0.999).validate()
     assert TrainConfig.load(config.save(tmp_path / "train.toml")) == config
 
 
@@ -52,3 +55,24 @@ def test_paths_are_made_absolute_so_train_toml_reproduces_from_anywhere(tmp_path
     saved = resolved.save(tmp_path / "train.toml")
     monkeypatch.chdir(tmp_path / "models")
     assert TrainConfig.load(saved) == resolved
+
+
+def test_a_missing_dataset_or_model_is_named_by_validate(tmp_path):
+    """Issue 15.26: a missing dataset, model or optimizer package was found only after torch and the model
+    had loaded (bitsandbytes at the first step)."""
+    with pytest.raises(FacesmithError, match="is not a folder"):
+        TrainConfig(dataset=str(tmp_path / "none")).validate()
+    with pytest.raises(FacesmithError, match="has no metadata.jsonl"):
+        TrainConfig(dataset=str(tmp_path)).validate()
+    (tmp_path / "metadata.jsonl").write_text("")
+    with pytest.raises(FacesmithError, match="model .*gone does not exist"):
+        TrainConfig(dataset=str(tmp_path), model=str(tmp_path / "gone")).validate()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
+def test_adamw8bit_without_bitsandbytes_is_told_at_validation(tmp_path):
+    (tmp_path / "metadata.jsonl").write_text("")
+    with pytest.raises(
+        FacesmithError, match="optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes"
+    ):
+        TrainConfig(dataset=str(tmp_path), optimizer="adamw8bit").validate()

@@ -12,6 +12,7 @@ import typer
 from facesmith.cli.app import app, stage_config
 from facesmith.config import MAX_STEPS, GenerateConfig, NoiseConfig
 from facesmith.errors import FacesmithError
+from facesmith.library_logs import quiet_libraries
 from facesmith.terminal import Bars, guarded, out
 
 
@@ -142,7 +143,6 @@ def generate(
     carries its recipe."""
 
     def work():
-        from facesmith.generate import run_generate
         from facesmith.metadata import config_from_png, model_hash_from_png
         from facesmith.samplers import check_sampler
 
@@ -170,13 +170,17 @@ def generate(
         }  # fmt: skip
         base = config_from_png(from_image) if from_image is not None else None
         made_with = model_hash_from_png(from_image) if from_image is not None else None
-        settings = stage_config(GenerateConfig, config, given, base=base)
+        settings = stage_config(GenerateConfig, config, given, base=base).validate()
+        # Only now torch and the model code (2-3 s of imports): a bad input has already been told.
+        quiet_libraries()
+        from facesmith.generate import run_generate
+
         with Bars() as bars:
             paths = run_generate(settings, progress=bars, made_with=made_with)
         for path in paths:
             out.print(str(path), highlight=False)
 
-    guarded(work)
+    guarded(work, models=False)
 
 
 @app.command()

@@ -13,6 +13,7 @@ import typer
 from facesmith.cli.app import app, stage_config
 from facesmith.config import flag_summary, parse_flags
 from facesmith.errors import FacesmithError
+from facesmith.library_logs import quiet_libraries
 from facesmith.terminal import Bars, err, guarded, out
 from facesmith.train.config import TrainConfig
 
@@ -35,14 +36,16 @@ def train(
 
     def work():
         from facesmith.train.presets import RECIPES
-        from facesmith.train.trainer import run_train
 
         if recipe is not None and recipe not in RECIPES:
             raise FacesmithError(f"unknown recipe {recipe!r}: pick one of {', '.join(RECIPES)}")
         base = TrainConfig(**RECIPES[recipe]) if recipe is not None and config is None else None
         settings = stage_config(TrainConfig, config, {}, base=base)
         # Flags are given values even when they say "none" (`--resolution none`), so they go on as they are.
-        settings = dataclasses.replace(settings, **parse_flags(TrainConfig, list(ctx.args)))
+        settings = dataclasses.replace(settings, **parse_flags(TrainConfig, list(ctx.args))).validate()
+        quiet_libraries()  # torch and the trainer only once the settings are good
+        from facesmith.train.trainer import run_train
+
         # Under a multi-process launch only the first process draws the bar and names the files.
         quiet = os.environ.get("RANK", "0") != "0"
         with Bars(disable=quiet) as bars:
@@ -53,4 +56,4 @@ def train(
         for path in [] if quiet else result.exports:
             out.print(str(path), highlight=False, soft_wrap=True)
 
-    guarded(work)
+    guarded(work, models=False)

@@ -22,6 +22,12 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 PREDICTIONS = ("epsilon", "v_prediction")
 CACHES = ("none", "memory", "disk")
 PRECISIONS = ("no", "fp16", "bf16")
+# optimizer -> (module to find, pip package): the optional ones `train/optim.py` imports
+OPTIMIZER_PACKAGES = {
+    "adamw8bit": ("bitsandbytes", "bitsandbytes"),
+    "lion": ("lion_pytorch", "lion-pytorch"),
+    "prodigy": ("prodigyopt", "prodigyopt"),
+}
 LORA_TYPES = ("lora", "loha", "lokr")
 LOSS_TYPES = ("l2", "huber", "smooth_l1")  # objective.py computes each
 HUBER_SCHEDULES = ("constant", "exponential", "snr")  # how Kohya's Huber c varies with t
@@ -226,7 +232,38 @@ class TrainConfig(StageConfig):
             raise FacesmithError("keep_checkpoints must be at least 1: the last good checkpoint is kept")
         self._validate_issue16()
         self._validate_networks()
+        self._validate_installed()
+        self._validate_files()
         return self
+
+    def _validate_installed(self) -> None:
+        """The optimizer's package, found without importing it (bitsandbytes alone takes seconds), so that
+        a missing one is told before torch and the model load, not at the first step."""
+        import importlib.util
+
+        package = OPTIMIZER_PACKAGES.get(self.optimizer)
+        if package and importlib.util.find_spec(package[0]) is None:
+            raise FacesmithError(
+                f"optimizer {self.optimizer} needs {package[1]}: pip install {package[1]}, or use optimizer adamw"
+            )
+
+    def _validate_files(self) -> None:
+        # The cheap file checks, before torch is imported (the trainer reads the manifest itself again).
+        from facesmith.data.manifest import MANIFEST
+
+        dataset = Path(self.dataset).expanduser()
+        if not dataset.is_dir():
+            raise FacesmithError(
+                f"dataset {self.dataset} is not a folder: pass --dataset DIR with {MANIFEST}"
+            )
+        if not (dataset / MANIFEST).is_file():
+            raise FacesmithError(
+                f"dataset {self.dataset} has no {MANIFEST}: make one with `facesmith prepare PHOTOS -o {self.dataset}`"
+            )
+        if self.model and not Path(self.model).expanduser().exists():
+            raise FacesmithError(
+                f"model {self.model} does not exist: pass a diffusers folder or a .safetensors file"
+            )
 
     # -- validation, masked loss, prior preservation, learning rates, noise (issue 16)
     def _validate_issue16(self) -> None:
