@@ -6,8 +6,9 @@ import re
 
 import pytest
 
-from facesmith.config import GenerateConfig, NoiseConfig, parse_flags
+from facesmith.config import GenerateConfig, NoiseConfig
 from facesmith.errors import FacesmithError
+from facesmith.flags import parse_flags
 
 
 def test_defaults_are_the_documented_ones():

@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 
 from facesmith.cli.app import app, stage_config
-from facesmith.config import flag_summary, parse_flags
 from facesmith.errors import FacesmithError
+from facesmith.flags import flag_summary, parse_flags
 from facesmith.library_logs import quiet_libraries
 from facesmith.terminal import Bars, err, guarded, out
 from facesmith.train.config import TrainConfig

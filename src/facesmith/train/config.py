@@ -3,7 +3,7 @@
 Defaults follow what Kohya's sd-scripts and diffusers' `train_text_to_image.py` users expect (AdamW at
 1e-4, constant LR, batch 1, fp32 unless asked). The run folder gets `train.toml`, which `--config` reads
 back to make the same run again (`TrainConfig.save`/`load`); every field is also a command-line flag
-(`facesmith.config.parse_flags`). The training itself is `trainer.py`'s.
+(`facesmith.flags.parse_flags`). The training itself is `trainer.py`'s.
 """
 
 from __future__ import annotations
