@@ -52,7 +52,7 @@ def test_disk_cache_is_keyed_on_vae_size_and_images(faces, sd15, tmp_path):
 
 def test_text_state_cache_matches_encoding_each_time(sd15):
     pipe = sd15.pipe
-    cache = TextStateCache(pipe.tokenizer, pipe.text_encoder, torch.device("cpu"))
+    cache = TextStateCache(lambda c: encode_text(pipe.tokenizer, pipe.text_encoder, c, torch.device("cpu")))
     states = cache(["a face", "", "a face"])
     assert len(cache.states) == 2
     with torch.no_grad():

@@ -167,3 +167,38 @@ def test_network_exports_use_lycoris_names_and_load_back_to_the_trained_image(
     torch.testing.assert_close(_latents(loaded), trained, rtol=1e-4, atol=1e-4)
     base = StableDiffusionPipeline.from_pretrained(str(sd15_folder), safety_checker=None)
     assert not torch.allclose(_latents(base), trained, atol=1e-3)
+
+
+def test_a_zero_terminal_snr_run_exports_and_samples_its_grids_with_the_rescaled_schedule(
+    faces, sd15_folder, tmp_path
+):
+    from facesmith.models.loading import load_model
+    from facesmith.samplers import make_scheduler
+    from facesmith.train.sampling import labelled_grid, read_prompt_file, sample_images
+    from facesmith.train.trainer import run_train
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a face --s 3 --d 1\n")
+    settings = dict(dataset=str(faces), model=str(sd15_folder), resolution=64, batch_size=2, max_steps=1,
+                    tensorboard=False, prediction_type="v_prediction", sample_prompts=str(prompts),
+                    sample_sampler="DDIM")  # fmt: skip
+    run = tmp_path / "zsnr"
+    result = run_train(TrainConfig(**settings, output_dir=str(run), zero_terminal_snr=True))
+    saved = json.loads((run / "model" / "scheduler" / "scheduler_config.json").read_text())
+    assert saved["rescale_betas_zero_snr"] is True and saved["timestep_spacing"] == "trailing"
+    assert saved["prediction_type"] == "v_prediction"
+    # Loaded back, its sampler starts at SNR 0, from the last timestep.
+    sampler = make_scheduler("DDIM", load_model(run / "model").pipe.scheduler.config)
+    sampler.set_timesteps(3)
+    assert sampler.alphas_cumprod[-1] == 0 and sampler.timesteps[0] == 999
+    # The step-0 grid is the base weights sampled under the rescaled schedule, not under the plain one.
+    loaded = load_model(sd15_folder)
+    base, cpu, cfg = loaded.pipe, torch.device("cpu"), loaded.default_cfg
+    plain = sample_images(base, read_prompt_file(prompts), "DDIM", 64, cpu, cfg=cfg)
+    base.scheduler.register_to_config(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    rescaled = sample_images(base, read_prompt_file(prompts), "DDIM", 64, cpu, cfg=cfg)
+    grid = lambda images: list(labelled_grid(images, read_prompt_file(prompts)).getdata())  # noqa: E731
+    from PIL import Image
+
+    first = list(Image.open(result.samples[0]).convert("RGB").getdata())
+    assert first == grid(rescaled) and first != grid(plain)

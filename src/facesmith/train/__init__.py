@@ -1,7 +1,7 @@
 """`facesmith train`: fine-tune (full, LoRA/LoHa/LoKr/DoRA, textual inversion) or train from a preset, on Accelerate.
 
 Modules, one idea each: config (TrainConfig), dataset (manifest, buckets, batch order), cache (latents and
-text states), model (what learns, fit check), embedding (textual inversion's tokens), presets (from-scratch
+text states), conditioning (text states and SDXL's size/crop ids for the UNet), model (what learns, fit check), embedding (textual inversion's tokens), presets (from-scratch
 models), objective (noise, targets, losses), masks (masked loss), prior (prior preservation), optim
 (optimizers, LR schedules), checkpoint (atomic folders, checked loads), state (the TrainState and its
 save/resume pair), validation (the held-out loss), sampling (prompt files, grids), export (diffusers,

@@ -20,7 +20,7 @@ import torch
 
 from facesmith.errors import FacesmithError
 from facesmith.latents import encode_image
-from facesmith.train.dataset import BatchItem, FaceImage, load_pixels
+from facesmith.train.dataset import BatchItem, FaceImage, crop_conditioning, load_pixels
 
 CROP = "center"
 
@@ -136,6 +136,12 @@ class LatentSource:
         x = torch.stack(pixels).to(self.device, self.dtype)
         return encode_image(self.vae, x).float()
 
+    def time_ids(self, items: list[BatchItem]) -> torch.Tensor:
+        """SDXL's [B, 6] size and crop conditioning of the items (`dataset.crop_conditioning`), which the
+        latents of those items were made under; float32 on the training device."""
+        rows = [crop_conditioning(self.images[i.index].size, self.sizes[i.index], i.flip) for i in items]
+        return torch.tensor(rows, dtype=torch.float32, device=self.device)
+
     def latents(self, items: list[BatchItem]) -> torch.Tensor:
         """float32 scaled latents [B, C, h, w] on the training device."""
         if self.rows:
@@ -225,12 +231,19 @@ def overlong_captions(tokenizer, captions: set[str], max_length: int | None) -> 
 
 class TextStateCache:
     """Frozen text-encoder states by caption (captions must not vary): encoded ahead of training by
-    `fill`, and any caption it did not know on first use."""
+    `fill`, and any caption it did not know on first use. `encode(captions)` gives the states of a list
+    of captions: one [B, T, D] tensor, or a tuple of tensors (SDXL's hidden states and pooled embeds)."""
 
-    def __init__(self, tokenizer, text_encoder, device: torch.device, max_length: int | None = None):
-        self.tokenizer, self.text_encoder, self.device = tokenizer, text_encoder, device
-        self.max_length = max_length
-        self.states: dict[str, torch.Tensor] = {}
+    def __init__(self, encode: Callable[[list[str]], torch.Tensor | tuple[torch.Tensor, ...]]):
+        self.encode = encode
+        self.states: dict[str, torch.Tensor | tuple[torch.Tensor, ...]] = {}
+
+    def _add(self, captions: list[str]) -> None:
+        encoded = self.encode(captions)
+        if isinstance(encoded, tuple):
+            self.states.update(zip(captions, zip(*encoded, strict=True), strict=True))
+        else:
+            self.states.update(zip(captions, encoded, strict=True))
 
     @torch.no_grad()
     def fill(
@@ -241,15 +254,16 @@ class TextStateCache:
         todo = sorted(set(captions) - set(self.states))
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
-            encoded = encode_text(self.tokenizer, self.text_encoder, chunk, self.device, self.max_length)
-            self.states.update(zip(chunk, encoded, strict=True))
+            self._add(chunk)
             if progress is not None:
                 progress(start + len(chunk), len(todo))
 
     @torch.no_grad()
-    def __call__(self, captions: list[str]) -> torch.Tensor:
+    def __call__(self, captions: list[str]) -> torch.Tensor | tuple[torch.Tensor, ...]:
         missing = sorted({c for c in captions if c not in self.states})
         if missing:
-            encoded = encode_text(self.tokenizer, self.text_encoder, missing, self.device, self.max_length)
-            self.states.update(zip(missing, encoded, strict=True))
-        return torch.stack([self.states[c] for c in captions])
+            self._add(missing)
+        rows = [self.states[c] for c in captions]
+        if isinstance(rows[0], tuple):
+            return tuple(torch.stack(part) for part in zip(*rows, strict=True))
+        return torch.stack(rows)

@@ -243,15 +243,33 @@ def training_caption(image: FaceImage, config: TrainConfig, rng: random.Random) 
     )
 
 
+def cover_geometry(source: tuple[int, int], size: tuple[int, int]) -> tuple[tuple[int, int], int, int]:
+    """((resized w, h), left, top): the cover resize of a `source` (w, h) image and the offset of its
+    centre crop to `size` (w, h)."""
+    width, height = size
+    scale = max(width / source[0], height / source[1])
+    resized = (max(width, round(source[0] * scale)), max(height, round(source[1] * scale)))
+    return resized, (resized[0] - width) // 2, (resized[1] - height) // 2
+
+
 def cover_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """`image` resized to cover `size` (w, h) and centre-cropped to it: how a training image meets its
     bucket, and so how its loss mask does too (`masks.py`)."""
-    width, height = size
-    scale = max(width / image.width, height / image.height)
-    resized = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    resized, left, top = cover_geometry(image.size, size)
     image = image.resize(resized, Image.LANCZOS)
-    left, top = (resized[0] - width) // 2, (resized[1] - height) // 2
-    return image.crop((left, top, left + width, top + height))
+    return image.crop((left, top, left + size[0], top + size[1]))
+
+
+def crop_conditioning(source: tuple[int, int], size: tuple[int, int], flip: bool) -> tuple[int, ...]:
+    """SDXL's micro-conditioning of one training image: (original h, w, crop top, left, target h, w).
+
+    As diffusers' `train_text_to_image_sdxl.py`: the original size is the image's before the resize,
+    the crop's top-left corner is in the resized image, and the target is the bucket. A mirrored image's
+    crop starts where the mirror of its right edge is (the flip comes after the crop here)."""
+    resized, left, top = cover_geometry(source, size)
+    if flip:
+        left = resized[0] - size[0] - left
+    return (source[1], source[0], top, left, size[1], size[0])
 
 
 def load_pixels(path: Path, size: tuple[int, int]) -> torch.Tensor:

@@ -1,13 +1,16 @@
 """Trained weights as files the ecosystem loads: diffusers folders, single files, Kohya LoRAs.
 
-- Full fine-tunes of SD models: `OUTPUT_DIR/model/` (diffusers `save_pretrained`) and
-  `OUTPUT_DIR/model.safetensors` in the original SD layout (`facesmith.models.sd_layout.save_original`),
-  which AUTOMATIC1111, ComfyUI and facesmith's single-file loader read.
+- Full fine-tunes of SD models: `OUTPUT_DIR/model/` (diffusers `save_pretrained`) and, for SD 1.x and
+  SDXL, `OUTPUT_DIR/model.safetensors` in the original layout (`facesmith.models.sd_layout.save_original`),
+  which AUTOMATIC1111, ComfyUI and facesmith's single-file loader read. Its scheduler config samples as
+  the model was trained (zero terminal SNR: `objective.sampling_schedule`).
 - Preset models (MiniLM + TAEF2): `OUTPUT_DIR/model/` in the default model's layout (sha256-checked fp16
   UNet shards + `unet.json`), which `facesmith.models.default_model.build_default_pipeline` loads.
 - LoRA: `OUTPUT_DIR/NAME.safetensors` (NAME: the output folder's name) in Kohya's format, as `networks/lora.py` of sd-scripts saves it:
   `lora_unet_<diffusers module path with _>.lora_down.weight` / `.lora_up.weight` / `.alpha` (and
-  `lora_te_text_model_...` for the text encoder), with Kohya's `ss_*` training metadata and the
+  `lora_te_text_model_...` for the text encoder; SDXL files as sd-scripts' `sdxl_train_network.py` writes
+  them: UNet layers under the original SGM names, `lora_unet_input_blocks_4_1_...`, and the two text
+  encoders as `lora_te1_text_model_...` / `lora_te2_text_model_...`), with Kohya's `ss_*` training metadata and the
   Stability AI model-spec (`modelspec.*`) keys, which name the real base model (family, name, sha256).
   diffusers' `load_lora_weights` reads it.
 - Textual inversion (mode embedding): `OUTPUT_DIR/NAME.safetensors` (with several tokens one file per
@@ -36,9 +39,14 @@ from facesmith.errors import FacesmithError
 from facesmith.models.loading import non_finite
 from facesmith.train.config import TrainConfig
 from facesmith.train.model import TrainModel
+from facesmith.train.objective import sampling_schedule
 
-ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512"}
-BASE_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2"}  # Kohya's ss_base_model_version
+ARCHITECTURES = {
+    "sd1": "stable-diffusion-v1",
+    "sd2": "stable-diffusion-v2-512",
+    "sdxl": "stable-diffusion-xl-v1-base",
+}
+BASE_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}  # Kohya's ss_base_model_version
 
 
 def run_name(output_dir: Path) -> str:
@@ -82,17 +90,25 @@ def kohya_lora_state(model: TrainModel, alpha: float, lora_type: str = "lora") -
     from peft import get_peft_model_state_dict
 
     state = {}
-    parts = [("lora_unet_", model.pipe.unet, model.unet_lora)]
-    if model.text_lora:
-        parts.append(("lora_te_", model.pipe.text_encoder, model.text_lora))
+    pipe, sdxl = model.pipe, model.family == "sdxl"
+    parts = [("lora_unet_", pipe.unet, model.unet_lora)]
+    if sdxl:  # Kohya's SDXL text encoder prefixes (sd-scripts networks/lora.py LORA_PREFIX_TEXT_ENCODER1/2)
+        parts += [("lora_te1_", pipe.text_encoder, model.text_lora)]
+        parts += [("lora_te2_", pipe.text_encoder_2, model.text_lora_2)]
+    else:
+        parts.append(("lora_te_", pipe.text_encoder, model.text_lora))
     names = LYCORIS_NAMES[lora_type]
     for prefix, module, targets in parts:
         if not targets:
             continue
         layers = get_peft_model_state_dict(module)
+        # Kohya's SDXL UNet is the original SGM one (sdxl_original_unet.py): its LoRAs name UNet layers as
+        # `input_blocks.4.1...`, where SD 1.x files use diffusers' module names.
+        sgm = _sgm_names(pipe.unet, targets) if sdxl and prefix == "lora_unet_" else {}
         for name in targets:
             # Kohya names CLIP layers from `text_model.`, which transformers 5 models may not have.
-            written = f"text_model.{name.removeprefix('text_model.')}" if prefix == "lora_te_" else name
+            text = prefix.startswith("lora_te")
+            written = f"text_model.{name.removeprefix('text_model.')}" if text else sgm.get(name, name)
             key = prefix + written.replace(".", "_")
             tensors = {
                 ours: layers[f"{name}.{theirs}"]
@@ -111,6 +127,16 @@ def kohya_lora_state(model: TrainModel, alpha: float, lora_type: str = "lora") -
                 state[f"{key}.{suffix}"] = tensor.detach().cpu().contiguous()
             state[f"{key}.alpha"] = torch.tensor(float(alpha))
     return state
+
+
+def _sgm_names(unet, targets: list[str]) -> dict[str, str]:
+    """diffusers UNet module names -> the original (SGM) layout's, through `sd_layout.unet_to_original`."""
+    from facesmith.models.sd_layout import UNET_PREFIX, unet_to_original
+
+    original = unet_to_original({f"{name}.weight": None for name in targets}, unet.config)
+    return {
+        name: key[len(UNET_PREFIX) : -len(".weight")] for name, key in zip(targets, original, strict=True)
+    }
 
 
 def _rank_of(module: torch.nn.Module, name: str) -> int:
@@ -255,10 +281,13 @@ def export_full(
     folder = output_dir / name
     trained = {f"unet.{k}": v for k, v in pipe.unet.state_dict().items()}
     if config.train_text_encoder:
-        trained.update({f"text_encoder.{k}": v for k, v in pipe.text_encoder.state_dict().items()})
+        for part in ("text_encoder", "text_encoder_2"):
+            if getattr(pipe, part, None) is not None:
+                trained.update({f"{part}.{k}": v for k, v in getattr(pipe, part).state_dict().items()})
     check_finite(trained, folder)
-    # The pipeline samples with the schedule the model was trained for.
-    pipe.scheduler.register_to_config(prediction_type=model.prediction_type)
+    # The pipeline samples with the schedule the model was trained for (with zero terminal SNR: its
+    # rescaled betas and trailing timesteps, objective.sample_as_trained).
+    pipe.scheduler.register_to_config(prediction_type=model.prediction_type, **sampling_schedule(config))
     if model.family.startswith("preset:"):
         from facesmith.models.shards import save_sharded
 
@@ -282,7 +311,8 @@ def export_full(
                         "beta_schedule",
                         "prediction_type",
                     )
-                },
+                }
+                | sampling_schedule(config),
                 "latent_scale": pipe.vae.config.scaling_factor,
                 "resolution": info.get("resolution"),
                 "step": info.get("step"),
@@ -295,7 +325,7 @@ def export_full(
         if getattr(pipe, part, None) is not None:
             write_bpe_files(getattr(pipe, part), folder / part)
     written = [folder]
-    if single_file and config.export_single_file and model.family == "sd1":
+    if single_file and config.export_single_file and model.family in ("sd1", "sdxl"):
         from facesmith.models.sd_layout import save_original
 
         path = output_dir / f"{name}.safetensors"

@@ -4,13 +4,16 @@ Full fine-tuning trains every UNet weight (and the text encoder's when asked). L
 (`LoraConfig`, diffusers' `add_adapter`) on Kohya's default targets: every Linear and 1x1 Conv2d inside
 the UNet's transformer blocks (`Transformer2DModel`) and the text encoder's attention and MLP layers;
 with `lora_conv` also the layers of ResNet, down- and up-sampling blocks (Kohya's LoCon `conv_dim`).
+SDXL trains as diffusers' `train_text_to_image_sdxl.py` / `train_text_to_image_lora_sdxl.py` and
+Kohya's `sdxl_train.py` / `sdxl_train_network.py` do: `train_text_encoder` trains (or adds LoRA to) both
+text encoders; its conditioning is `conditioning.py`'s.
 The fit check runs before the first step so that a dataset or model mismatch never costs a training run.
 Loading sources is `facesmith.models.loading`'s job; writing files is `export.py`'s.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,8 +28,8 @@ TEXT_BLOCKS = ("CLIPAttention", "CLIPMLP")
 
 @dataclass
 class TrainModel:
-    pipe: Any  # StableDiffusionPipeline; its unet/text_encoder are the trained modules
-    family: str  # "sd1", "sd2" or "preset:<name>"
+    pipe: Any  # StableDiffusion(XL)Pipeline; its unet/text_encoder(s) are the trained modules
+    family: str  # "sd1", "sd2", "sdxl" or "preset:<name>"
     noise_scheduler: Any  # DDPMScheduler with the model's noise schedule and prediction type
     unet_lora: list[str]  # LoRA target module names (empty for full fine-tuning)
     text_lora: list[str]
@@ -34,6 +37,7 @@ class TrainModel:
     base_hash: str | None = None  # sha256 of its weight files (UNet shards or files); None from scratch
     default_sampler: str = "DDIM"  # what its sample grids use unless told (the model's own, as generate)
     default_cfg: float = 7.5
+    text_lora_2: list[str] = field(default_factory=list)  # SDXL's text_encoder_2 LoRA targets
 
     @property
     def prediction_type(self) -> str:
@@ -41,9 +45,10 @@ class TrainModel:
 
     def trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
         params = [(f"unet.{n}", p) for n, p in self.pipe.unet.named_parameters() if p.requires_grad]
-        params += [
-            (f"text_encoder.{n}", p) for n, p in self.pipe.text_encoder.named_parameters() if p.requires_grad
-        ]
+        for part in ("text_encoder", "text_encoder_2"):
+            encoder = getattr(self.pipe, part, None)
+            if encoder is not None:
+                params += [(f"{part}.{n}", p) for n, p in encoder.named_parameters() if p.requires_grad]
         return params
 
 
@@ -74,8 +79,11 @@ def build_model(config: TrainConfig) -> TrainModel:
         family = (
             f"preset:{_preset_of(config.model)}" if isinstance(pipe.vae, TAEF2) else pipeline_family(pipe)
         )
-        if family == "sdxl":
-            raise FacesmithError("training SDXL is not supported yet: pass an SD 1.x or 2.x model")
+        if family == "sdxl" and config.mode == "embedding":
+            raise FacesmithError(
+                "mode embedding trains SD 1.x / 2.x models here (SDXL's two text encoders each need their "
+                "own vectors): use mode lora for an SDXL model"
+            )
     if family.startswith("preset:") and config.train_text_encoder:
         raise FacesmithError(
             "train_text_encoder: the default model's layout keeps its MiniLM text encoder frozen (its export "
@@ -86,14 +94,17 @@ def build_model(config: TrainConfig) -> TrainModel:
         schedule["prediction_type"] = config.prediction_type
     noise_scheduler = DDPMScheduler.from_config(schedule)
 
+    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
     pipe.vae.requires_grad_(False).eval()
-    pipe.text_encoder.requires_grad_(False).eval()
+    for encoder in encoders:
+        encoder.requires_grad_(False).eval()
     pipe.unet.requires_grad_(False).train()
-    unet_lora, text_lora = [], []
+    unet_lora, text_loras = [], [[], []]
     if config.mode == "full":
         pipe.unet.requires_grad_(True)
-        if config.train_text_encoder:
-            pipe.text_encoder.requires_grad_(True).train()
+        if config.train_text_encoder:  # SDXL: both, as diffusers' and Kohya's SDXL scripts do
+            for encoder in encoders:
+                encoder.requires_grad_(True).train()
     elif config.mode == "embedding":
         from facesmith.train.embedding import add_training_tokens
 
@@ -101,25 +112,27 @@ def build_model(config: TrainConfig) -> TrainModel:
     else:
         unet_lora = lora_targets(pipe.unet, UNET_BLOCKS + (UNET_CONV_BLOCKS if config.lora_conv else ()))
         pipe.unet.add_adapter(_lora_config(unet_lora, config))
-        if config.train_text_encoder:
-            text_lora = lora_targets(pipe.text_encoder, TEXT_BLOCKS)
-            if not text_lora:
+        for k, encoder in enumerate(encoders if config.train_text_encoder else []):
+            text_loras[k] = lora_targets(encoder, TEXT_BLOCKS)
+            if not text_loras[k]:
                 raise FacesmithError(
-                    f"the text encoder ({type(pipe.text_encoder).__name__}) has no CLIP layers for a LoRA: "
+                    f"the text encoder ({type(encoder).__name__}) has no CLIP layers for a LoRA: "
                     "set train_text_encoder = false"
                 )
             from peft import inject_adapter_in_model
 
             # What diffusers' add_adapter does; transformers' own add_adapter needs a newer peft.
-            lora = _lora_config(text_lora, config)
-            pipe.text_encoder.peft_config = {"default": lora}
-            inject_adapter_in_model(lora, pipe.text_encoder, "default")
-            pipe.text_encoder.train()
+            lora = _lora_config(text_loras[k], config)
+            encoder.peft_config = {"default": lora}
+            inject_adapter_in_model(lora, encoder, "default")
+            encoder.train()
     if config.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
-        if config.train_text_encoder:
-            pipe.text_encoder.gradient_checkpointing_enable()
-    return TrainModel(pipe, family, noise_scheduler, unet_lora, text_lora, base_name, base_hash, *defaults)
+        for encoder in encoders if config.train_text_encoder else []:
+            encoder.gradient_checkpointing_enable()
+    text_lora, text_lora_2 = text_loras
+    return TrainModel(pipe, family, noise_scheduler, unet_lora, text_lora, base_name, base_hash, *defaults,
+                      text_lora_2=text_lora_2)  # fmt: skip
 
 
 def _preset_of(source: str | None) -> str:
@@ -185,13 +198,16 @@ def check_fits(model: TrainModel, sizes: set[tuple[int, int]], max_token_length:
             f"the VAE makes {latent_channels}-channel latents but the UNet takes {unet.in_channels}: "
             "use a VAE and UNet from the same model"
         )
-    width = pipe.text_encoder.config.hidden_size
+    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if model.family == "sdxl" else [])
+    width = sum(encoder.config.hidden_size for encoder in encoders)  # SDXL concatenates both
     if width != unet.cross_attention_dim:
         raise FacesmithError(
             f"the text encoder gives {width}-d states but the UNet cross-attends to {unet.cross_attention_dim}-d: "
             "use the text encoder the model was trained with"
         )
-    if max_token_length not in (None, 75) and type(pipe.text_encoder).__name__ != "CLIPTextModel":
+    if model.family == "sdxl":
+        _check_sdxl_fits(pipe, max_token_length)
+    elif max_token_length not in (None, 75) and type(pipe.text_encoder).__name__ != "CLIPTextModel":
         raise FacesmithError(
             f"max_token_length {max_token_length} chunks CLIP text encoders only; this model's is a "
             f"{type(pipe.text_encoder).__name__}: leave max_token_length unset"
@@ -204,3 +220,21 @@ def check_fits(model: TrainModel, sizes: set[tuple[int, int]], max_token_length:
                 f"{len(unet.block_out_channels) - 1} down-samplings of {pipe.vae_scale_factor}x latents need: "
                 "change resolution (or bucket_step)"
             )
+
+
+def _check_sdxl_fits(pipe, max_token_length: int | None) -> None:
+    """SDXL's added conditioning: the pooled text embeds and six size/crop ids make the UNet's
+    `add_embedding` input (`StableDiffusionXLPipeline._get_add_time_ids`' check, made before training)."""
+    unet = pipe.unet.config
+    pooled = pipe.text_encoder_2.config.projection_dim
+    wanted = unet.projection_class_embeddings_input_dim
+    if unet.addition_embed_type != "text_time" or pooled + 6 * unet.addition_time_embed_dim != wanted:
+        raise FacesmithError(
+            f"this SDXL UNet's added conditioning ({unet.addition_embed_type}, {wanted} inputs) does not take "
+            f"text_encoder_2's {pooled}-d pooled embeds and six size ids: use the text encoders it was made with"
+        )
+    if max_token_length not in (None, 75):
+        raise FacesmithError(
+            f"max_token_length {max_token_length}: SDXL captions are read as 75 tokens, as its pipeline "
+            "reads prompts; leave max_token_length unset"
+        )

@@ -12,6 +12,8 @@
   diffusers' `rescale_betas_zero_snr` on the betas; the last alpha-bar is then set to Kohya's 4.9e-8
   instead of 0 (sd-scripts `fix_noise_scheduler_betas_for_zero_terminal_snr`) so that SNR and min-SNR
   weights stay finite. The paper pairs it with v-prediction: at SNR 0 an epsilon model sees pure noise.
+  Such a model samples with the same rescaled betas from the trailing timestep (`sampling_schedule`): its
+  sample grids and exported scheduler config carry `rescale_betas_zero_snr` and `timestep_spacing`.
 - Min-SNR-gamma (Hang et al. 2023): per-sample weight min(SNR, gamma) / SNR for epsilon and
   min(SNR, gamma) / (SNR + 1) for v, with SNR from diffusers' `compute_snr`.
 - Loss types (Kohya's `--loss_type`, `--huber_c`, `--huber_schedule`, sd-scripts PR #1228,
@@ -99,6 +101,23 @@ def zero_terminal_snr(noise_scheduler):
     rescaled = type(noise_scheduler).from_config(noise_scheduler.config, rescale_betas_zero_snr=True)
     rescaled.alphas_cumprod[-1] = KOHYA_TERMINAL_ALPHA_BAR
     return rescaled
+
+
+def sampling_schedule(config) -> dict:
+    """What a model trained under `config` samples with, beyond its own scheduler config: with zero terminal
+    SNR, diffusers' `rescale_betas_zero_snr=True` and `timestep_spacing="trailing"` (Lin et al. 2023,
+    section 3.3: sampling must start from the last timestep, where SNR is 0)."""
+    return (
+        {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"} if config.zero_terminal_snr else {}
+    )
+
+
+def sample_as_trained(pipe, config) -> None:
+    """Set the pipeline's scheduler config to `sampling_schedule(config)`, so its sample grids (sampling.py
+    rebuilds every sampler from that config) and its exported scheduler sample as the model was trained."""
+    extra = sampling_schedule(config)
+    if extra:
+        pipe.scheduler.register_to_config(**extra)
 
 
 def target_for(
@@ -189,19 +208,25 @@ def diffusion_loss(
 
 
 def batch_loss(unet, text_states, autocast, scheduler, config, noisy, timesteps, target, captions, *,
-               mask: torch.Tensor | None = None, reg=None) -> torch.Tensor:  # fmt: skip
+               mask: torch.Tensor | None = None, reg=None, time_ids=None) -> torch.Tensor:  # fmt: skip
     """The loss of one micro-batch: `per_sample_loss` under `config`'s options, plus prior_loss_weight x the
     class batch's (`prior.ClassBatch`) when `reg` is given. The UNet runs under `autocast()`, once on both
-    batches when their latents have one shape (as train_dreambooth.py concatenates), else once on each."""
+    batches when their latents have one shape (as train_dreambooth.py concatenates), else once on each.
+    `time_ids`: SDXL's size and crop conditioning of the batch (`conditioning.denoise`)."""
+    from facesmith.train.conditioning import denoise
+
     with autocast():
         if reg is not None and reg.noisy.shape[1:] == noisy.shape[1:]:
             states = text_states(captions + reg.captions)
-            both = unet(torch.cat([noisy, reg.noisy]), torch.cat([timesteps, reg.timesteps]), states).sample
+            ids = None if time_ids is None else torch.cat([time_ids, reg.time_ids])
+            both = denoise(unet, torch.cat([noisy, reg.noisy]), torch.cat([timesteps, reg.timesteps]),
+                           states, ids)  # fmt: skip
             prediction, reg_prediction = both.split([len(captions), len(reg.captions)])
         else:
-            prediction = unet(noisy, timesteps, text_states(captions)).sample
+            prediction = denoise(unet, noisy, timesteps, text_states(captions), time_ids)
             if reg is not None:  # another bucket's shape: a call of its own
-                reg_prediction = unet(reg.noisy, reg.timesteps, text_states(reg.captions)).sample
+                reg_states = text_states(reg.captions)
+                reg_prediction = denoise(unet, reg.noisy, reg.timesteps, reg_states, reg.time_ids)
     gamma, options = config.min_snr_gamma, loss_options(config)
     loss = per_sample_loss(prediction, target, timesteps, scheduler, gamma, mask=mask, **options).mean()
     if reg is not None:

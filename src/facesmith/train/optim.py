@@ -26,15 +26,22 @@ def param_groups(named: list[tuple[str, torch.nn.Parameter]], config: TrainConfi
     rates = {"unet": config.unet_lr, "text_encoder": config.text_encoder_lr}
     groups = []
     for part, rate in rates.items():
-        params = [p for name, p in named if name.split(".", 1)[0] == part]
+        params = [p for name, p in named if _part(name) == part]
         if params:
             groups.append(
                 {"params": params, "lr": config.learning_rate if rate is None else rate, "name": part}
             )
-    others = [p for name, p in named if name.split(".", 1)[0] not in rates]
+    others = [p for name, p in named if _part(name) not in rates]
     if others:
         groups.append({"params": others, "lr": config.learning_rate, "name": "other"})
     return groups
+
+
+def _part(name: str) -> str:
+    """The model part a trainable tensor belongs to; SDXL's text_encoder_2 learns at the text encoder's
+    rate, as Kohya's single --text_encoder_lr sets both."""
+    part = name.split(".", 1)[0]
+    return "text_encoder" if part == "text_encoder_2" else part
 
 
 def make_optimizer(params: list[torch.nn.Parameter] | list[dict], config: TrainConfig, device: torch.device):

@@ -128,6 +128,7 @@ class ClassBatch:
     timesteps: torch.Tensor
     target: torch.Tensor
     captions: list[str]
+    time_ids: torch.Tensor | None = None  # SDXL's size and crop conditioning (cache.LatentSource.time_ids)
 
 
 class PriorBatches:
@@ -171,4 +172,5 @@ class PriorBatches:
         noise, timesteps = sample_noise(x0, generator, scheduler, offset, **options)
         noisy = scheduler.add_noise(x0, noise, timesteps)
         target = target_for(scheduler, x0, noise, timesteps)
-        return ClassBatch(noisy, timesteps, target, [self.images[i.index].text for i in items])
+        captions = [self.images[i.index].text for i in items]
+        return ClassBatch(noisy, timesteps, target, captions, self.latents.time_ids(items))

@@ -68,7 +68,8 @@ def run_train(config: TrainConfig, progress: Progress | None = None) -> TrainRes
 
 def _train(config: TrainConfig, progress: Progress | None) -> None:
     from facesmith.train import checkpoint as ckpt
-    from facesmith.train.cache import LatentSource, TextStateCache, encode_text, warn_overlong_captions
+    from facesmith.train.cache import LatentSource, warn_overlong_captions
+    from facesmith.train.conditioning import Conditioner
     from facesmith.train.dataset import (
         BatchStream,
         TrainingWarning,
@@ -83,6 +84,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     from facesmith.train.objective import (
         batch_loss,
         noise_options,
+        sample_as_trained,
         sample_noise,
         target_for,
         training_scheduler,
@@ -125,6 +127,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     assigned = bucketed_images(images, config, resolution)
     class_images = class_images_for(config, accelerator, model, out, resolution, device, report)
+    sample_as_trained(pipe, config)  # after the base model's class images: those sample as it does
     class_assigned = bucketed_images(class_images, config, resolution) if class_images else {}
     held_assigned = bucketed_images(held_out, config, resolution) if held_out else {}
     check_fits(model, set(assigned) | set(class_assigned) | set(held_assigned), config.max_token_length)
@@ -135,7 +138,8 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     pipe.vae.to(device, weight_dtype if config.cache_latents == "none" else torch.float32)
     pipe.unet.to(device)
     train_text = config.train_text_encoder or config.mode == "embedding"  # TI's tokens learn through it
-    pipe.text_encoder.to(device, torch.float32 if train_text else weight_dtype)
+    conditioner = Conditioner(pipe, device, train_text=train_text, long_length=long_length)
+    conditioner.to(weight_dtype)
     cache_dir = Path(config.cache_dir) if config.cache_dir else out / "cache"
 
     def latent_source(pictures, buckets, flip: bool) -> LatentSource:
@@ -147,13 +151,11 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     loss_masks = loss_masks_for(config, images, assigned, pipe.vae_scale_factor, device, cache_dir, report)
     # Whole-caption dropout alone keeps captions fixed: "" is one more caption to cache.
     varying = config.caption_shuffle or config.caption_tag_dropout > 0 or config.caption_from_attributes
-    text_cache = None
     if config.cache_text_encoder and not train_text and not varying:
-        text_cache = TextStateCache(pipe.tokenizer, pipe.text_encoder, device, long_length)
         captions = {image.text for image in images + class_images + held_out}
         captions |= {""} if config.caption_dropout > 0 else set()
         with accelerator.autocast():  # as the training step encodes them
-            text_cache.fill(captions, progress=lambda done, count: report("encoding captions", done, count))
+            conditioner.fill_cache(captions, progress=lambda done, count: report("encoding captions", done, count))  # fmt: skip
 
     # -- Set up the optimisation and the training state.
     named = model.trainable()
@@ -190,7 +192,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
 
         ema = EMAModel(params, decay=config.ema_decay)
     unet = accelerator.prepare(pipe.unet)
-    text_encoder = accelerator.prepare(pipe.text_encoder) if train_text else pipe.text_encoder
+    conditioner.prepare(accelerator)
     # The LR schedule stays unprepared: Accelerate would step it once per process.
     optimizer = accelerator.prepare(optimizer)
     learning = dict(named=named, optimizer=optimizer, schedule=schedule, ema=ema)
@@ -228,18 +230,9 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     # -- Train.
     noise_args = noise_options(config)
 
-    def text_states(captions: list[str]) -> torch.Tensor:
-        if text_cache is not None:
-            return text_cache(captions)
-        if train_text:
-            return encode_text(pipe.tokenizer, text_encoder, captions, device, long_length)
-        with torch.no_grad():
-            return encode_text(pipe.tokenizer, text_encoder, captions, device, long_length)
-
     def validate(step: int) -> None:
         if validation is not None:
-            raw_text = accelerator.unwrap_model(text_encoder) if train_text else text_encoder
-            states = text_cache or (lambda c: encode_text(pipe.tokenizer, raw_text, c, device, long_length))
+            states = conditioner.frozen(accelerator)
             validation.at(step, accelerator.unwrap_model(unet), states, accelerator.autocast)
         accelerator.wait_for_everyone()
 
@@ -270,10 +263,10 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
                 with contextlib.ExitStack() as stack:
                     if micro < config.gradient_accumulation - 1:
                         stack.enter_context(accelerator.no_sync(unet))
-                        if train_text:
-                            stack.enter_context(accelerator.no_sync(text_encoder))
-                    loss = batch_loss(unet, text_states, accelerator.autocast, scheduler, config, noisy,
-                                      timesteps, target, captions, mask=mask, reg=reg)  # fmt: skip
+                        conditioner.no_sync(accelerator, stack)
+                    loss = batch_loss(unet, conditioner, accelerator.autocast, scheduler, config, noisy,
+                                      timesteps, target, captions, mask=mask, reg=reg,
+                                      time_ids=latents_of.time_ids(items))  # fmt: skip
                     accelerator.backward(loss / config.gradient_accumulation)
                 micro_losses.append(loss.detach())
             loss_value = accelerator.reduce(torch.stack(micro_losses).mean(), "mean").item()
@@ -381,7 +374,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
         ema.copy_to(params)
     if accelerator.is_main_process:
         pipe.unet = accelerator.unwrap_model(unet, keep_torch_compile=False)
-        pipe.text_encoder = accelerator.unwrap_model(text_encoder, keep_torch_compile=False)
+        conditioner.unwrap_into(accelerator)
         export_run(model, config, out, export_info(state, total, images, resolution, precision))
     accelerator.wait_for_everyone()
     accelerator.end_training()

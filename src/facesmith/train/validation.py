@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from facesmith.errors import FacesmithError
+from facesmith.train.conditioning import denoise
 from facesmith.train.objective import target_for
 
 KOHYA_VALIDATION_TIMESTEPS = (10, 350, 500, 650, 990)  # of 1000 (sd-scripts train_network.py)
@@ -61,12 +62,18 @@ class ValidationLoss:
         """From the held-out `images` and their (unflipped) `cache.LatentSource`."""
         from facesmith.train.dataset import BatchItem
 
-        latents = [source.latents([BatchItem(i, False)])[0] for i in range(len(images))]
-        return cls(latents, [image.text for image in images], noise_scheduler, seed)
+        items = [BatchItem(i, False) for i in range(len(images))]
+        latents = [source.latents([item])[0] for item in items]
+        time_ids = [source.time_ids([item]) for item in items]
+        return cls(latents, [image.text for image in images], noise_scheduler, seed, time_ids)
 
-    def __init__(self, latents: list[torch.Tensor], captions: list[str], noise_scheduler, seed: int) -> None:
-        """`latents`: one [C, h, w] latent per held-out image; `captions`: their captions."""
+    def __init__(
+        self, latents: list[torch.Tensor], captions: list[str], noise_scheduler, seed: int, time_ids=None
+    ) -> None:
+        """`latents`: one [C, h, w] latent per held-out image; `captions`: their captions; `time_ids`:
+        their [1, 6] SDXL size and crop conditioning (unused by other models)."""
         self.latents, self.captions, self.scheduler = latents, captions, noise_scheduler
+        self.time_ids = time_ids or [None] * len(latents)
         self.timesteps = torch.tensor(validation_timesteps(noise_scheduler.config.num_train_timesteps))
         generator = torch.Generator().manual_seed(seed)
         self.noise = [torch.randn((len(self.timesteps), *x.shape), generator=generator) for x in latents]
@@ -81,7 +88,8 @@ class ValidationLoss:
         unet.eval()
         try:
             with torch.random.fork_rng(devices=devices):
-                for latent, caption, noise in zip(self.latents, self.captions, self.noise, strict=True):
+                rows = zip(self.latents, self.captions, self.noise, self.time_ids, strict=True)
+                for latent, caption, noise, ids in rows:
                     count = len(self.timesteps)
                     x0 = latent.unsqueeze(0).expand(count, *latent.shape)
                     noise = noise.to(x0.device, x0.dtype)
@@ -90,7 +98,8 @@ class ValidationLoss:
                     target = target_for(self.scheduler, x0, noise, t)
                     with autocast():
                         states = text_states([caption] * count)
-                        prediction = unet(noisy, t, states).sample
+                        ids = None if ids is None else ids.expand(count, -1)
+                        prediction = denoise(unet, noisy, t, states, ids)
                     losses.append(torch.nn.functional.mse_loss(prediction.float(), target.float()).item())
         finally:
             unet.train(was_training)
