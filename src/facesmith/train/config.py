@@ -146,6 +146,16 @@ class TrainConfig(StageConfig):
     init_word: str = "face"  # each token's vectors start as this word's embedding (mean of its tokens)
     caption_template: str | None = None  # e.g. "a photo of {token}"; {caption} is the image's own caption
 
+    # -- validation prompt set, LoRA block weights (issue 16)
+    validation_prompts: str | None = None  # prompt file scored by evaluate's faithfulness rules
+    validation_prompt_every: int = 0  # steps between scorings of validation_prompts; 0: the last step only
+    attribute_classifier: str | None = None  # classifier folder for validation_prompts; None: the shipped one
+    down_lr_weight: list[float] | None = None  # 12 UNet LR multipliers, IN00-IN11 (Kohya; blocks.py)
+    mid_lr_weight: float | None = None  # the MID block's
+    up_lr_weight: list[float] | None = None  # 12, OUT00-OUT11
+    block_dims: list[int] | None = None  # 25 ranks, IN00-IN11, MID, OUT00-OUT11 (0: no module there)
+    block_alphas: list[float] | None = None  # 25 alphas; None: lora_alpha
+
     # ------------------------------------------------------------------------------------------------------
     def resolved(self) -> TrainConfig:
         """A copy with every path absolute, so that the `train.toml` it saves reproduces the run from any
@@ -164,6 +174,8 @@ class TrainConfig(StageConfig):
             model=absolute(self.model, must_exist=True),
             cache_dir=absolute(self.cache_dir),
             sample_prompts=absolute(self.sample_prompts),
+            validation_prompts=absolute(self.validation_prompts),
+            attribute_classifier=absolute(self.attribute_classifier),
             mask_dir=absolute(self.mask_dir),
             reg_dir=absolute(self.reg_dir),
             resume=self.resume if self.resume in (None, "latest") else absolute(self.resume),
@@ -232,6 +244,15 @@ class TrainConfig(StageConfig):
             raise FacesmithError("keep_checkpoints must be at least 1: the last good checkpoint is kept")
         self._validate_issue16()
         self._validate_networks()
+        from facesmith.train.blocks import check_block_settings
+
+        check_block_settings(self)
+        if self.validation_prompt_every < 0:
+            raise FacesmithError(f"validation_prompt_every {self.validation_prompt_every} must be >= 0")
+        if self.validation_prompts is not None and not Path(self.validation_prompts).is_file():
+            raise FacesmithError(
+                f"validation prompt file {self.validation_prompts} does not exist: give a file, one prompt a line"
+            )
         self._validate_installed()
         self._validate_files()
         return self

@@ -115,8 +115,9 @@ def kohya_lora_state(model: TrainModel, alpha: float, lora_type: str = "lora") -
                 for theirs, ours in names.items()
                 if f"{name}.{theirs}" in layers
             }
+            own_alpha = _alpha_of(module, name, alpha)  # block_alphas give modules their own
             if lora_type == "lokr" and "lokr_w1" in tensors and "lokr_w2" in tensors:
-                tensors["lokr_w1"] = tensors["lokr_w1"] * (alpha / _rank_of(module, name))
+                tensors["lokr_w1"] = tensors["lokr_w1"] * (own_alpha / _rank_of(module, name))
             magnitude = layers.get(f"{name}.lora_magnitude_vector")
             if magnitude is not None:
                 out_features = tensors["lora_up.weight"].shape[0]
@@ -125,7 +126,7 @@ def kohya_lora_state(model: TrainModel, alpha: float, lora_type: str = "lora") -
                 )
             for suffix, tensor in tensors.items():
                 state[f"{key}.{suffix}"] = tensor.detach().cpu().contiguous()
-            state[f"{key}.alpha"] = torch.tensor(float(alpha))
+            state[f"{key}.alpha"] = torch.tensor(float(own_alpha))
     return state
 
 
@@ -137,6 +138,13 @@ def _sgm_names(unet, targets: list[str]) -> dict[str, str]:
     return {
         name: key[len(UNET_PREFIX) : -len(".weight")] for name, key in zip(targets, original, strict=True)
     }
+
+
+def _alpha_of(module: torch.nn.Module, name: str, default: float) -> float:
+    """The alpha peft gave a layer (`alpha_pattern`), LoRA's `lora_alpha` or LyCORIS's `alpha`."""
+    layer = module.get_submodule(name)
+    alphas = getattr(layer, "lora_alpha", None) or getattr(layer, "alpha", None) or {}
+    return float(alphas.get("default", default)) if isinstance(alphas, dict) else default
 
 
 def _rank_of(module: torch.nn.Module, name: str) -> int:
@@ -222,6 +230,11 @@ def network_args(config: TrainConfig) -> str:
         args.update(conv_dim=config.lora_rank, conv_alpha=config.lora_alpha)
     if config.use_dora:
         args["dora_wd"] = True
+    # Kohya's block network args, as its --network_args strings ("1,1,0.5,...").
+    for name in ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_dims", "block_alphas"):
+        value = getattr(config, name)
+        if value is not None:
+            args[name] = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else f"{value:g}"
     return json.dumps(args) if args else "null"
 
 

@@ -3,7 +3,8 @@
 Full fine-tuning trains every UNet weight (and the text encoder's when asked). LoRA goes through peft
 (`LoraConfig`, diffusers' `add_adapter`) on Kohya's default targets: every Linear and 1x1 Conv2d inside
 the UNet's transformer blocks (`Transformer2DModel`) and the text encoder's attention and MLP layers;
-with `lora_conv` also the layers of ResNet, down- and up-sampling blocks (Kohya's LoCon `conv_dim`).
+with `lora_conv` also the layers of ResNet, down- and up-sampling blocks (Kohya's LoCon `conv_dim`);
+Kohya's block weights and block_dims shape the UNet's LoRA per block (`blocks.py`).
 SDXL trains as diffusers' `train_text_to_image_sdxl.py` / `train_text_to_image_lora_sdxl.py` and
 Kohya's `sdxl_train.py` / `sdxl_train_network.py` do: `train_text_encoder` trains (or adds LoRA to) both
 text encoders; its conditioning is `conditioning.py`'s.
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from facesmith.errors import FacesmithError
+from facesmith.train.blocks import block_layout, uses_blocks
 from facesmith.train.config import TrainConfig
 
 UNET_BLOCKS = ("Transformer2DModel",)
@@ -38,6 +40,7 @@ class TrainModel:
     default_sampler: str = "DDIM"  # what its sample grids use unless told (the model's own, as generate)
     default_cfg: float = 7.5
     text_lora_2: list[str] = field(default_factory=list)  # SDXL's text_encoder_2 LoRA targets
+    lr_multipliers: dict[str, float] = field(default_factory=dict)  # UNet LoRA module -> block lr weight
 
     @property
     def prediction_type(self) -> str:
@@ -99,7 +102,7 @@ def build_model(config: TrainConfig) -> TrainModel:
     for encoder in encoders:
         encoder.requires_grad_(False).eval()
     pipe.unet.requires_grad_(False).train()
-    unet_lora, text_loras = [], [[], []]
+    unet_lora, text_loras, multipliers = [], [[], []], {}
     if config.mode == "full":
         pipe.unet.requires_grad_(True)
         if config.train_text_encoder:  # SDXL: both, as diffusers' and Kohya's SDXL scripts do
@@ -111,7 +114,10 @@ def build_model(config: TrainConfig) -> TrainModel:
         add_training_tokens(pipe, config.tokens, config.num_vectors, config.init_word)
     else:
         unet_lora = lora_targets(pipe.unet, UNET_BLOCKS + (UNET_CONV_BLOCKS if config.lora_conv else ()))
-        pipe.unet.add_adapter(_lora_config(unet_lora, config))
+        patterns: tuple = ({}, {})
+        if uses_blocks(config):  # Kohya's block weights and block_dims (blocks.py)
+            unet_lora, *patterns, multipliers = block_layout(pipe.unet, unet_lora, config)
+        pipe.unet.add_adapter(_lora_config(unet_lora, config, *patterns))
         for k, encoder in enumerate(encoders if config.train_text_encoder else []):
             text_loras[k] = lora_targets(encoder, TEXT_BLOCKS)
             if not text_loras[k]:
@@ -132,7 +138,7 @@ def build_model(config: TrainConfig) -> TrainModel:
             encoder.gradient_checkpointing_enable()
     text_lora, text_lora_2 = text_loras
     return TrainModel(pipe, family, noise_scheduler, unet_lora, text_lora, base_name, base_hash, *defaults,
-                      text_lora_2=text_lora_2)  # fmt: skip
+                      text_lora_2=text_lora_2, lr_multipliers=multipliers)  # fmt: skip
 
 
 def _preset_of(source: str | None) -> str:
@@ -146,7 +152,9 @@ def _preset_of(source: str | None) -> str:
     return "face-small"
 
 
-def _lora_config(targets: list[str], config: TrainConfig):
+def _lora_config(
+    targets: list[str], config: TrainConfig, ranks: dict | None = None, alphas: dict | None = None
+):
     """peft's config for `config.lora_type`: LoRA (with DoRA), or LyCORIS's LoHa / LoKr as peft has them.
 
     All start as a no-op, as Kohya's and LyCORIS's do: LoRA's up (B) is zero, LoHa's `hada_w2_a` and
@@ -155,7 +163,8 @@ def _lora_config(targets: list[str], config: TrainConfig):
     """
     from peft import LoHaConfig, LoKrConfig, LoraConfig
 
-    shared = dict(r=config.lora_rank, alpha=config.lora_alpha, target_modules=targets)
+    patterns = dict(rank_pattern=ranks or {}, alpha_pattern=alphas or {})
+    shared = dict(r=config.lora_rank, alpha=config.lora_alpha, target_modules=targets, **patterns)
     if config.lora_type == "loha":
         return LoHaConfig(**shared, module_dropout=0.0, rank_dropout=config.network_dropout)
     if config.lora_type == "lokr":
@@ -167,6 +176,7 @@ def _lora_config(targets: list[str], config: TrainConfig):
         init_lora_weights=True,
         use_dora=config.use_dora,
         lora_dropout=config.network_dropout,
+        **patterns,
     )
 
 

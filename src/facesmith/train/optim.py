@@ -5,7 +5,8 @@
   2023), whose learning rate is a multiplier of its own estimate (1.0 is its documented setting).
 - Learning rates per part (Kohya's `--unet_lr/--text_encoder_lr`): `param_groups` puts the UNet's and the
   text encoder's trainable tensors in two optimizer param groups, each at its own rate (None: learning_rate);
-  the schedule scales both by the same factor.
+  the schedule scales both by the same factor. Kohya's block lr weights (blocks.py) split the UNet's
+  LoRA tensors into one group per weight.
 - Schedules: linear warm-up over `lr_warmup_steps`, then constant, cosine to 0 or linear to 0 at
   `total_steps`, diffusers' `get_scheduler` shapes written as one LambdaLR so the state resumes exactly.
 """
@@ -20,21 +21,40 @@ from facesmith.errors import FacesmithError
 from facesmith.train.config import TrainConfig
 
 
-def param_groups(named: list[tuple[str, torch.nn.Parameter]], config: TrainConfig) -> list[dict]:
+def param_groups(
+    named: list[tuple[str, torch.nn.Parameter]],
+    config: TrainConfig,
+    lr_multipliers: dict[str, float] | None = None,
+) -> list[dict]:
     """Optimizer param groups from `TrainModel.trainable()` names ("unet." / "text_encoder." prefixes):
-    the UNet's at unet_lr, the text encoder's at text_encoder_lr, each defaulting to learning_rate."""
+    the UNet's at unet_lr, the text encoder's at text_encoder_lr, each defaulting to learning_rate.
+    `lr_multipliers` ({UNet module: weight}, Kohya's block lr weights, blocks.py) split the UNet's tensors
+    into one more group per weight, at the UNet's rate times it."""
     rates = {"unet": config.unet_lr, "text_encoder": config.text_encoder_lr}
     groups = []
     for part, rate in rates.items():
-        params = [p for name, p in named if _part(name) == part]
-        if params:
-            groups.append(
-                {"params": params, "lr": config.learning_rate if rate is None else rate, "name": part}
-            )
+        params = [(name, p) for name, p in named if _part(name) == part]
+        base = config.learning_rate if rate is None else rate
+        weights = {name: _multiplier(name, lr_multipliers) for name, _ in params} if part == "unet" else {}
+        for weight in [1.0, *sorted(set(weights.values()) - {1.0})]:  # the plain rate first: it is logged
+            chosen = [p for name, p in params if weights.get(name, 1.0) == weight]
+            if chosen:
+                name = part if weight == 1.0 else f"{part}*{weight:g}"
+                groups.append({"params": chosen, "lr": base * weight, "name": name})
     others = [p for name, p in named if _part(name) not in rates]
     if others:
         groups.append({"params": others, "lr": config.learning_rate, "name": "other"})
     return groups
+
+
+def _multiplier(name: str, lr_multipliers: dict[str, float] | None) -> float:
+    """The block lr weight of a UNet tensor ("unet.<module>.lora_A.default.weight" and the like)."""
+    if not lr_multipliers:
+        return 1.0
+    module = name.removeprefix("unet.")
+    for marker in (".lora_", ".hada_", ".lokr_"):
+        module = module.split(marker, 1)[0]
+    return lr_multipliers.get(module, 1.0)
 
 
 def _part(name: str) -> str:

@@ -34,7 +34,7 @@ RESUME_KEYS = (
     "model", "preset", "mode", "lora_rank", "lora_alpha", "lora_conv", "train_text_encoder", "seed",
     "batch_size", "gradient_accumulation", "resolution", "bucketing", "bucket_step", "min_bucket_side",
     "max_bucket_side", "flip", "ema_decay", "optimizer", "lora_type", "use_dora", "lokr_factor", "tokens",
-    "num_vectors",
+    "num_vectors", "down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_dims", "block_alphas",
 )  # fmt: skip
 
 

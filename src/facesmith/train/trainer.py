@@ -17,7 +17,8 @@ in the same two generators, or in their own seeded one (validation), so resumes 
     OUTPUT_DIR/checkpoints/step-N/    atomic checkpoints (checkpoint.py) of the TrainState (state.py)
     OUTPUT_DIR/samples/step-N.png     labelled sample grids (sampling.py)
     OUTPUT_DIR/logs/                  TensorBoard: loss, lr, grad_norm, val_loss, samples
-    OUTPUT_DIR/validation.csv | .json the validation loss by step and the best step (validation.py)
+    OUTPUT_DIR/validation.csv | .json the validation loss by step and the best step (validation.py), and
+                                      the validation prompt set's faithfulness (validation_prompts.py)
     OUTPUT_DIR/class_images/          class images generated for prior preservation (prior.py)
     OUTPUT_DIR/NAME.safetensors | model/ [+ model.safetensors]   exports (export.py; NAME: the folder's)
     OUTPUT_DIR/NAME-step00000600.safetensors | NAME-step00000600/   the same at each earlier save
@@ -184,7 +185,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
     running = RunningLoss(state.data.batches_per_epoch // config.gradient_accumulation)
     plain = PlainProgress(total, config.log_every)
     plain.enabled = plain.enabled and accelerator.is_main_process and progress is not None
-    optimizer = make_optimizer(param_groups(named, config), config, device)
+    optimizer = make_optimizer(param_groups(named, config, model.lr_multipliers), config, device)
     schedule = make_lr_schedule(optimizer, config, total)
     ema = None
     if config.ema_decay > 0:
@@ -203,12 +204,14 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
         resume_training(resume_from, state, config, **learning, rank=rank)
     if config.tensorboard:
         accelerator.init_trackers("facesmith", config={k: str(v) for k, v in config.to_dict().items()})
-    validation = None
+    validation = prompt_check = None
+    scalars = accelerator.log if config.tensorboard else None
     if validator is not None and accelerator.is_main_process:
-        scalars = accelerator.log if config.tensorboard else None
-        validation = Validation.open(
-            validator, out, state.step, config.validation_seed, report, plain.say, scalars
-        )
+        validation = Validation.open(validator, out, state.step, config.validation_seed, report, plain.say, scalars)  # fmt: skip
+    if config.validation_prompts and accelerator.is_main_process:  # the prompt set (validation_prompts.py)
+        from facesmith.train.validation_prompts import PromptValidation
+
+        prompt_check = PromptValidation.open(config, out, state.step, report, plain.say, scalars)
     prior = None
     if class_images:
         prior = PriorBatches(class_assigned, batch_size=config.batch_size, rank=rank, processes=world,
@@ -328,6 +331,11 @@ def _train(config: TrainConfig, progress: Progress | None) -> None:
                 accelerator.log(logs, step=step)
             if validator is not None and (step % config.validate_every == 0 or step == total):
                 validate(step)
+            every = config.validation_prompt_every
+            if config.validation_prompts and ((every and step % every == 0) or step == total):
+                if prompt_check is not None:
+                    prompt_check.at(step, model, config, resolution, device)
+                accelerator.wait_for_everyone()
             if step % config.save_every == 0 or step == total:
                 save_training(
                     out,

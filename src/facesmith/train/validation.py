@@ -13,7 +13,8 @@ stays bit for bit. Images, captions and latents come from `dataset.py` and `cach
 
 The run folder gets `validation.csv` (step, val_loss: one row per validation, rows past a resumed
 checkpoint dropped) and `validation.json` (the losses, the timesteps, the seed and the best step), which
-`facesmith train` names at the end so a user can pick that step's checkpoint or export.
+`facesmith train` names at the end so a user can pick that step's checkpoint or export; the validation
+prompt set's scores (validation_prompts.py) are written into the same `validation.json`.
 """
 
 from __future__ import annotations
@@ -135,13 +136,24 @@ class ValidationLog:
             writer.writerow(["step", "val_loss"])
             writer.writerows([step, f"{loss:.6g}"] for step, loss in sorted(self.losses.items()))
         best = self.best
-        summary = dict(
-            self.meta,
+        update_validation_json(
+            self.json.parent,
+            **self.meta,
             losses={str(step): loss for step, loss in sorted(self.losses.items())},
             best_step=best[0] if best else None,
             best_val_loss=best[1] if best else None,
         )
-        self.json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+def update_validation_json(out: Path, **entries) -> None:
+    """Set `entries` in `validation.json`, keeping what else it holds: the loss (this module) and the
+    prompt set's scores (validation_prompts.py) are written beside each other."""
+    path = out / JSON_NAME
+    summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    summary.update(entries)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
 
 
 def read_validation(out: Path) -> dict | None:
