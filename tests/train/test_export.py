@@ -74,7 +74,7 @@ def test_lora_metadata_of_the_default_model_names_it_not_sd_v1():
     """Issue 15 bug 8: the embedded model's LoRA was tagged sd_v1 / stable-diffusion-v1 with no model name."""
     from facesmith.models.default_model import default_model_files
     from facesmith.models.loading import cached_sha256
-    from facesmith.train.export import kohya_metadata
+    from facesmith.train.kohya_file import kohya_metadata
 
     config = TrainConfig(mode="lora", lora_rank=2)
     metadata = kohya_metadata(build_model(config), config, {"name": "alice"})
