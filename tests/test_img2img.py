@@ -15,7 +15,14 @@ import facesmith
 from facesmith.cli import app
 from facesmith.config import GenerateConfig
 from facesmith.errors import FacesmithError
-from facesmith.img2img import MaskResizedWarning, image_pipeline, read_mask, resize_image
+from facesmith.img2img import (
+    MaskResizedWarning,
+    fill_masked,
+    image_pipeline,
+    prepare_start,
+    read_mask,
+    resize_image,
+)
 from factory import one_line_error
 
 runner = CliRunner()
@@ -89,7 +96,7 @@ def test_a1111_resize_modes():
 @pytest.mark.parametrize(
     "settings",
     [{}, {"inpaint_full_res": True, "inpaint_full_res_padding": 4}, {"masked_content": "latent noise"},
-     {"mask_invert": True}, {"mask_blur": 0}],
+     {"masked_content": "fill"}, {"mask_invert": True}, {"mask_blur": 0}],
 )  # fmt: skip
 def test_inpainting_repaints_the_mask_and_keeps_the_rest(sd15, photo, square_mask, settings):
     result = img2img(sd15, photo, mask=str(square_mask), strength=0.9, steps=4, **settings)[0]
@@ -218,7 +225,7 @@ def test_validate_names_the_setting():
     with pytest.raises(FacesmithError, match="denoises no step"):
         GenerateConfig(prompt="a", init_image="x.png", strength=0.1, steps=5).validate()
     with pytest.raises(FacesmithError, match="--masked-content"):
-        GenerateConfig(prompt="a", init_image="x.png", masked_content="fill").validate()
+        GenerateConfig(prompt="a", init_image="x.png", masked_content="latent nothing").validate()
 
 
 def test_cli_repaints_the_detected_face_of_a_real_photo(sd15_folder, shared_data, tmp_path):
@@ -247,3 +254,42 @@ def test_progress_counts_the_steps_img2img_runs_and_trace_follows_them(sd15, pho
     assert reports[-1] == ("sampling", 8, 8)  # 2 images x (8 steps x 0.5)
     # The trace's last x0 prediction lands on the image before the overlay (no mask: the image itself).
     assert np.abs(pixels(result.trace[0][-1]) - pixels(result.images[0])).mean() < 3
+
+
+def test_fill_paints_the_hole_with_the_colours_around_it():
+    # Left half red, right half blue, with a noise square in the red half: the mask covers the square.
+    rng = np.random.default_rng(0)
+    field = np.zeros((64, 64, 3), dtype=np.uint8)
+    field[:, :32, 0] = 220
+    field[:, 32:, 2] = 220
+    field[20:36, 6:22] = rng.integers(0, 256, (16, 16, 3))
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[18:38, 4:24] = 255
+    filled = pixels(fill_masked(Image.fromarray(field), Image.fromarray(mask)))
+    assert np.array_equal(filled[mask == 0], field[mask == 0].astype(np.int16))  # kept pixels are the image's
+    hole = filled[mask == 255]
+    # the red around it (a little of the blue half bleeds in from the coarse blurs), none of the noise
+    assert (hole[:, 0] > hole[:, 2] + 100).all() and (hole[:, 1] < 10).all()
+    # a hole at the colour border takes each side's colour near that side
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[:, 24:40] = 255
+    across = pixels(fill_masked(Image.fromarray(field), Image.fromarray(mask)))
+    assert across[50, 25, 0] > across[50, 25, 2] and across[50, 38, 2] > across[50, 38, 0]
+
+
+def test_masked_content_fill_starts_the_masked_area_from_the_surroundings(sd15, tmp_path):
+    green = np.zeros((64, 64, 3), dtype=np.uint8)
+    green[..., 1] = 200
+    green[16:48, 16:48] = np.random.default_rng(1).integers(0, 256, (32, 32, 3))
+    Image.fromarray(green).save(tmp_path / "init.png")
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[12:52, 12:52] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    settings = dict(prompt="a", init_image=str(tmp_path / "init.png"), mask=str(tmp_path / "mask.png"),
+                    mask_blur=0, width=64, height=64)  # fmt: skip
+    filled = prepare_start(GenerateConfig(**settings, masked_content="fill").validate(), sd15.pipe.vae)
+    original = prepare_start(GenerateConfig(**settings).validate(), sd15.pipe.vae)
+    start = pixels(filled.image)[mask == 255]
+    assert (start[:, 1] > 190).all() and (start[:, [0, 2]] < 10).all()  # the green around, not the noise
+    assert np.array_equal(pixels(filled.base), pixels(original.base))  # the picture laid back is the input
+    assert not np.allclose(filled.latents.numpy(), original.latents.numpy())

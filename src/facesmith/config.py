@@ -24,9 +24,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 MAX_STEPS = 1000
-# A1111's img2img resize modes (0, 1, 2) and masked-content choices (its "original" and "latent noise").
+# A1111's img2img resize modes (0, 1, 2) and masked-content choices ("fill", "original", "latent noise").
 RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
-MASKED_CONTENT = ("original", "latent noise")
+MASKED_CONTENT = ("original", "latent noise", "fill")
 
 
 class StageConfig:
@@ -175,7 +175,7 @@ class GenerateConfig(StageConfig):
     mask_invert: bool = False  # repaint what the mask leaves black instead
     inpaint_full_res: bool = False  # "only masked": repaint a padded crop around the mask at full size
     inpaint_full_res_padding: int = 32  # pixels around the mask in that crop
-    masked_content: str = "original"  # or "latent noise": what the masked area starts from
+    masked_content: str = "original"  # or "latent noise", "fill": what the masked area starts from
     # the face detailer (detailer.py), after ADetailer's ad_* arguments: each face found in a finished image
     # is cropped with padding, repainted at detail_size and pasted back through a feathered face mask
     detail_faces: bool = False
@@ -291,7 +291,7 @@ class GenerateConfig(StageConfig):
         self.masked_content = self.masked_content.strip().lower().replace("_", " ")
         if self.masked_content not in MASKED_CONTENT:
             raise FacesmithError(
-                f"--masked-content {self.masked_content!r} is unknown: pick {' or '.join(MASKED_CONTENT)}"
+                f"--masked-content {self.masked_content!r} is unknown: pick {', '.join(MASKED_CONTENT)}"
             )
         if self.mask_blur < 0 or self.inpaint_full_res_padding < 0:
             raise FacesmithError("--mask-blur and --padding are pixel counts: give 0 or more")

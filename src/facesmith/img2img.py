@@ -16,7 +16,7 @@ Owns what a run starting from a picture adds to txt2img, following AUTOMATIC1111
   and diffusers' inpainting pipelines run a plain UNet only with 4 latent channels (not TAEF2's 32). So,
   as A1111 does for such models, img2img runs and after every step the unmasked latents are put back at
   that step's noise level (the mask rounded to latent pixels); "latent noise" starts the masked area
-  from fresh noise instead of the image;
+  from fresh noise instead of the image, and "fill" from the surrounding colours (`fill_masked`);
 - the seam: the decoded image is composited over the input through the blurred mask, so the pixels the
   mask leaves out are the input's exactly (a VAE round trip alone shifts their colours).
 `generate.py` calls `prepare_start` and `Start.denoise`/`Start.finish` from `FaceGenerator.sample`; the
@@ -183,6 +183,42 @@ def finish_mask(mask: Image.Image, config: GenerateConfig, label: str) -> Image.
     return mask
 
 
+# Gaussian sigmas of `fill_masked`, coarse to fine, in pixels: A1111's masking.fill blurs at these radii.
+FILL_SIGMAS = (256, 64, 16, 4, 2)
+
+
+def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
+    """`image` with the area `mask` marks (white) filled from the colours around it: A1111's "fill"
+    masked content (modules/masking.py `fill`), which the img2img pass then starts from.
+
+    Written here as normalized convolution (Knutsson & Westin 1993): at each sigma, coarse to fine, the
+    blur of the kept pixels (weighted 1 - mask) over the blur of their weights is the mean colour of the
+    kept neighbourhood; each finer estimate is laid over the coarser one as far as its neighbourhood holds
+    kept pixels, so a small hole takes its nearest colours and a large one the wider image's. Pixels the
+    mask leaves out are the image's own. A1111 does the same with premultiplied-alpha PIL blurs; its code
+    is AGPL and not used. scipy's separable `gaussian_filter` keeps the 256-pixel sigma cheap."""
+    from scipy.ndimage import gaussian_filter
+
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float64) / 255
+    keep = 1 - np.asarray(mask.convert("L").resize(image.size), dtype=np.float64) / 255
+    if not keep.any():  # nothing kept to take colours from: A1111 leaves a black field
+        return Image.new("RGB", image.size)
+    filled = None
+    for sigma in FILL_SIGMAS:
+        weight = gaussian_filter(keep, sigma, mode="nearest")
+        colour = (
+            np.stack([gaussian_filter(rgb[..., c] * keep, sigma, mode="nearest") for c in range(3)], axis=-1)
+            / np.maximum(weight, 1e-12)[..., None]
+        )
+        if filled is None:
+            filled = colour
+        else:  # how much of this finer neighbourhood is kept: 1 beside kept pixels, 0 deep in the hole
+            support = np.clip(weight, 0, 1)[..., None]
+            filled = support * colour + (1 - support) * filled
+    out = keep[..., None] * rgb + (1 - keep[..., None]) * filled
+    return Image.fromarray(np.clip(np.around(out * 255), 0, 255).astype(np.uint8))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The run
 
@@ -279,6 +315,8 @@ def prepare_start(config: GenerateConfig, vae, given: StartPicture | None = None
             overlay = Image.fromarray(
                 np.clip(np.asarray(work_mask, dtype=np.float32) * 2, 0, 255).astype(np.uint8)
             )
+    if mask is not None and config.masked_content == "fill":  # `base` keeps the unfilled picture
+        image = fill_masked(image, work_mask)
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
     with torch.inference_mode():
         latents = encode_image(vae, pixels.to(vae.device, vae.dtype))

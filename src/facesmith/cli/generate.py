@@ -108,7 +108,9 @@ def generate(
     ] = None,
     masked_content: Annotated[
         str | None,
-        typer.Option(help="What the masked area starts from: original or latent noise [default: original]."),
+        typer.Option(
+            help="What the masked area starts from: original, latent noise or fill [default: original]."
+        ),
     ] = None,
     detail_faces: Annotated[
         bool | None,

@@ -7,8 +7,9 @@ its base64 images in memory (nothing a request sends is written to disk), and th
 txt2img takes (limits, LoRA tags, ADetailer's `alwayson_scripts`, auth, the queue) is `api.py`'s and
 applies here unchanged; a bad image or setting is a 422 naming its field.
 
-A1111's `inpainting_fill` 0 ("fill": the masked area pre-filled with blurred surroundings) runs as 1
-("original"); 3 ("latent nothing") and `resize_mode` 3 (latent upscale) are not offered and get a 422.
+A1111's `inpainting_fill` 0 ("fill": the masked area pre-filled with its blurred surroundings) is
+`img2img.fill_masked`; 3 ("latent nothing") and `resize_mode` 3 (latent upscale) are not offered and
+get a 422.
 The first of `init_images` starts every image of the request.
 """
 
@@ -31,7 +32,7 @@ from facesmith.serve.config import ServeConfig
 from facesmith.serve.jobs import JobQueue
 from facesmith.serve.validation import invalid
 
-FILLS = {0: "original", 1: "original", 2: "latent noise"}  # A1111's inpainting_fill -> masked_content
+FILLS = {0: "fill", 1: "original", 2: "latent noise"}  # A1111's inpainting_fill -> masked_content
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -42,7 +43,7 @@ class Img2ImgRequest(Txt2ImgRequest):
     resize_mode: int = Field(0, description="0 just resize, 1 crop and resize, 2 resize and fill")
     mask: str | None = Field(None, description="base64 mask, white (or opaque) = repaint")
     mask_blur: int = 4
-    inpainting_fill: int = Field(1, description="0 fill (runs as 1), 1 original, 2 latent noise")
+    inpainting_fill: int = Field(1, description="0 fill, 1 original, 2 latent noise")
     inpaint_full_res: bool = Field(True, description="repaint only a crop around the mask, at full size")
     inpaint_full_res_padding: int = 0
     inpainting_mask_invert: int = Field(0, description="1 repaints what the mask leaves black")
@@ -81,7 +82,7 @@ def img2img_config(
             "resize_mode", "resize_mode must be 0 (just resize), 1 (crop) or 2 (fill)", body.resize_mode
         )
     if body.inpainting_fill not in FILLS:
-        raise invalid("inpainting_fill", "inpainting_fill must be 0, 1 (original) or 2 (latent noise)",
+        raise invalid("inpainting_fill", "inpainting_fill must be 0 (fill), 1 (original) or 2 (latent noise)",
                       body.inpainting_fill)  # fmt: skip
     for name in ("mask_blur", "inpaint_full_res_padding"):
         if not 0 <= getattr(body, name) <= serve.max_size:
