@@ -278,3 +278,49 @@ def test_lora_tags_are_parsed_in_linear_time_and_strip_their_commas():
     # process: a regex holds the GIL, so a thread could not time it out.
     hostile = "from facesmith.serve.api import lora_tags; lora_tags('a' + ' ' * 4096 + 'b', {})"
     subprocess.run([sys.executable, "-c", hostile], check=True, timeout=30)
+
+
+def test_progress_counts_the_steps_that_run_and_the_face_pass_as_its_own_stage():
+    from facesmith.config import GenerateConfig
+    from facesmith.serve.jobs import Job
+    from facesmith.serve.progress import progress_from
+
+    def report(job: Job) -> dict:
+        return progress_from({"running": job, "waiting": 0, "done": 0, "cancelled": 0, "failed": 0})
+
+    img2img = GenerateConfig(prompt="a", steps=40, init_image="init_images[0]", strength=0.5, count=2)
+    job = Job(7, img2img, step=25, total=40, started_at=time.time())
+    state = report(job)["state"]
+    assert (state["sampling_steps"], state["job_no"], state["sampling_step"]) == (20, 1, 5)
+    txt2img = Job(8, GenerateConfig(prompt="a", steps=40), step=25, total=40, started_at=time.time())
+    assert report(txt2img)["state"]["sampling_steps"] == 40
+    # the first image is made, its face pass (e.g. 20 steps x 0.4) is on step 3
+    job.step, job.stage, job.stage_step, job.stage_total = 20, "detailing faces", 3, 8
+    progress = report(job)
+    assert progress["state"]["job"] == "job 7: detailing faces"
+    assert (progress["state"]["sampling_step"], progress["state"]["sampling_steps"]) == (3, 8)
+    assert progress["state"]["job_no"] == 0 and "detailing faces, step 3 of 8" in progress["textinfo"]
+    assert progress["progress"] == 0.5  # the main passes' share, as before the face pass began
+
+
+def test_a_running_img2img_job_reports_steps_times_strength(server):
+    import threading
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (120, 80, 40)).save(buffer, format="PNG")
+    init = base64.b64encode(buffer.getvalue()).decode("ascii")
+    body = {"prompt": "a face", "init_images": [init], "denoising_strength": 0.5, "width": 64, "height": 64,
+            "steps": LIMITS["max_steps"], "n_iter": 4}  # fmt: skip
+    worker = threading.Thread(
+        target=lambda: httpx.post(server.url + "/sdapi/v1/img2img", json=body, timeout=120)
+    )
+    worker.start()
+    seen = set()
+    deadline = time.time() + 60
+    while worker.is_alive() and time.time() < deadline:
+        state = _progress(server)["state"]
+        if state["job"]:
+            seen.add(state["sampling_steps"])
+        time.sleep(0.02)
+    worker.join(60)
+    assert seen == {LIMITS["max_steps"] // 2}

@@ -3,7 +3,8 @@
 Owns: the request model of `POST /sdapi/v1/txt2img` (A1111's field names and meanings; unknown fields are
 ignored, as A1111 does), turning it into a `GenerateConfig` within the server's limits, the response
 (`images` as base64 PNGs with metadata, `parameters`, `info` as a JSON string), and the read-only
-endpoints A1111 clients call first: samplers, sd-models, loras, options, progress, plus interrupt.
+endpoints A1111 clients call first: samplers, sd-models, loras, options (progress and interrupt are
+`progress.py`'s).
 Validation errors are HTTP 422 in FastAPI's shape, `{"detail": [{"loc": ["body", FIELD], "msg": ...}]}`,
 whether pydantic or a limit found them. Running jobs is `jobs.py`'s; auth and the app are `app.py`'s.
 
@@ -31,8 +32,9 @@ from facesmith.errors import FacesmithError
 from facesmith.img2img import StartPicture
 from facesmith.samplers import SAMPLERS, check_sampler
 from facesmith.serve.adetailer import detailer_settings
-from facesmith.serve.config import AUTH_USER, credentials
+from facesmith.serve.config import AUTH_USER
 from facesmith.serve.jobs import Job, JobCancelled, JobQueue, Picture, QueueFull
+from facesmith.serve.progress import progress_router
 from facesmith.serve.validation import invalid, validation_error  # noqa: F401 - app.py takes it from here
 
 if TYPE_CHECKING:
@@ -230,34 +232,6 @@ def info_json(body: Txt2ImgRequest, job: Job, pictures: list[Picture], model: di
     )
 
 
-def progress_report(queue: JobQueue) -> dict:
-    """A1111's ProgressResponse for the running job (zeros when idle), plus the queue counts."""
-    state = queue.snapshot()
-    job: Job | None = state["running"]
-    fraction = job.step / job.total if job and job.total else 0.0
-    elapsed = time.time() - job.started_at if job and job.started_at else 0.0
-    eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
-    steps = job.config.steps if job else 0
-    return {
-        "progress": round(fraction, 4),
-        "eta_relative": round(eta, 3),
-        "state": {
-            "skipped": False,
-            "interrupted": bool(job and job.cancel.is_set()),
-            "stopping_generation": False,
-            "job": f"job {job.id}" if job else "",
-            "job_count": state["waiting"] + (1 if job else 0),
-            "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.queued_at)) if job else "0",
-            "job_no": (job.step // steps if steps else 0) if job else 0,
-            "sampling_step": (job.step % steps if steps else 0) if job else 0,
-            "sampling_steps": steps,
-        },
-        "current_image": None,
-        "textinfo": f"job {job.id}: step {job.step} of {job.total}" if job else None,
-        "queue": {k: state[k] for k in ("waiting", "done", "cancelled", "failed")},
-    }
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Routes
 
@@ -362,18 +336,7 @@ def api_router(queue: JobQueue, serve: ServeConfig, model: dict) -> APIRouter:
         # ADetailer is the one always-on script facesmith runs (its face detailer); webuiapi looks for it here
         return {"txt2img": ["adetailer"], "img2img": ["adetailer"]}
 
-    @router.get("/progress")
-    def progress() -> dict:
-        return progress_report(queue)
-
-    @router.post("/interrupt")
-    def interrupt(request: Request) -> dict:
-        """Stop the running job. Under --api-auth only its own user may, or the server's first user."""
-        user = request.scope.get(AUTH_USER)
-        users = [name for name, _ in credentials(serve.api_auth)]
-        queue.interrupt(user, any_job=not users or user == users[0])
-        return {}
-
+    router.include_router(progress_router(queue, serve))
     router.add_api_route("/embeddings", embeddings_route(queue.generator), methods=["GET"])
     return router
 

@@ -63,6 +63,11 @@ class Job:
     finished_at: float | None = None
     step: int = 0
     total: int = 0
+    # "sampling" (step of total above), or a later pass of the image just made ("detailing faces"),
+    # counted on its own: its face count is only known once the image is there
+    stage: str = "sampling"
+    stage_step: int = 0
+    stage_total: int = 0
     used: GenerateConfig | None = None  # as run: seed, size and sampler resolved
     given: StartPicture | None = None  # an API img2img request's init image and mask, in memory
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -189,7 +194,10 @@ class JobQueue:
 
         def progress(stage: str, step: int, total: int | None, **fields: float) -> None:
             if stage == "sampling":  # the face detailer's pass ("detailing faces") leaves the count alone
+                job.stage = stage
                 job.step, job.total = done * run_steps(config) + step, config.count * run_steps(config)
+            else:
+                job.stage, job.stage_step, job.stage_total = stage, step, total or 0
             if job.cancel.is_set():
                 raise JobCancelled(
                     f"job {job.id} was interrupted at step {job.step} of {job.total}", pictures

@@ -100,6 +100,9 @@ def progress_bar(job, queue: JobQueue) -> str:
         return f'<progress value="1" max="1"></progress> done: {job.total} steps'
     if job.started_at is None:
         return f'<progress max="1"></progress> waiting in the queue ({queue.snapshot()["waiting"]} waiting)'
+    if job.stage != "sampling":  # the face detailer's pass counts its own steps
+        return (f'<progress value="{job.stage_step}" max="{job.stage_total}"></progress> '
+                f"{job.stage}: step {job.stage_step} of {job.stage_total}")  # fmt: skip
     return f'<progress value="{job.step}" max="{job.total}"></progress> step {job.step} of {job.total}'
 
 
