@@ -4,6 +4,8 @@ ADetailer's PNG fields (and read back)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -133,3 +135,102 @@ def test_cli_detail_faces_records_the_pass_and_from_repeats_it(sd15_folder, shar
     assert np.array_equal(pixels(Image.open(copy)), pixels(Image.open(made)))
     bad = runner.invoke(app, [*start, "--detail-faces", "--detail-strength", "2", "-o", str(tmp_path / "c")])
     one_line_error(bad, "--detail-strength 2")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The face pass's own LoRA
+
+
+@pytest.fixture(scope="module")
+def plain_generator(sd15_folder):
+    """A generator of its own: the detail LoRA tests load adapters, which the shared `sd15` must not carry.
+    Its engine is the default (ONNX on this CPU where onnxruntime is installed), as `facesmith generate`'s."""
+    import facesmith
+
+    return facesmith.load(sd15_folder)
+
+
+def adapters(generator) -> list[str]:
+    return sorted({name for names in generator.pipe.get_list_adapters().values() for name in names})
+
+
+def test_the_detail_lora_repaints_only_the_face_and_is_removed_after(
+    plain_generator, kohya_file, shared_data
+):
+    photo = celeba(shared_data)
+    config = GenerateConfig(**SETTINGS, detail_padding=8)
+    (face,) = find_faces(photo)
+    (plain,) = detail_faces(plain_generator, [photo], [3], config)
+    lora = dataclasses.replace(config, detail_lora=f"{kohya_file}:1")
+    (with_lora,) = detail_faces(plain_generator, [photo], [3], lora)
+    mask = np.asarray(face_mask(face, photo.size, config.detail_dilate, config.detail_mask_blur)) > 0
+    differ = changed(plain, with_lora)
+    assert differ[mask].mean() > 0.5  # the LoRA changed the face pass
+    assert not differ[~mask].any()  # and nothing the face mask leaves out
+    assert adapters(plain_generator) == []  # the file it loaded is gone again
+    (again,) = detail_faces(plain_generator, [photo], [3], config)
+    assert np.array_equal(pixels(again), pixels(plain))  # and the passes after it run as before
+    assert plain_generator.runner is not plain_generator.pipe or plain_generator.engine == "eager"
+
+
+def test_without_a_face_the_detail_lora_leaves_the_main_pass_to_the_pixel(plain_generator, kohya_file):
+    wall = dict(prompt="a face", steps=4, seed=2, detail_faces=True, detail_strength=0.75)
+    with pytest.warns(NoFaceDetailedWarning):
+        without = plain_generator.generate(**wall)[0]
+    with pytest.warns(NoFaceDetailedWarning):
+        with_lora = plain_generator.generate(**wall, detail_lora=f"{kohya_file}:1")[0]
+    assert np.array_equal(pixels(without), pixels(with_lora))
+    assert adapters(plain_generator) == []
+
+
+def test_a_server_lora_named_in_ad_prompt_runs_in_the_face_pass_only(sd15_folder, shared_data, tmp_path):
+    """The server's LoRAs are peft adapters already: the face pass takes one by its name, and the job's
+    own LoRA weights are as they were after it."""
+    import json
+    import warnings
+
+    import facesmith
+    import factory
+    from facesmith.serve.adetailer import detailer_settings
+    from facesmith.serve.jobs import JobQueue
+
+    paths = factory.same_named_loras(tmp_path)
+    generator = facesmith.load(sd15_folder, loras=[f"{p}:1" for p in paths], engine="eager", fuse_loras=False)
+    queue = JobQueue(generator)
+    photo = celeba(shared_data, size=64).crop((0, 0, 64, 64))
+
+    def run(ad_prompt: str, weights: dict) -> list:
+        args = [True, {"ad_model": "face_yolov8n.pt", "ad_prompt": ad_prompt, "ad_denoising_strength": 0.75}]
+        settings = detailer_settings({"ADetailer": {"args": args}}, 128, 60, queue.loras)
+        corner = Image.new("L", (64, 64))
+        corner.paste(255, (0, 0, 12, 12))
+        config = GenerateConfig(prompt="a face", steps=4, seed=2, width=64, height=64, init_image="photo",
+                                mask="corner", mask_blur=0, **settings)  # fmt: skip
+        from facesmith.img2img import StartPicture
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return queue.submit(config, weights, given=StartPicture(photo, corner)).future.result(60)
+
+    try:
+        [plain] = run("a face", {"runA/lora": 0.5})
+        [tagged] = run("<lora:runB/lora:1> a face", {"runA/lora": 0.5})
+        [again] = run("a face", {"runA/lora": 0.5})
+    finally:
+        queue.close()
+    assert plain.png != tagged.png and plain.png == again.png
+    recorded = tagged.settings["config"]
+    assert recorded["detail_lora"] == "runB/lora.safetensors:1" and recorded["detail_prompt"] == "a face"
+    assert str(tmp_path) not in json.dumps(tagged.settings)  # the server's path stays on the server
+
+
+def test_a_detail_lora_that_is_no_file_is_a_one_line_error(sd15_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from facesmith.cli import app
+    from factory import one_line_error
+
+    result = CliRunner().invoke(app, ["generate", "a face", "--model", str(sd15_folder), "--detail-faces",
+                                      "--detail-lora", str(tmp_path / "face.safetensors:0.8")])  # fmt: skip
+    one_line_error(result, "--detail-lora")
+    assert "face.safetensors does not exist" in result.output

@@ -190,6 +190,7 @@ class GenerateConfig(StageConfig):
     detail_cfg: float | None = None  # None: the main CFG scale (ad_cfg_scale)
     detail_prompt: str = ""  # "": the main prompt (ad_prompt)
     detail_negative: str = ""  # "": the main negative prompt (ad_negative_prompt)
+    detail_lora: str | None = None  # FILE[:WEIGHT]: a LoRA for the face pass only (ad_prompt's <lora:>)
 
     def __post_init__(self) -> None:
         if self.seed == -1:  # A1111's "random", as the API and the page take it
@@ -244,6 +245,8 @@ class GenerateConfig(StageConfig):
         return self
 
     def _validate_detailer(self) -> None:
+        from facesmith.models.lora import parse_lora_spec
+
         if not self.detail_faces:
             return
         if not 0 < self.detail_confidence <= 1:
@@ -267,6 +270,9 @@ class GenerateConfig(StageConfig):
             )
         if self.detail_cfg is not None and (not math.isfinite(self.detail_cfg) or self.detail_cfg < 0):
             raise FacesmithError(f"--detail-cfg {self.detail_cfg} must be a finite number >= 0")
+        lora = parse_lora_spec(self.detail_lora).path.expanduser() if self.detail_lora else None
+        if lora is not None and not lora.is_file():
+            raise FacesmithError(f"--detail-lora {lora} does not exist or is not a file: give FILE[:WEIGHT]")
 
     def _validate_img2img(self) -> None:
         if self.init_image is None:

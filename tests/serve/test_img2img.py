@@ -182,6 +182,20 @@ def _header_only_png(width: int, height: int) -> str:
             "--detail-strength 2",
         ),
         ({"alwayson_scripts": {"ADetailer": "on"}}, "alwayson_scripts", "args"),
+        (
+            {
+                "alwayson_scripts": {
+                    "ADetailer": {
+                        "args": [
+                            True,
+                            {"ad_model": "face_yolov8n.pt", "ad_prompt": "<lora:faces:0.7> a face"},
+                        ]
+                    }
+                }
+            },
+            "alwayson_scripts",
+            "<lora:faces> is not loaded on this server",
+        ),  # fmt: skip
     ],
 )
 def test_bad_images_and_settings_get_422_naming_the_field(server, fields, field, fragment):
@@ -189,3 +203,18 @@ def test_bad_images_and_settings_get_422_naming_the_field(server, fields, field,
     assert response.status_code == 422, response.text
     detail = response.json()["detail"][0]
     assert detail["loc"] == ["body", field] and fragment in detail["msg"], detail
+
+
+def test_inpainting_fill_starts_the_masked_area_from_the_colours_around_it(server):
+    def run(field: Image.Image, fill: int) -> np.ndarray:
+        response = img2img(server, prompt="a face", init_images=[b64(field)], mask=b64(corner_mask(side=32)),
+                           mask_blur=0, denoising_strength=0.5, seed=3, inpainting_fill=fill, inpaint_full_res=False,
+                           **FAST)  # fmt: skip
+        assert response.status_code == 200, response.text
+        return pixels(png(response.json()["images"][0]))
+
+    field = Image.new("RGB", (64, 64), (40, 160, 60))
+    # under the mask a field already has its surroundings' colour: "fill" starts from the same picture
+    assert np.array_equal(run(field, 0), run(field, 1))
+    field.paste((250, 250, 250), (8, 8, 24, 24))  # a white patch inside the mask is painted over green
+    assert not np.array_equal(run(field, 0), run(field, 1))

@@ -140,6 +140,9 @@ def generate(
     detail_steps: Annotated[
         int | None, typer.Option(help="--detail-faces: steps of the face pass [default: --steps].")
     ] = None,
+    detail_lora: Annotated[
+        str | None, typer.Option(help="--detail-faces: a LoRA FILE[:WEIGHT] for the face pass only.")
+    ] = None,
 ) -> None:
     """Generate face images from a text prompt, or from an image (--init) and a mask (--mask); each PNG
     carries its recipe."""
@@ -169,6 +172,7 @@ def generate(
             "detail_max_faces": detail_max_faces, "detail_padding": detail_padding, "detail_size": detail_size,
             "detail_strength": detail_strength, "detail_prompt": detail_prompt,
             "detail_negative": detail_negative, "detail_steps": detail_steps,
+            "detail_lora": detail_lora,
         }  # fmt: skip
         base = config_from_png(from_image) if from_image is not None else None
         made_with = model_hash_from_png(from_image) if from_image is not None else None

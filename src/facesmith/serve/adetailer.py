@@ -7,6 +7,9 @@ The first enabled tab whose `ad_model` is not "None" is the pass; facesmith's de
 face model (face_yolov8n.pt, mediapipe_face_full, ...) is taken as a face pass and other models (hands,
 people) are a 422. The `ad_*` settings facesmith has no use for (ControlNet, another checkpoint or VAE,
 offsets) are ignored, as A1111 ignores fields it does not know. Other always-on scripts are ignored too.
+A `<lora:name:weight>` tag in `ad_prompt` names one of the server's LoRAs (looked up by name, never as a
+path, as txt2img's prompt tags are) for the face pass only (`detail_lora`); one it does not offer is a 422
+naming it.
 """
 
 from __future__ import annotations
@@ -33,9 +36,12 @@ _PLAIN = {
 ADETAILER_DEFAULTS = {"detail_confidence": 0.3}
 
 
-def detailer_settings(scripts: dict[str, Any] | None, max_size: int, max_steps: int) -> dict[str, Any]:
+def detailer_settings(
+    scripts: dict[str, Any] | None, max_size: int, max_steps: int, loras: dict | None = None
+) -> dict[str, Any]:
     """GenerateConfig `detail_*` fields for the request's ADetailer script, {} when it asks for none;
-    a 422 naming `alwayson_scripts` for arguments facesmith cannot run."""
+    a 422 naming `alwayson_scripts` for arguments facesmith cannot run. `loras`: the server's LoRAs
+    (`jobs.lora_names`) an ad_prompt tag may name."""
     entry = next((v for k, v in (scripts or {}).items() if k.lower() == "adetailer"), None)
     if entry is None:
         return {}
@@ -58,7 +64,7 @@ def detailer_settings(scripts: dict[str, Any] | None, max_size: int, max_steps: 
         if key in tab and tab[key] is not None:
             settings[name] = _read(key, tab[key], kind)
     if "<lora:" in settings.get("detail_prompt", ""):
-        raise invalid(FIELD, "ad_prompt: <lora:...> tags are taken in the prompt only", tab["ad_prompt"])
+        settings.update(_face_lora(settings["detail_prompt"], loras or {}))
     if tab.get("ad_use_inpaint_width_height"):
         width, height = (_read(k, tab.get(k, 512), int) for k in ("ad_inpaint_width", "ad_inpaint_height"))
         if width != height:
@@ -76,6 +82,22 @@ def detailer_settings(scripts: dict[str, Any] | None, max_size: int, max_steps: 
     if tab.get("ad_use_cfg_scale"):
         settings["detail_cfg"] = _read("ad_cfg_scale", tab.get("ad_cfg_scale", 7.0), float)
     return settings
+
+
+def _face_lora(prompt: str, loras: dict) -> dict[str, Any]:
+    """The ad_prompt without its `<lora:...>` tag, and the face pass's LoRA as `detail_lora` FILE:WEIGHT."""
+    from fastapi.exceptions import RequestValidationError
+
+    from facesmith.serve.api import lora_tags  # api.py imports this module: looked up when needed
+
+    try:
+        text, weights = lora_tags(prompt, loras)
+    except RequestValidationError as err:
+        raise invalid(FIELD, f"ad_prompt: {err.errors()[0]['msg']}", prompt) from None
+    if len(weights) != 1:
+        raise invalid(FIELD, f"ad_prompt names {len(weights)} LoRAs: the face pass takes one", prompt)
+    [(name, weight)] = weights.items()
+    return {"detail_prompt": text, "detail_lora": f"{loras[name][2]}:{weight:g}"}
 
 
 def _read(key: str, value: Any, kind: type) -> Any:

@@ -135,7 +135,7 @@ def request_config(
         count=body.batch_size * body.n_iter,
         width=body.width or native_size[0],
         height=body.height or native_size[1],
-        **detailer_settings(body.alwayson_scripts, serve.max_size, serve.max_steps),
+        **detailer_settings(body.alwayson_scripts, serve.max_size, serve.max_steps, loras),
     )
     try:
         config.validate()

@@ -22,8 +22,10 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from facesmith.config import GenerateConfig
+from facesmith.detailer import share_adapters
 from facesmith.errors import FacesmithError
 from facesmith.img2img import StartPicture
 from facesmith.metadata import png_bytes, recipe, unique_lora_names
@@ -85,6 +87,8 @@ class JobQueue:
         self.generator = generator
         self.max_waiting = max_waiting
         self.loras = lora_names(generator)  # name -> adapter, fixed at start-up
+        # the face detailer takes these adapters for an ad_prompt's <lora:name> instead of loading the file
+        share_adapters(generator.pipe, {path: adapter for adapter, _, path in self.loras.values()})
         self.done = self.cancelled = self.failed = 0
         self._ids = itertools.count(1)
         self._waiting: collections.deque[Job] = collections.deque()
@@ -211,7 +215,7 @@ class JobQueue:
                 size = min(config.batch_size, config.count - done)
                 batch = dataclasses.replace(config, seed=config.seed + done, count=size)
                 result = generator.sample(batch, progress=progress, given=job.given)
-                pictures += pictures_from(generator, result, applied.names)
+                pictures += pictures_from(generator, result, applied.names, self.loras)
                 done += size
         job.used = dataclasses.replace(result.config, seed=config.seed, count=config.count)
         return pictures
@@ -276,10 +280,20 @@ class lora_weights_applied:  # noqa: N801 - used as a context manager, reads as 
         return False
 
 
-def pictures_from(generator, result, lora_names: list[str] | None = None) -> list[Picture]:
-    """PNG bytes with A1111's `parameters` chunk and facesmith's JSON chunk, as `run_generate` writes."""
+def pictures_from(
+    generator, result, lora_names: list[str] | None = None, loras: dict | None = None
+) -> list[Picture]:
+    """PNG bytes with A1111's `parameters` chunk and facesmith's JSON chunk, as `run_generate` writes.
+    The face pass's LoRA is recorded by the name the server shows (`loras`), never by its path."""
+    config = result.config
+    if config.detail_lora and loras:
+        path, _, weight = config.detail_lora.rpartition(":")
+        name = next((n for n, (_, _, p) in loras.items() if p == path), None)
+        config = dataclasses.replace(
+            config, detail_lora=f"{name}{Path(path).suffix}:{weight}" if name else None
+        )
     pictures = []
     for image, seed in zip(result.images, result.seeds, strict=True):
-        chunks = recipe(result.config, generator.model, seed, lora_names)
+        chunks = recipe(config, generator.model, seed, lora_names)
         pictures.append(Picture(png_bytes(image, chunks), seed, chunks.parameters, chunks.settings))
     return pictures
