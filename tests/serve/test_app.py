@@ -174,8 +174,8 @@ def test_under_auth_only_the_owner_or_the_first_user_can_interrupt_a_job(guarded
 
 
 def test_a_page_job_belongs_to_its_user_who_can_interrupt_it(guarded):
-    # the page's Generate button, as the browser calls it: prompt ... lora, lora_weight
-    inputs = ["a face", "", 150, 7.5, "DDIM", 3, 4, 128, 128, "none", 1.0]
+    # the page's Generate button, as the browser calls it: prompt ... lora, lora_weight, the detailer (off)
+    inputs = ["a face", "", 150, 7.5, "DDIM", 3, 4, 128, 128, "none", 1.0, False, 0.4, 0.7]
     call = httpx.post(
         guarded.url + "/gradio_api/call/generate", json={"data": inputs}, auth=USERS[1], timeout=30
     )

@@ -182,3 +182,169 @@ def test_reproduce_reads_only_pngs_uploaded_through_the_page(server, tmp_path):
         server, {"path": uploaded, "orig_name": "face.png", "meta": {"_type": "gradio.FileData"}}
     )
     assert "event: complete" in answer and "a secret prompt" in answer
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The image-to-image / inpaint and edit-a-face tabs
+
+
+def _open_tab(browser, wait, label: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    wait.until(lambda d: d.find_elements(By.XPATH, f"//button[@role='tab' and contains(., '{label}')]"))
+    browser.find_element(By.XPATH, f"//button[@role='tab' and contains(., '{label}')]").click()
+
+
+def _set_number(browser, selector: str, value: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = browser.find_element(By.CSS_SELECTOR, selector)
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(value, Keys.TAB)
+
+
+def _tick_detailer(browser, wait, prefix: str) -> None:
+    """Open the detailer's accordion (closed, its controls are not rendered) and tick "Detail faces"."""
+    from selenium.webdriver.common.by import By
+
+    header = browser.find_element(
+        By.XPATH, f"//*[@id='{prefix}-detailer']//*[contains(text(), 'Face detailer')]"
+    )
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", header)
+    header.click()
+    box = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f"#{prefix}-detail input[type=checkbox]"))[0]
+    box.click()
+    wait.until(lambda d: box.is_selected())
+
+
+def _download(browser, wait, selector: str) -> Image.Image:
+    from selenium.webdriver.common.by import By
+
+    link = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f"{selector} a[href*='file=']"))[0]
+    return Image.open(io.BytesIO(httpx.get(link.get_attribute("href"), timeout=30).content))
+
+
+def _gradient(size: int = 64) -> Image.Image:
+    import numpy as np
+
+    ramp = np.tile(np.linspace(0, 255, size, dtype=np.uint8), (size, 1))
+    return Image.fromarray(np.stack([ramp, ramp.T, 255 - ramp], axis=-1))
+
+
+def test_img2img_tab_draws_a_mask_on_the_upload_and_inpaints_it(page_server, browser, tmp_path):
+    import numpy as np
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 300 if SCREENSHOT else 90)
+    browser.get(page_server.url + "/")
+    _open_tab(browser, wait, "Image to image")
+    init = _gradient(128 if SCREENSHOT else 64)
+    init.save(tmp_path / "init.png")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#i2i-image input[type=file]"))
+    browser.find_element(By.CSS_SELECTOR, "#i2i-image input[type=file]").send_keys(str(tmp_path / "init.png"))
+    canvas = wait.until(lambda d: [c for c in d.find_elements(By.CSS_SELECTOR, "#i2i-image canvas")
+                                   if c.is_displayed() and c.size["width"] > 50])[0]  # fmt: skip
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+    # a stroke across the upper left of the picture, in the editor's brush (its default tool)
+    stroke = ActionChains(browser).move_to_element_with_offset(canvas, -canvas.size["width"] // 4,
+                                                                 -canvas.size["height"] // 4)  # fmt: skip
+    stroke.click_and_hold()
+    for _ in range(6):
+        stroke.move_by_offset(8, 2)
+    stroke.release().perform()
+    browser.find_element(By.CSS_SELECTOR, "#i2i-prompt textarea").send_keys("a photo of a face")
+    _set_number(browser, "#i2i-steps input[type=number]", "25" if SCREENSHOT else "4")  # 4 x 0.4: a face step
+    _tick_detailer(browser, wait, "i2i")
+    browser.find_element(By.CSS_SELECTOR, "#i2i-generate").click()
+    shown = browser.find_element(By.CSS_SELECTOR, "#i2i-parameters textarea")
+    wait.until(lambda d: "Denoising strength: 0.75" in shown.get_attribute("value"))
+    parameters = shown.get_attribute("value")
+    assert "ADetailer model: mtcnn" in parameters and "Mask blur: 4" in parameters
+    browser.save_screenshot(
+        SCREENSHOT.replace(".png", "-img2img.png") if SCREENSHOT else str(tmp_path / "i2i.png")
+    )
+
+    made = _download(browser, wait, "#i2i-downloads")
+    assert made.text["parameters"] == parameters
+    assert json.loads(made.text["facesmith"])["config"]["mask"] == "drawn"
+    change = np.abs(np.asarray(made.convert("RGB"), dtype=np.int16) - np.asarray(init, dtype=np.int16)).max(
+        -1
+    )
+    # the stroke was repainted, what the brush left alone is the upload's own pixels
+    assert (change > 10).mean() > 0.01 and (change == 0).mean() > 0.3
+
+
+def test_edit_tab_says_when_there_is_no_face(page_server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 90)
+    browser.get(page_server.url + "/")
+    _open_tab(browser, wait, "Edit a face")
+    Image.new("RGB", (96, 96), (128, 128, 128)).save(tmp_path / "wall.png")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#edit-photo input[type=file]"))
+    browser.find_element(By.CSS_SELECTOR, "#edit-photo input[type=file]").send_keys(
+        str(tmp_path / "wall.png")
+    )
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#edit-photo img"))
+    browser.find_element(By.XPATH, "//*[@id='edit-add']//label[contains(., 'smiling')]").click()
+    browser.find_element(By.CSS_SELECTOR, "#edit-run").click()
+    wait.until(lambda d: "no face was found in the uploaded photo" in d.page_source)
+    assert "Traceback" not in browser.page_source
+
+
+def test_edit_tab_edits_a_real_face_and_img2img_repaints_its_detected_mouth(
+    page_server, browser, shared_data, tmp_path
+):
+    import numpy as np
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 300 if SCREENSHOT else 90)
+    face = Image.open(shared_data / "celeba" / "images" / "000001.jpg").convert("RGB").resize((178, 218))
+    portrait = Image.new("RGB", (256, 256), (90, 120, 150))
+    portrait.paste(face, (39, 19))
+    portrait.save(tmp_path / "portrait.png")
+    browser.get(page_server.url + "/")
+    _open_tab(browser, wait, "Edit a face")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#edit-photo input[type=file]"))
+    browser.find_element(By.CSS_SELECTOR, "#edit-photo input[type=file]").send_keys(
+        str(tmp_path / "portrait.png")
+    )
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#edit-photo img"))
+    browser.find_element(By.XPATH, "//*[@id='edit-add']//label[contains(., 'eyeglasses')]").click()
+    _set_number(browser, "#edit-steps input[type=number]", "25" if SCREENSHOT else "4")
+    browser.find_element(By.CSS_SELECTOR, "#edit-run").click()
+    caption = browser.find_element(By.CSS_SELECTOR, "#edit-caption textarea")
+    wait.until(lambda d: caption.get_attribute("value"))
+    assert any(word in caption.get_attribute("value") for word in ("glasses", "spectacles", "eyeglasses"))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#edit-faces img"))
+    browser.save_screenshot(
+        SCREENSHOT.replace(".png", "-edit.png") if SCREENSHOT else str(tmp_path / "edit.png")
+    )
+    edited = _download(browser, wait, "#edit-download")
+    assert edited.size == portrait.size and "Version: facesmith edit" in edited.text["parameters"]
+    assert json.loads(edited.text["facesmith"])["edit"]["add"] == ["eyeglasses"]
+
+    # the same photo in the img2img tab, its mask the mouth MTCNN finds
+    _open_tab(browser, wait, "Image to image")
+    browser.find_element(By.CSS_SELECTOR, "#i2i-image input[type=file]").send_keys(
+        str(tmp_path / "portrait.png")
+    )
+    browser.find_element(By.XPATH, "//*[@id='i2i-mask']//label[contains(., 'mouth')]").click()
+    browser.find_element(By.CSS_SELECTOR, "#i2i-prompt textarea").send_keys("a smiling face")
+    _set_number(browser, "#i2i-steps input[type=number]", STEPS)
+    browser.find_element(By.CSS_SELECTOR, "#i2i-generate").click()
+    made = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#i2i-downloads a[href*='file=']"))
+    made = _download(browser, wait, "#i2i-downloads")
+    assert json.loads(made.text["facesmith"])["config"]["mask"] == "mouth"
+    from facesmith.img2img import resize_image
+
+    start = resize_image(portrait, made.width, made.height, "just resize")  # the working-size init image
+    change = np.abs(np.asarray(made.convert("RGB"), dtype=np.int16) - np.asarray(start, dtype=np.int16)).max(
+        -1
+    )
+    assert (change == 0).mean() > 0.5 and (change > 10).any()  # the mouth moved, the rest did not

@@ -1,6 +1,7 @@
 """The generation queue: jobs run one at a time on the server's one model and device, first come first served.
 
-Owns: `JobQueue`, a worker thread that takes `Job`s in arrival order and runs `FaceGenerator.run` for each;
+Owns: `JobQueue`, a worker thread that takes `Job`s in arrival order and runs `FaceGenerator.sample` for
+each (or the job's own task on the generator: the page's face edit);
 the step progress that `/sdapi/v1/progress` and the page's progress bar read; cancellation (a job whose
 client went away is dropped before it starts, or stopped at its next denoising step, so the queue moves
 on, and an interrupted job keeps the images it finished, as A1111 returns them); per-job LoRAs (a job
@@ -20,9 +21,11 @@ import itertools
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from facesmith.config import GenerateConfig
 from facesmith.detailer import share_adapters
@@ -72,6 +75,9 @@ class Job:
     stage_total: int = 0
     used: GenerateConfig | None = None  # as run: seed, size and sampler resolved
     given: StartPicture | None = None  # an API img2img request's init image and mask, in memory
+    # a job that is not one sampling run (the page's face edit): task(generator, progress) -> its result;
+    # `config` then only counts its steps
+    task: Callable[..., Any] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Future = field(default_factory=Future)
 
@@ -105,16 +111,18 @@ class JobQueue:
         lora_weights: dict[str, float] | None = None,
         owner: str | None = None,
         given: StartPicture | None = None,
+        task: Callable[..., Any] | None = None,
     ) -> Job:
-        """Queue a validated config with the LoRAs it names (and the init picture `given` in memory);
-        raise QueueFull when --max-queue jobs are already waiting."""
+        """Queue a validated config with the LoRAs it names (and the init picture `given` in memory), or a
+        `task` that calls the generator itself, counted as `config`'s steps; raise QueueFull when
+        --max-queue jobs are already waiting."""
         with self._wake:
             if len(self._waiting) >= self.max_waiting:
                 raise QueueFull(
                     f"{len(self._waiting)} jobs are already waiting (--max-queue {self.max_waiting}): "
                     "retry later"
                 )
-            job = Job(next(self._ids), config, dict(lora_weights or {}), owner, given=given)
+            job = Job(next(self._ids), config, dict(lora_weights or {}), owner, given=given, task=task)
             job.total = config.count * run_steps(config)
             self._waiting.append(job)
             self._wake.notify()
@@ -210,6 +218,9 @@ class JobQueue:
         if job.cancel.is_set():
             raise JobCancelled(f"job {job.id} was cancelled before it started")
         generator = self.generator
+        if job.task is not None:
+            with lora_weights_applied(generator, self.loras, job.lora_weights):
+                return job.task(generator, progress)
         with lora_weights_applied(generator, self.loras, job.lora_weights) as applied:
             while done < config.count:
                 size = min(config.batch_size, config.count - done)

@@ -1,11 +1,14 @@
 """The web page: a Gradio Blocks app for making faces, mounted on the same FastAPI app as the API.
 
-Owns: the controls (prompt, negative prompt, steps, CFG, sampler, seed with random/reuse, count, size,
-LoRA and weight), the face-attribute controls that write the prompt (through `data.captions`, the same
-wording the default model was trained on), the gallery with each image's parameters and its PNG for
-download (metadata inside), reproducing an uploaded PNG's recipe (`metadata.config_from_png`; only a
-file uploaded through the page, never a path a request names), and the progress bar. Jobs go through
-the server's one `JobQueue`, so the page and the API wait in the same line.
+Owns the page's frame (three tabs: text to face here, image to image / inpaint in `page_img2img.py`,
+edit a face in `page_edit.py`) and the text-to-face tab: the controls (prompt, negative prompt, steps,
+CFG, sampler, seed with random/reuse, count, size, LoRA and weight, the face detailer), the
+face-attribute controls that write the prompt (through `data.captions`, the same wording the default
+model was trained on), the gallery with each image's parameters and its PNG for download (metadata
+inside), reproducing an uploaded PNG's recipe (`metadata.config_from_png`; only a file uploaded through
+the page, never a path a request names), and the progress bar. What the tabs share is here too:
+`PageContext`, following a job (`follow`, `finished`), the limits and the detailer's controls. Jobs go
+through the server's one `JobQueue`, so the page and the API wait in the same line.
 
 Gradio must never phone home: analytics are switched off before it is imported and in the Blocks, the
 theme uses local fonts only, and server-side rendering (a Node process) is off.
@@ -17,6 +20,7 @@ import os
 import random
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by gradio at import time as well as by Blocks
@@ -106,10 +110,84 @@ def progress_bar(job, queue: JobQueue) -> str:
     return f'<progress value="{job.step}" max="{job.total}"></progress> step {job.step} of {job.total}'
 
 
+@dataclass
+class PageContext:
+    """What every tab of the page works with: the queue, the folder of its PNGs and the server's limits."""
+
+    queue: JobQueue
+    folder: PictureFolder
+    max_steps: int
+    max_size: int
+    max_batch: int
+
+    @property
+    def native(self) -> int:
+        return self.queue.generator.native_size[0]
+
+    def check(self, config: GenerateConfig) -> GenerateConfig:
+        """`config` validated and within the server's limits; gr.Error (shown on the page) otherwise."""
+        try:
+            config.validate()
+            if config.steps > self.max_steps or max(config.width or 0, config.height or 0) > self.max_size:
+                raise FacesmithError(
+                    f"this server allows at most {self.max_steps} steps and {self.max_size} px"
+                )
+            if config.count > self.max_batch:
+                raise FacesmithError(f"this server makes at most {self.max_batch} images per job")
+        except FacesmithError as err:
+            raise gr.Error(str(err)) from None
+        return config
+
+
+def follow(job, queue: JobQueue):
+    """Yield the progress bar of `job` each time it changes, until it is done."""
+    shown = None
+    while not job.future.done():
+        state = (job.started_at is not None, job.step, job.stage, job.stage_step)
+        if state != shown:
+            shown = state
+            yield progress_bar(job, queue)
+        time.sleep(0.1)
+
+
+def finished(job) -> list:
+    """The job's result; an interrupted one keeps what it finished, as A1111 shows it; errors as gr.Error."""
+    try:
+        return job.future.result()
+    except JobCancelled as err:
+        if not err.pictures:
+            raise gr.Error(str(err)) from None
+        return err.pictures
+    except Exception as err:  # a FacesmithError (no face found) or a failed job: one line on the page
+        raise gr.Error(str(err)) from None
+
+
+def detailer_controls(prefix: str) -> list:
+    """The face detailer's checkbox, strength and confidence (ADetailer's first tab), ids `PREFIX-detail*`."""
+    with gr.Accordion("Face detailer (ADetailer)", open=False, elem_id=f"{prefix}-detailer"), gr.Row():
+        on = gr.Checkbox(False, label="Detail faces", elem_id=f"{prefix}-detail")
+        strength = gr.Slider(0.05, 1, value=GenerateConfig.detail_strength, step=0.05,
+                             label="Face denoising strength")  # fmt: skip
+        confidence = gr.Slider(0.05, 1, value=GenerateConfig.detail_confidence, step=0.05,
+                               label="Face detection confidence")  # fmt: skip
+    return [on, strength, confidence]
+
+
+def detail_settings(on: bool, strength: float, confidence: float) -> dict:
+    """GenerateConfig's detail_* fields from the detailer's controls."""
+    if not on:
+        return {}
+    return {"detail_faces": True, "detail_strength": float(strength), "detail_confidence": float(confidence)}
+
+
 def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int):
     """The gr.Blocks page over `queue`; mount it with `gradio.mount_gradio_app`."""
+    from facesmith.serve.page_edit import edit_tab
+    from facesmith.serve.page_img2img import img2img_tab
+
     folder = PictureFolder()
-    native = queue.generator.native_size[0]
+    context = PageContext(queue, folder, max_steps, max_size, max_batch)
+    native = context.native
     loras = [NO_LORA, *queue.loras]
     # the model's own sampler and CFG (the default model's are not DDIM and 7.5) are what the page starts with
     default_sampler, default_cfg = queue.generator.model.default_sampler, queue.generator.model.default_cfg
@@ -119,18 +197,17 @@ def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int
 
     def generate(
         prompt, negative, steps, cfg, sampler, seed, count, width, height, lora, lora_weight,
-        request: gr.Request,
+        detail, detail_strength, detail_confidence, request: gr.Request,
     ):  # fmt: skip
         """Stream the progress bar while the job waits and runs, then the gallery; a generator, so a
         closed page closes it and its job is cancelled. The LoRA "none" applies none."""
         seed = int(seed) if seed is not None and int(seed) >= 0 else None
         config = GenerateConfig(prompt=prompt, negative=negative, steps=int(steps), cfg=float(cfg),
                                 sampler=sampler, seed=seed, count=int(count), width=int(width),
-                                height=int(height))  # fmt: skip
+                                height=int(height),
+                                **detail_settings(detail, detail_strength, detail_confidence))  # fmt: skip
+        context.check(config)
         try:
-            config.validate()
-            if config.steps > max_steps or max(config.width, config.height) > max_size:
-                raise FacesmithError(f"this server allows at most {max_steps} steps and {max_size} px")
             job = queue.submit(
                 config,
                 {lora: float(lora_weight)} if lora in queue.loras else {},
@@ -140,20 +217,9 @@ def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int
             raise gr.Error(str(err)) from None
         keep = (gr.update(),) * 5
         try:
-            shown = None
-            while not job.future.done():
-                state = (job.started_at is not None, job.step)
-                if state != shown:
-                    shown = state
-                    yield (*keep, progress_bar(job, queue))
-                time.sleep(0.1)
-            pictures = job.future.result()
-        except JobCancelled as err:  # interrupted: show what it finished, as A1111 does
-            if not err.pictures:
-                raise gr.Error(str(err)) from None
-            pictures = err.pictures
-        except Exception as err:
-            raise gr.Error(str(err)) from None
+            for bar in follow(job, queue):
+                yield (*keep, bar)
+            pictures = finished(job)
         finally:
             queue.cancel(job)  # a no-op once it finished; stops it if the page went away
         paths = [folder.save(job.id, i, p.seed, p.png) for i, p in enumerate(pictures)]
@@ -206,46 +272,53 @@ def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int
         gr.Markdown("# facesmith\nFaces from text, on this machine. API: `/sdapi/v1` ([docs](/docs)).")
         last_seed = gr.State(-1)
         all_parameters = gr.State([])
-        with gr.Row():
-            with gr.Column(scale=3):
-                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
-                                    placeholder="a photo of a smiling woman with glasses")  # fmt: skip
-                negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative")
-                with gr.Accordion("Face attributes (write the prompt)", open=True):
+        with gr.Tabs():
+            with gr.Tab("Text to face", id="txt2img", elem_id="tab-txt2img"), gr.Row():
+                with gr.Column(scale=3):
+                    prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
+                                        placeholder="a photo of a smiling woman with glasses")  # fmt: skip
+                    negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative")
+                    with gr.Accordion("Face attributes (write the prompt)", open=True):
+                        with gr.Row():
+                            gender = gr.Radio(list(GENDERS), value="any", label="Gender")
+                            age = gr.Dropdown(list(AGES), value="any", label="Age")
+                            hair = gr.Dropdown(list(HAIR), value="any", label="Hair")
+                            ethnicity = gr.Dropdown(ETHNICITIES, value="any", label="Ethnicity")
+                        features = gr.CheckboxGroup(list(FEATURES), label="Features", elem_id="features")
+                        write = gr.Button("Write prompt from attributes", elem_id="write-prompt")
                     with gr.Row():
-                        gender = gr.Radio(list(GENDERS), value="any", label="Gender")
-                        age = gr.Dropdown(list(AGES), value="any", label="Age")
-                        hair = gr.Dropdown(list(HAIR), value="any", label="Hair")
-                        ethnicity = gr.Dropdown(ETHNICITIES, value="any", label="Ethnicity")
-                    features = gr.CheckboxGroup(list(FEATURES), label="Features", elem_id="features")
-                    write = gr.Button("Write prompt from attributes", elem_id="write-prompt")
-                with gr.Row():
-                    steps = gr.Slider(1, max_steps, value=min(GenerateConfig.steps, max_steps), step=1,
-                                      label="Steps", elem_id="steps")  # fmt: skip
-                    cfg = gr.Slider(0, 20, value=default_cfg, step=0.5, label="CFG scale")
-                with gr.Row():
-                    sampler = gr.Dropdown(sampler_names(), value=default_sampler, label="Sampler")
-                    count = gr.Slider(1, max_batch, value=1, step=1, label="Count")
-                with gr.Row():
-                    seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, elem_id="seed")
-                    random_seed = gr.Button("random seed", size="sm")
-                    reuse_seed = gr.Button("reuse last seed", size="sm")
-                with gr.Row():
-                    width = gr.Slider(64, max_size, value=min(native, max_size), step=8, label="Width")
-                    height = gr.Slider(64, max_size, value=min(native, max_size), step=8, label="Height")
-                with gr.Row():
-                    lora = gr.Dropdown(loras, value=NO_LORA, label="LoRA", interactive=len(loras) > 1,
-                                       info=None if len(loras) > 1 else "start the server with --lora FILE")  # fmt: skip
-                    lora_weight = gr.Slider(-1, 2, value=1.0, step=0.05, label="LoRA weight")
-                generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
-                progress = gr.HTML(elem_id="progress")
-                upload = gr.File(label="Reproduce from a PNG (reads its metadata)", file_types=[".png"],
-                                 type="filepath", elem_id="reproduce")  # fmt: skip
-            with gr.Column(scale=4):
-                gallery = gr.Gallery(label="Images", columns=2, format="png", type="filepath",
-                                     elem_id="gallery", buttons=["download", "fullscreen"])  # fmt: skip
-                parameters = gr.Textbox(label="Parameters", lines=4, elem_id="parameters")
-                files = gr.File(label="PNGs with metadata", file_count="multiple", elem_id="downloads")
+                        steps = gr.Slider(1, max_steps, value=min(GenerateConfig.steps, max_steps), step=1,
+                                          label="Steps", elem_id="steps")  # fmt: skip
+                        cfg = gr.Slider(0, 20, value=default_cfg, step=0.5, label="CFG scale")
+                    with gr.Row():
+                        sampler = gr.Dropdown(sampler_names(), value=default_sampler, label="Sampler")
+                        count = gr.Slider(1, max_batch, value=1, step=1, label="Count")
+                    with gr.Row():
+                        seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, elem_id="seed")
+                        random_seed = gr.Button("random seed", size="sm")
+                        reuse_seed = gr.Button("reuse last seed", size="sm")
+                    with gr.Row():
+                        width = gr.Slider(64, max_size, value=min(native, max_size), step=8, label="Width")
+                        height = gr.Slider(64, max_size, value=min(native, max_size), step=8, label="Height")
+                    with gr.Row():
+                        lora = gr.Dropdown(loras, value=NO_LORA, label="LoRA", interactive=len(loras) > 1,
+                                           info=None if len(loras) > 1 else "start the server with --lora FILE")  # fmt: skip
+                        lora_weight = gr.Slider(-1, 2, value=1.0, step=0.05, label="LoRA weight")
+                    detailer = detailer_controls("txt2img")
+                    generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
+                    progress = gr.HTML(elem_id="progress")
+                    upload = gr.File(label="Reproduce from a PNG (reads its metadata)", file_types=[".png"],
+                                     type="filepath", elem_id="reproduce")  # fmt: skip
+                with gr.Column(scale=4):
+                    gallery = gr.Gallery(label="Images", columns=2, format="png", type="filepath",
+                                         elem_id="gallery", buttons=["download", "fullscreen"])  # fmt: skip
+                    parameters = gr.Textbox(label="Parameters", lines=4, elem_id="parameters")
+                    files = gr.File(label="PNGs with metadata", file_count="multiple", elem_id="downloads")
+
+            with gr.Tab("Image to image / inpaint", id="img2img", elem_id="tab-img2img"):
+                img2img_tab(context, default_sampler, default_cfg)
+            with gr.Tab("Edit a face", id="edit", elem_id="tab-edit"):
+                edit_tab(context)
 
         controls = [gender, age, hair, ethnicity, features]
         write.click(write_prompt, controls, prompt)
@@ -253,7 +326,7 @@ def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int
         reuse_seed.click(lambda s: s, last_seed, seed)
         generate_button.click(
             generate,
-            [prompt, negative, steps, cfg, sampler, seed, count, width, height, lora, lora_weight],
+            [prompt, negative, steps, cfg, sampler, seed, count, width, height, lora, lora_weight, *detailer],
             [gallery, parameters, files, last_seed, all_parameters, progress],
             concurrency_limit=None,  # the JobQueue orders the work; gradio only waits on it
         )
