@@ -268,7 +268,7 @@ def test_lora_tags_are_parsed_in_linear_time_and_strip_their_commas():
     import subprocess
     import sys
 
-    from facesmith.serve.api import lora_tags
+    from facesmith.serve.lora_tags import lora_tags
 
     loras = {"style": ("lora0", 1.0, "/models/style.safetensors")}
     assert lora_tags("a face, <lora:style:0.6>, smiling", loras) == ("a face, smiling", {"style": 0.6})
@@ -276,7 +276,7 @@ def test_lora_tags_are_parsed_in_linear_time_and_strip_their_commas():
     assert lora_tags("a face", loras) == ("a face", {})
     # 4 KB of spaces took 25-90 s with a `\s*,?\s*<lora...>` regex (cubic backtracking). In a child
     # process: a regex holds the GIL, so a thread could not time it out.
-    hostile = "from facesmith.serve.api import lora_tags; lora_tags('a' + ' ' * 4096 + 'b', {})"
+    hostile = "from facesmith.serve.lora_tags import lora_tags; lora_tags('a' + ' ' * 4096 + 'b', {})"
     subprocess.run([sys.executable, "-c", hostile], check=True, timeout=30)
 
 

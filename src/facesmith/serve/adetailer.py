@@ -88,7 +88,7 @@ def _face_lora(prompt: str, loras: dict) -> dict[str, Any]:
     """The ad_prompt without its `<lora:...>` tag, and the face pass's LoRA as `detail_lora` FILE:WEIGHT."""
     from fastapi.exceptions import RequestValidationError
 
-    from facesmith.serve.api import lora_tags  # api.py imports this module: looked up when needed
+    from facesmith.serve.lora_tags import lora_tags
 
     try:
         text, weights = lora_tags(prompt, loras)

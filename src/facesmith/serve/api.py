@@ -19,7 +19,6 @@ import base64
 import contextlib
 import json
 import math
-import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -34,13 +33,13 @@ from facesmith.samplers import SAMPLERS, check_sampler
 from facesmith.serve.adetailer import detailer_settings
 from facesmith.serve.config import AUTH_USER
 from facesmith.serve.jobs import Job, JobCancelled, JobQueue, Picture, QueueFull
+from facesmith.serve.lora_tags import lora_tags
 from facesmith.serve.progress import progress_router
 from facesmith.serve.validation import invalid, validation_error  # noqa: F401 - app.py takes it from here
 
 if TYPE_CHECKING:
     from facesmith.serve.config import ServeConfig
 
-LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?>")  # A1111's extra-network syntax, <lora:name:weight>
 DISCONNECT_POLL_S = 0.25
 # CLIP reads 77 tokens (about 300 characters); A1111 chains 75-token chunks for longer prompts. 10,000
 # characters is far past any prompt a person writes and keeps a hostile one from costing minutes.
@@ -157,32 +156,6 @@ def sampler_name(name: str | None, scheduler: str | None, field: str = "sampler_
         return check_sampler(name, "karras" if karras else None).name
     except FacesmithError as err:
         raise invalid(field, str(err), name) from None
-
-
-def lora_tags(prompt: str, loras: dict) -> tuple[str, dict[str, float]]:
-    """Strip A1111's `<lora:NAME:WEIGHT>` tags from the prompt; NAME must be a LoRA the server loaded.
-
-    The name is only looked up among the LoRAs given at start-up (`--lora`), never used as a path. A tag
-    without a weight takes the LoRA's start-up weight (`--lora FILE:WEIGHT`, 1 by default). Only the LoRAs
-    tagged here are applied to the job.
-    """
-    weights, kept, end = {}, [], 0
-    for match in LORA_TAG.finditer(prompt):
-        # The text before the tag loses its trailing ", " too. Done by hand: a regex with `\s*,?\s*` in
-        # front of the tag backtracks cubically over a prompt of spaces (4 KB took 25 s).
-        before = prompt[end : match.start()].rstrip()
-        kept.append(before[:-1].rstrip() if before.endswith(",") else before)
-        end = match.end()
-        name, weight = match.group(1).strip(), match.group(2)
-        if name not in loras:
-            known = ", ".join(loras) or "none"
-            raise invalid("prompt", f"<lora:{name}> is not loaded on this server (loaded: {known})", prompt)
-        try:
-            weights[name] = float(weight) if weight not in (None, "") else float(loras[name][1])
-        except ValueError:
-            raise invalid("prompt", f"<lora:{name}:{weight}>: the weight is not a number", prompt) from None
-    kept.append(prompt[end:])
-    return "".join(kept).strip(" ,"), weights
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -6,9 +6,9 @@ CFG, sampler, seed with random/reuse, count, size, LoRA and weight, the face det
 face-attribute controls that write the prompt (through `data.captions`, the same wording the default
 model was trained on), the gallery with each image's parameters and its PNG for download (metadata
 inside), reproducing an uploaded PNG's recipe (`metadata.config_from_png`; only a file uploaded through
-the page, never a path a request names), and the progress bar. What the tabs share is here too:
-`PageContext`, following a job (`follow`, `finished`), the limits and the detailer's controls. Jobs go
-through the server's one `JobQueue`, so the page and the API wait in the same line.
+the page, never a path a request names), and the progress bar. What the tabs share (following a job,
+the limits, the detailer's controls) is `page_jobs.py`'s. Jobs go through the server's one `JobQueue`,
+so the page and the API wait in the same line.
 
 Gradio must never phone home: analytics are switched off before it is imported and in the Blocks, the
 theme uses local fonts only, and server-side rendering (a Node process) is off.
@@ -18,10 +18,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by gradio at import time as well as by Blocks
 
@@ -32,11 +28,21 @@ import gradio as gr
 from facesmith.config import GenerateConfig
 from facesmith.errors import FacesmithError
 from facesmith.samplers import sampler_names
-from facesmith.serve.config import AUTH_USER
-from facesmith.serve.jobs import JobCancelled, JobQueue
+from facesmith.serve.jobs import JobQueue
+from facesmith.serve.page_edit import edit_tab
+from facesmith.serve.page_img2img import img2img_tab
+from facesmith.serve.page_jobs import (
+    PageContext,
+    PictureFolder,
+    detail_settings,
+    detailer_controls,
+    finished,
+    follow,
+    page_user,
+    progress_bar,
+)
 
 NO_LORA = "none"
-KEEP_IMAGES = 256  # the page's PNGs on disk; older ones are removed so a long-running server stays flat
 HAIR = {"any": {}, "black": {"Black_Hair": 1}, "blond": {"Blond_Hair": 1}, "brown": {"Brown_Hair": 1},
         "gray": {"Gray_Hair": 1}, "bald": {"Bald": 1}}  # fmt: skip
 AGES = {"any": None, "child": 8, "teenager": 16, "young adult": 27, "middle-aged": 48, "senior": 70}
@@ -77,114 +83,8 @@ def prompt_from_controls(gender: str, age: str, hair: str, ethnicity: str, featu
     return caption_from_attributes(attrs, random.Random(0))
 
 
-class PictureFolder:
-    """Where the page's PNGs live until the browser fetched them; names come from job ids, never requests."""
-
-    def __init__(self, keep: int = KEEP_IMAGES):
-        self.path = Path(tempfile.mkdtemp(prefix="facesmith-serve-"))
-        self.keep = keep
-
-    def save(self, job_id: int, index: int, seed: int, png: bytes) -> str:
-        path = self.path / f"{job_id:06d}-{index:02d}-{seed}.png"
-        path.write_bytes(png)
-        for old in sorted(self.path.glob("*.png"))[: -self.keep]:
-            old.unlink(missing_ok=True)
-        return str(path)
-
-
-def page_user(request) -> str | None:
-    """The --api-auth user of a page event (app.BasicAuth left it in the HTTP request's scope)."""
-    http = getattr(request, "request", None)  # gr.Request wraps the starlette request
-    return getattr(http, "scope", {}).get(AUTH_USER) if http is not None else None
-
-
-def progress_bar(job, queue: JobQueue) -> str:
-    """An HTML <progress> bar and a line of text for `job`: its place in the queue, its step, or done."""
-    if job.future.done():
-        return f'<progress value="1" max="1"></progress> done: {job.total} steps'
-    if job.started_at is None:
-        return f'<progress max="1"></progress> waiting in the queue ({queue.snapshot()["waiting"]} waiting)'
-    if job.stage != "sampling":  # the face detailer's pass counts its own steps
-        return (f'<progress value="{job.stage_step}" max="{job.stage_total}"></progress> '
-                f"{job.stage}: step {job.stage_step} of {job.stage_total}")  # fmt: skip
-    return f'<progress value="{job.step}" max="{job.total}"></progress> step {job.step} of {job.total}'
-
-
-@dataclass
-class PageContext:
-    """What every tab of the page works with: the queue, the folder of its PNGs and the server's limits."""
-
-    queue: JobQueue
-    folder: PictureFolder
-    max_steps: int
-    max_size: int
-    max_batch: int
-
-    @property
-    def native(self) -> int:
-        return self.queue.generator.native_size[0]
-
-    def check(self, config: GenerateConfig) -> GenerateConfig:
-        """`config` validated and within the server's limits; gr.Error (shown on the page) otherwise."""
-        try:
-            config.validate()
-            if config.steps > self.max_steps or max(config.width or 0, config.height or 0) > self.max_size:
-                raise FacesmithError(
-                    f"this server allows at most {self.max_steps} steps and {self.max_size} px"
-                )
-            if config.count > self.max_batch:
-                raise FacesmithError(f"this server makes at most {self.max_batch} images per job")
-        except FacesmithError as err:
-            raise gr.Error(str(err)) from None
-        return config
-
-
-def follow(job, queue: JobQueue):
-    """Yield the progress bar of `job` each time it changes, until it is done."""
-    shown = None
-    while not job.future.done():
-        state = (job.started_at is not None, job.step, job.stage, job.stage_step)
-        if state != shown:
-            shown = state
-            yield progress_bar(job, queue)
-        time.sleep(0.1)
-
-
-def finished(job) -> list:
-    """The job's result; an interrupted one keeps what it finished, as A1111 shows it; errors as gr.Error."""
-    try:
-        return job.future.result()
-    except JobCancelled as err:
-        if not err.pictures:
-            raise gr.Error(str(err)) from None
-        return err.pictures
-    except Exception as err:  # a FacesmithError (no face found) or a failed job: one line on the page
-        raise gr.Error(str(err)) from None
-
-
-def detailer_controls(prefix: str) -> list:
-    """The face detailer's checkbox, strength and confidence (ADetailer's first tab), ids `PREFIX-detail*`."""
-    with gr.Accordion("Face detailer (ADetailer)", open=False, elem_id=f"{prefix}-detailer"), gr.Row():
-        on = gr.Checkbox(False, label="Detail faces", elem_id=f"{prefix}-detail")
-        strength = gr.Slider(0.05, 1, value=GenerateConfig.detail_strength, step=0.05,
-                             label="Face denoising strength")  # fmt: skip
-        confidence = gr.Slider(0.05, 1, value=GenerateConfig.detail_confidence, step=0.05,
-                               label="Face detection confidence")  # fmt: skip
-    return [on, strength, confidence]
-
-
-def detail_settings(on: bool, strength: float, confidence: float) -> dict:
-    """GenerateConfig's detail_* fields from the detailer's controls."""
-    if not on:
-        return {}
-    return {"detail_faces": True, "detail_strength": float(strength), "detail_confidence": float(confidence)}
-
-
 def build_page(queue: JobQueue, *, max_steps: int, max_size: int, max_batch: int):
     """The gr.Blocks page over `queue`; mount it with `gradio.mount_gradio_app`."""
-    from facesmith.serve.page_edit import edit_tab
-    from facesmith.serve.page_img2img import img2img_tab
-
     folder = PictureFolder()
     context = PageContext(queue, folder, max_steps, max_size, max_batch)
     native = context.native

@@ -19,7 +19,7 @@ from PIL import Image
 from facesmith.config import GenerateConfig
 from facesmith.edit import EDITS, SETTINGS, EditConfig
 from facesmith.errors import FacesmithError
-from facesmith.serve.page import PageContext, finished, follow, page_user, progress_bar
+from facesmith.serve.page_jobs import PageContext, finished, follow, page_user, progress_bar
 
 KEEP = "keep"  # an age/gender/hair choice that changes nothing
 PHOTO_LABEL = "the uploaded photo"

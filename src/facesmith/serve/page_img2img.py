@@ -5,9 +5,11 @@ Owns the tab's controls and its one event: an init image uploaded into Gradio's 
 sketch mask is), or a face part detected in it instead (`masks.face_part_mask`: face, hair, mouth, eyes);
 A1111's strength, resize mode, mask blur, "only masked" with its padding, masked content (original,
 latent noise, fill) and the face detailer. The run is `img2img.py`'s, from the picture in memory
-(`StartPicture`), through the server's one queue with txt2img's limits and progress (`page.follow`);
+(`StartPicture`), through the server's one queue with txt2img's limits and progress (`page_jobs.follow`);
 the gallery's PNGs carry their metadata as txt2img's do. A drawn mask of nothing with no face part chosen
-runs plain img2img. Uploads are read from the event, never from a path a request names.
+runs plain img2img. Uploads are read from the event, never from a path a request names. The mask is
+made before the job queues (a face part by MTCNN, in the page's worker thread), as the API decodes its
+images before queueing, so a picture without a face is an error at once, not after a wait.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from facesmith.config import MASKED_CONTENT, RESIZE_MODES, GenerateConfig
 from facesmith.errors import FacesmithError
 from facesmith.masks import FACE_PARTS
 from facesmith.samplers import sampler_names
-from facesmith.serve.page import (
+from facesmith.serve.page_jobs import (
     PageContext,
     detail_settings,
     detailer_controls,
