@@ -191,6 +191,7 @@ def test_a_server_lora_named_in_ad_prompt_runs_in_the_face_pass_only(sd15_folder
 
     import facesmith
     import factory
+    from facesmith.config import in_memory
     from facesmith.serve.adetailer import detailer_settings
     from facesmith.serve.jobs import JobQueue
 
@@ -204,7 +205,7 @@ def test_a_server_lora_named_in_ad_prompt_runs_in_the_face_pass_only(sd15_folder
         settings = detailer_settings({"ADetailer": {"args": args}}, 128, 60, queue.loras)
         corner = Image.new("L", (64, 64))
         corner.paste(255, (0, 0, 12, 12))
-        config = GenerateConfig(prompt="a face", steps=4, seed=2, width=64, height=64, init_image="photo",
+        config = GenerateConfig(prompt="a face", steps=4, seed=2, width=64, height=64, init_image=in_memory("photo"),
                                 mask="corner", mask_blur=0, **settings)  # fmt: skip
         from facesmith.img2img import StartPicture
 

@@ -221,11 +221,16 @@ def test_bad_init_images_and_masks_are_one_line_errors(sd15_folder, photo, tmp_p
     one_line_error(result, fragment)
 
 
-def test_validate_names_the_setting():
+def test_validate_names_the_setting(tmp_path):
+    from facesmith.config import in_memory
+
+    with pytest.raises(FacesmithError, match="--init .*missing.png does not exist"):
+        GenerateConfig(prompt="a", init_image=str(tmp_path / "missing.png")).validate()
+    # a picture given in memory (the API's, the page's) is not looked for on disk
     with pytest.raises(FacesmithError, match="denoises no step"):
-        GenerateConfig(prompt="a", init_image="x.png", strength=0.1, steps=5).validate()
+        GenerateConfig(prompt="a", init_image=in_memory("init_images[0]"), strength=0.1, steps=5).validate()
     with pytest.raises(FacesmithError, match="--masked-content"):
-        GenerateConfig(prompt="a", init_image="x.png", masked_content="latent nothing").validate()
+        GenerateConfig(prompt="a", init_image=in_memory("x"), masked_content="latent nothing").validate()
 
 
 def test_cli_repaints_the_detected_face_of_a_real_photo(sd15_folder, shared_data, tmp_path):

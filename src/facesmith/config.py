@@ -29,6 +29,12 @@ RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
 MASKED_CONTENT = ("original", "latent noise", "fill")
 
 
+def in_memory(label: str) -> str:
+    """The `init_image` label of a picture given in memory (img2img.StartPicture: an API request's, the
+    page's upload, edit's aligned crop): in angle brackets, so `validate` does not look for it on disk."""
+    return f"<{label}>"
+
+
 class StageConfig:
     """What every stage's settings dataclass shares: a plain dict out, and a dict in that names
     any unknown key (a typo in a TOML file must not be silently ignored)."""
@@ -279,7 +285,8 @@ class GenerateConfig(StageConfig):
             if self.mask is not None:
                 raise FacesmithError(f"--mask {self.mask} needs --init IMAGE: the image to inpaint")
             return
-        if not Path(self.init_image).expanduser().is_file():  # read_image's words, said before torch loads
+        on_disk = not (self.init_image.startswith("<") and self.init_image.endswith(">"))  # in_memory's
+        if on_disk and not Path(self.init_image).expanduser().is_file():  # read_image's words, before torch
             raise FacesmithError(
                 f"--init {self.init_image} does not exist or is not a file: give the path of an image"
             )

@@ -134,7 +134,7 @@ def edit_face(
 ) -> Edit:
     """`photo` with its main face edited as `config` asks (see the module docstring)."""
     from facesmith.attributes.classifier import AttributeClassifier, caption_attributes
-    from facesmith.config import GenerateConfig
+    from facesmith.config import GenerateConfig, in_memory
     from facesmith.data.align import align_face, face_quad
     from facesmith.data.captions import caption_from_attributes
     from facesmith.data.faces import detect_faces, main_face
@@ -162,7 +162,7 @@ def edit_face(
             mask = mask.filter(ImageFilter.MaxFilter(5)).filter(ImageFilter.GaussianBlur(4))
     run = GenerateConfig(
         prompt=caption, steps=config.steps, cfg=config.cfg, seed=config.seed, width=side, height=side,
-        init_image=name, strength=strength, mask="face part" if mask is not None else None,
+        init_image=in_memory(name), strength=strength, mask="face part" if mask is not None else None,
     )  # fmt: skip
     edited = generator.sample(run.validate(), given=StartPicture(crop, mask)).images[0]
     quad = face_quad(face.landmarks)

@@ -24,7 +24,7 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
-from facesmith.config import RESIZE_MODES, GenerateConfig
+from facesmith.config import RESIZE_MODES, GenerateConfig, in_memory
 from facesmith.errors import FacesmithError
 from facesmith.img2img import StartPicture, decode_image, flatten, mask_from_image
 from facesmith.serve.api import Txt2ImgRequest, Txt2ImgResponse, answer, request_config
@@ -94,7 +94,7 @@ def img2img_config(
     image = flatten(decode_field(body.init_images[0], "init_images"))
     config = dataclasses.replace(
         config,
-        init_image="init_images[0]",  # a label for the recipe: the picture comes in memory
+        init_image=in_memory("init_images[0]"),  # a label for the recipe: the picture comes in memory
         strength=body.denoising_strength,
         resize_mode=RESIZE_MODES[body.resize_mode],
         mask="mask" if body.mask else None,

@@ -16,7 +16,7 @@ import threading
 import gradio as gr
 from PIL import Image
 
-from facesmith.config import GenerateConfig
+from facesmith.config import GenerateConfig, in_memory
 from facesmith.edit import EDITS, SETTINGS, EditConfig
 from facesmith.errors import FacesmithError
 from facesmith.serve.page_jobs import PageContext, finished, follow, page_user, progress_bar
@@ -91,7 +91,9 @@ def edit_tab(context: PageContext) -> None:
             photo = photo.convert("RGB")
             _, _, used = config.changes()
             # counts the job's steps for the progress bar, as the img2img run inside edit_face takes them
-            counted = GenerateConfig(prompt="edit", steps=config.steps, init_image=PHOTO_LABEL, strength=used)
+            counted = GenerateConfig(
+                prompt="edit", steps=config.steps, init_image=in_memory(PHOTO_LABEL), strength=used
+            )
 
             def task(generator, progress):
                 from facesmith.edit import edit_face

@@ -20,7 +20,7 @@ import gradio as gr
 import numpy as np
 from PIL import ImageChops
 
-from facesmith.config import MASKED_CONTENT, RESIZE_MODES, GenerateConfig
+from facesmith.config import MASKED_CONTENT, RESIZE_MODES, GenerateConfig, in_memory
 from facesmith.errors import FacesmithError
 from facesmith.masks import FACE_PARTS
 from facesmith.samplers import sampler_names
@@ -79,7 +79,7 @@ def img2img_tab(context: PageContext, default_sampler: str, default_cfg: float) 
         seed = int(seed) if seed is not None and int(seed) >= 0 else None
         config = GenerateConfig(
             prompt=prompt, negative=negative, steps=int(steps), cfg=float(cfg), sampler=sampler, seed=seed,
-            count=int(count), width=int(width), height=int(height), init_image="the uploaded image",
+            count=int(count), width=int(width), height=int(height), init_image=in_memory(IMAGE_LABEL),
             strength=float(strength), resize_mode=resize_mode, mask_blur=int(mask_blur),
             inpaint_full_res_padding=int(padding), masked_content=masked_content,
             **detail_settings(detail, detail_strength, detail_confidence),
