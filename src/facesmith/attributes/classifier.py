@@ -80,6 +80,16 @@ class AttributeNetwork(nn.Module):
         network.features.load_state_dict(load_mobilenet_v2().features.state_dict())
         return network
 
+    @classmethod
+    def from_heads(cls, heads: AttributeHeads, size: int) -> AttributeNetwork:
+        """ImageNet features under heads fitted on them frozen (`fit_heads`): the starting point of
+        fine-tuning, which then predicts what the frozen-feature classifier does."""
+        reduced, hidden = heads.reduce[0].out_channels, heads.binary.in_features
+        network = cls(size, reduced=reduced, hidden=hidden)
+        network.features.load_state_dict(load_mobilenet_v2().features.state_dict())
+        network.heads.load_state_dict(heads.state_dict())
+        return network
+
     def forward(self, x: torch.Tensor):
         return self.heads(self.features(x))
 
