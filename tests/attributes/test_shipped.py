@@ -10,9 +10,17 @@ import factory
 from facesmith.attributes.classifier import SHIPPED, AttributeClassifier, score
 from facesmith.attributes.schema import AGE_NAMES, CELEBA_ATTRIBUTES, celeba_attributes
 
-# A little under the held-out balanced accuracy measured on all 1032 held-out CelebA faces (attributes.json):
-# 200 faces hold few bald or hatted ones, so the rarer attributes get more room.
-FLOORS = {"Male": 0.9, "Smiling": 0.82, "Eyeglasses": 0.85, "No_Beard": 0.82, "Black_Hair": 0.75}
+# The first 200 held-out CelebA faces scored (balanced accuracy) Male 0.940, Smiling 0.790, Eyeglasses 0.854
+# (13 positives), No_Beard 0.847, Black_Hair 0.843, Blond_Hair 0.939 with the shipped weights; the floors sit
+# a little under, so a regression of the shipped classifier (or of its preprocessing) fails here.
+FLOORS = {
+    "Male": 0.88,
+    "Smiling": 0.74,
+    "Eyeglasses": 0.8,
+    "No_Beard": 0.8,
+    "Black_Hair": 0.78,
+    "Blond_Hair": 0.88,
+}
 
 
 def test_shipped_classifier_loads_and_gives_probabilities():
