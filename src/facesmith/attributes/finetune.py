@@ -7,7 +7,7 @@ resized: reading datasets is the callers' (`evaluate/attributes.py`, `scripts/tr
 
 Why end to end: heads on frozen ImageNet features missed most bald, eyeglasses and beard faces (issue 13:
 recall 0.18, 0.29, 0.34 of bald, glasses and bearded held-out faces). A first recipe (64 px, blocks 14-18
-only, backbone lr 4e-4 from scratch heads, BatchNorm in train mode) ran 961 steps and ended below the
+only, backbone lr 4e-4, random heads, BatchNorm in train mode) ran 966 steps and ended below the
 frozen heads on gender and smiling with its loss still falling: under-trained, and started from random
 heads, so its first steps moved the ImageNet features toward what untrained heads asked. The shipped
 recipe starts from the frozen-feature heads with the BatchNorm statistics frozen (at step 0 it scores
