@@ -11,8 +11,10 @@ only, backbone lr 4e-4, random heads, BatchNorm in train mode) ran 966 steps and
 frozen heads on gender and smiling with its loss still falling: under-trained, and started from random
 heads, so its first steps moved the ImageNet features toward what untrained heads asked. The shipped
 recipe starts from the frozen-feature heads with the BatchNorm statistics frozen (at step 0 it scores
-exactly what those heads score) and trains modules 4-18 at 128 px with a lower backbone rate. Why balanced: the targets are balanced accuracy, and a plain BCE on a 3 %-positive
-attribute learns to say "no". Why a time budget: the recipe has to fit a shared 2-core CPU, where the
+exactly what those heads score) and trains modules 4-18 at 128 px with a lower backbone rate.
+
+Why balanced: the targets are balanced accuracy, and a plain BCE on a 3 %-positive attribute learns to
+say "no". Why a time budget: the recipe has to fit a shared 2-core CPU, where the
 speed of a step varies several-fold; the learning rate follows a cosine over the *elapsed share* of the
 budget (warm-up first), so a slow machine trains fewer steps but still anneals. Augmentations follow
 common practice for face attributes (random flips and crops, colour jitter), plus blur and JPEG because
