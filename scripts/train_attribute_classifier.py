@@ -1,25 +1,27 @@
-"""Fine-tune the shipped attribute classifier end to end on the shared CelebA and UTKFace faces.
+"""Train the shipped attribute classifier on the shared CelebA and UTKFace faces: heads, then end to end.
 
-The recipe behind `src/facesmith/weights/attributes/` (issue 13): MobileNetV2 from its ImageNet weights
-and the attribute heads trained together (`facesmith.attributes.finetune`) on augmented faces, for a
-wall-time budget a shared 2-core CPU can afford; then held-out TPR/TNR and balanced accuracy per attribute,
-for the new classifier and, on the same faces, for the classifier it replaces.
+The recipe behind `src/facesmith/weights/attributes/` (issue 13), in the linear-probe-then-fine-tune order
+of Kumar et al. 2022: first heads fitted on the frozen ImageNet MobileNetV2 (`classifier.fit_heads`, what
+`facesmith attributes train` does; or `--init`, a folder it wrote), then backbone and heads trained
+together (`facesmith.attributes.finetune`) on augmented faces for a wall-time budget a shared 2-core CPU
+can afford, with the backbone's BatchNorm statistics frozen; then held-out TPR/TNR and balanced accuracy
+per attribute for the fine-tuned classifier and, on the same faces, for the frozen-feature heads it
+started from.
 
-Faces: CelebA cropped to the 80-px face square of `pack_default_data.py` (`CELEBA_BOX`), UTKFace's aligned
-chips whole, both resized to `--size`. Held out: the 10 % of file names `evaluate.faceset.hashed_split`
-picks, the same faces the frozen-feature heads were scored on. The decoded faces are cached in `--work`
-(git-ignored scratch, never committed: they are non-commercial research data), with the checkpoint, so
-an interrupted run resumes.
+Faces: `facesmith prepare --aligned`'s crop (`data.align.aligned_box`: CelebA's face square, UTKFace's
+chips whole) with a Lanczos resize to `--size`. Held out: the 10 % of file names
+`evaluate.faceset.hashed_split` picks, the faces the frozen-feature heads were scored on. The decoded
+faces are cached in `--work` (scratch outside the repository, never committed: they are non-commercial
+research data), with the checkpoint, so an interrupted run resumes with the same command.
 
-    nice -n 10 python scripts/train_attribute_classifier.py --shared /work/shared --minutes 50 \
-        --work /tmp/attr-ft --out src/facesmith/weights/attributes
+    OMP_NUM_THREADS=1 nice -n 5 python scripts/train_attribute_classifier.py --shared /work/shared \
+        --work /tmp/attr-ft128 --minutes 70 --out src/facesmith/weights/attributes
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import time
 from pathlib import Path
 
@@ -27,12 +29,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facesmith.attributes.classifier import SHIPPED, AttributeClassifier, score
+from facesmith.attributes.backbone import feature_maps
+from facesmith.attributes.classifier import AttributeClassifier, AttributeNetwork, fit_heads, score
 from facesmith.attributes.finetune import fine_tune, network_probabilities, save_network
 from facesmith.attributes.schema import celeba_attributes, utkface_attributes
+from facesmith.config import write_toml
+from facesmith.data.align import aligned_box
 from facesmith.evaluate.faceset import hashed_split
 
-CELEBA_BOX = (4, 18, 84, 98)  # as scripts/pack_default_data.py
 TARGETS = {
     **dict.fromkeys(
         ["Male", "Eyeglasses", "Smiling", "Black_Hair", "Blond_Hair", "Gray_Hair", "Wearing_Hat",
@@ -42,50 +46,61 @@ TARGETS = {
 }  # fmt: skip
 
 
-def read_shared(shared: Path) -> tuple[list[Path], list[tuple | None], list[dict]]:
+def read_shared(shared: Path) -> tuple[list[Path], list[dict]]:
     celeba, utk = shared / "data" / "celeba", shared / "data" / "utkface"
-    paths, boxes, attrs = [], [], []
+    paths, attrs = [], []
     for row in csv.DictReader((celeba / "attributes.csv").read_text().splitlines()):
         paths.append(celeba / "images" / row["file"])
-        boxes.append(CELEBA_BOX)
         attrs.append(celeba_attributes(row))
     for row in csv.DictReader((utk / "labels.csv").read_text().splitlines()):
         paths.append(utk / "images" / row["file"])
-        boxes.append(None)
         attrs.append(utkface_attributes(int(row["age"]), int(row["gender"]), int(row["race"])))
-    return paths, boxes, attrs
+    return paths, attrs
 
 
-def decode(paths: list[Path], boxes: list, size: int) -> np.ndarray:
+def decode(paths: list[Path], size: int) -> np.ndarray:
     out = np.zeros((len(paths), size, size, 3), np.uint8)
-    for i, (path, box) in enumerate(zip(paths, boxes, strict=True)):
+    for i, path in enumerate(paths):
         with Image.open(path) as image:
             image = image.convert("RGB")
-            out[i] = np.asarray((image.crop(box) if box else image).resize((size, size), Image.LANCZOS))
+            out[i] = np.asarray(image.resize((size, size), Image.LANCZOS, box=aligned_box(*image.size)))
     return out
 
 
-def cached_faces(paths, boxes, size: int, work: Path) -> np.ndarray:
+def cached_faces(paths: list[Path], size: int, work: Path) -> np.ndarray:
     cache = work / f"faces-{size}.npy"
     if cache.is_file():
         faces = np.load(cache)
         if len(faces) == len(paths):
             return faces
-    faces = decode(paths, boxes, size)
+    faces = decode(paths, size)
     np.save(cache, faces)
     return faces
 
 
+def frozen_heads(faces: np.ndarray, attrs: list[dict], train: np.ndarray, args) -> AttributeNetwork:
+    """The linear-probe stage: `--init`'s heads, or heads fitted here as `facesmith attributes train`
+    fits them (its defaults: 10 epochs, batch 256, lr 1e-3, weight decay 1e-4)."""
+    if args.init:
+        return AttributeNetwork.from_heads(AttributeClassifier.load(args.init).heads, args.size)
+    maps = feature_maps(lambda i: Image.fromarray(faces[i]), len(faces), size=args.size)
+    heads = fit_heads(
+        maps, attrs, np.flatnonzero(train), epochs=10, batch=256, lr=1e-3, weight_decay=1e-4, seed=args.seed
+    )
+    return AttributeNetwork.from_heads(heads, args.size)
+
+
 def table(new: dict, old: dict | None) -> str:
-    lines = ["| attribute | target | TPR | TNR | balanced acc. | previous balanced acc. | positives / faces |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| attribute | target | TPR | TNR | balanced acc. | frozen-feature heads | accuracy | positives / faces |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, entry in new.items():
         before = old.get(name, {}).get("balanced_accuracy") if old else None
         tpr, tnr = entry.get("tpr"), entry.get("tnr")
         size = f"{entry.get('positives', '-')} / {entry['count']}"
         lines.append(
             f"| {name} | {TARGETS.get(name, '')} | {'' if tpr is None else tpr} | {'' if tnr is None else tnr} "
-            f"| {entry['balanced_accuracy']} | {'' if before is None else before} | {size} |"
+            f"| {entry['balanced_accuracy']} | {'' if before is None else before} | {entry['accuracy']} "
+            f"| {size} |"
         )
     return "\n".join(lines)
 
@@ -93,24 +108,32 @@ def table(new: dict, old: dict | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=Path("/work/shared"))
-    parser.add_argument("--work", type=Path, default=Path("/tmp/attr-ft"))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/attr-ft128"))
     parser.add_argument("--out", type=Path, default=Path("attribute-classifier"))
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--minutes", type=float, default=50.0)
+    parser.add_argument(
+        "--init", type=Path, default=None, help="frozen-feature heads from `attributes train`"
+    )
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--minutes", type=float, default=70.0)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=3e-4, help="heads")
+    parser.add_argument("--backbone-lr", type=float, default=1e-4)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--frozen", type=int, default=14, help="leading MobileNetV2 modules kept frozen")
+    parser.add_argument("--frozen", type=int, default=4, help="leading MobileNetV2 modules kept frozen")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    paths, boxes, attrs = read_shared(args.shared)
-    faces = cached_faces(paths, boxes, args.size, args.work)
+    paths, attrs = read_shared(args.shared)
+    faces = cached_faces(paths, args.size, args.work)
     held = np.array([hashed_split(p.name) == "val" for p in paths])
     print(f"{len(faces)} faces, {held.sum()} held out; decoded in {time.time() - started:.0f} s", flush=True)
+    network = frozen_heads(faces, attrs, ~held, args)
+    held_attrs = [a for a, h in zip(attrs, held, strict=True) if h]
+    previous = score(network_probabilities(network, faces[held]), held_attrs)
     last = [0.0]
 
     def report(stage, done, total, **fields):
@@ -120,34 +143,27 @@ def main() -> None:
 
     network, run = fine_tune(
         faces, attrs, np.flatnonzero(~held), minutes=args.minutes, epochs=args.epochs, batch=args.batch,
-        seed=args.seed, frozen=args.frozen, checkpoint=args.work / "checkpoint.pt", progress=report,
+        lr=args.lr, backbone_lr=args.backbone_lr, seed=args.seed, frozen=args.frozen,
+        checkpoint=args.work / "checkpoint.pt", network=network, progress=report,
     )  # fmt: skip
-    held_attrs = [a for a, h in zip(attrs, held, strict=True) if h]
     scores = score(network_probabilities(network, faces[held]), held_attrs)
-
-    # The classifier this replaces, on the same held-out faces at its own 128 px.
-    previous = None
-    if (SHIPPED / "attributes.json").is_file() and not json.loads(
-        (SHIPPED / "attributes.json").read_text()
-    ).get("fine_tuned"):
-        old = AttributeClassifier.load(SHIPPED)
-        old_faces = decode([p for p, h in zip(paths, held, strict=True) if h],
-                           [b for b, h in zip(boxes, held, strict=True) if h], old.size)  # fmt: skip
-        images = [Image.fromarray(f) for f in old_faces]
-        previous = score(old.probabilities(images), held_attrs)
-        (args.work / "previous_scores.json").write_text(json.dumps(previous, indent=1))
-
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if v is not None}
     info = {
         "size": args.size,
         "fine_tuned": True,
-        "backbone": f"MobileNetV2, ImageNet start (facesmith/weights/mobilenet_v2); modules {args.frozen}-18 fine-tuned with the heads",
+        "backbone": (
+            f"MobileNetV2 from ImageNet (facesmith/weights/mobilenet_v2); modules {args.frozen}-18 trained "
+            "with the heads, BatchNorm statistics frozen"
+        ),
         "trained_on": ["shared CelebA (10k, 40 attributes)", "shared UTKFace (20k, age/gender/race)"],
-        "recipe": f"scripts/train_attribute_classifier.py {' '.join(f'--{k} {v}' for k, v in vars(args).items() if k not in ('shared', 'work', 'out'))}",
+        "recipe": "scripts/train_attribute_classifier.py with attributes-train.toml",
         "faces": {"train": int((~held).sum()), "held_out": int(held.sum())},
         "training": run,
         "held_out": scores,
+        "held_out_frozen_heads": previous,
     }
     save_network(network, info, args.out)
+    write_toml(settings, args.out / "attributes-train.toml")
     (args.out / "held_out.md").write_text(table(scores, previous) + "\n")
     print(table(scores, previous), flush=True)
     print(f"total {time.time() - started:.0f} s; wrote {args.out}", flush=True)

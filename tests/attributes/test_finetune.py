@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 import factory
-from facesmith.attributes.classifier import AttributeClassifier, AttributeNetwork
+from facesmith.attributes.classifier import AttributeClassifier, AttributeHeads, AttributeNetwork
 from facesmith.attributes.finetune import (
     augment,
     balanced_weights,
@@ -96,3 +96,42 @@ def test_weights_that_do_not_fit_their_json_are_a_user_error(tmp_path):
     (tmp_path / "attributes.json").write_text(info)
     with pytest.raises(FacesmithError, match="does not fit attributes.json"):
         AttributeClassifier.load(tmp_path)
+
+
+def test_frozen_statistics_keep_the_backbone_batch_norm_and_train_the_rest():
+    pixels, attrs = faces(16, seed=5)
+    network = tiny_network()
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    network, _ = fine_tune(pixels, attrs, np.arange(16), minutes=5, epochs=1, batch=8, network=network)
+    after = network.state_dict()
+    running = [k for k in before if k.startswith("features.") and "running_" in k]
+    assert running and all(torch.equal(before[k], after[k]) for k in running)  # ImageNet statistics kept
+    assert not torch.equal(before["features.18.1.weight"], after["features.18.1.weight"])  # BN scale learns
+    assert not torch.equal(before["heads.reduce.1.running_mean"], after["heads.reduce.1.running_mean"])
+    loose, _ = fine_tune(
+        pixels,
+        attrs,
+        np.arange(16),
+        minutes=5,
+        epochs=1,
+        batch=8,
+        network=tiny_network(),
+        frozen_statistics=False,
+    )
+    assert not torch.equal(before[running[0]], loose.state_dict()[running[0]])
+
+
+def test_fine_tuning_starts_where_the_frozen_feature_heads_are():
+    # Linear probe, then fine-tune: before any step the network predicts what the frozen-feature heads do.
+    from facesmith.attributes.backbone import feature_maps
+
+    torch.manual_seed(1)
+    heads = AttributeHeads(grid=1, reduced=8, hidden=16)
+    frozen = AttributeClassifier(heads, {"size": SIZE})
+    pixels, _ = faces(4, seed=6)
+    images = [Image.fromarray(p) for p in pixels]
+    expected = frozen.probabilities_from_maps(feature_maps(images, size=SIZE))
+    network = AttributeNetwork.from_heads(heads, SIZE)
+    got = network_probabilities(network, pixels)
+    np.testing.assert_allclose(got["binary"], expected["binary"], atol=2e-3)  # feature maps are fp16
+    np.testing.assert_allclose(got["age"], expected["age"], atol=2e-3)

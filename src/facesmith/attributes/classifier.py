@@ -2,9 +2,9 @@
 
 Owns the classifier: small heads (`AttributeHeads`) on MobileNetV2's last 1280-channel feature map, kept
 as a grid so hats, bangs and beards keep their place. Two kinds load alike: the shipped one, whose
-backbone was fine-tuned with the heads (`AttributeNetwork`, trained by `attributes.finetune`), and heads
-fitted on the frozen ImageNet backbone of `backbone.py` (`fit_heads`, what `facesmith attributes train`
-does by default). Also owns the masked losses (a source that lacks a label - UTKFace has no hair colour,
+backbone was fine-tuned with the heads (`AttributeNetwork`, trained by `attributes.finetune` from heads
+fitted first on frozen features, `AttributeNetwork.from_heads`), and heads fitted on the frozen ImageNet
+backbone of `backbone.py` (`fit_heads`, what `facesmith attributes train` does). Also owns the masked losses (a source that lacks a label - UTKFace has no hair colour,
 CelebA no age in years - adds no loss for it), held-out scores per attribute (accuracy, majority rate,
 TPR/TNR and balanced accuracy), and prediction as attribute dicts (`schema.py`'s keys; gender is CelebA's
 `Male`) with the probabilities behind them. The shipped copy lives in `facesmith/weights/attributes/`;
@@ -13,7 +13,8 @@ prepare captions unlabeled faces with it, `facesmith evaluate` judges attribute 
 Kohya's WD14 tagger).
 
 Frozen-feature heads follow linear probing (Kornblith et al. 2019, "Do Better ImageNet Models Transfer
-Better?"); the multi-task masked loss follows Rudd et al. 2016 (MOON) in spirit.
+Better?"), and probing before fine-tuning follows Kumar et al. 2022 (LP-FT); the multi-task masked loss
+follows Rudd et al. 2016 (MOON) in spirit.
 """
 
 from __future__ import annotations
@@ -78,6 +79,16 @@ class AttributeNetwork(nn.Module):
     def from_imagenet(cls, size: int) -> AttributeNetwork:
         network = cls(size)
         network.features.load_state_dict(load_mobilenet_v2().features.state_dict())
+        return network
+
+    @classmethod
+    def from_heads(cls, heads: AttributeHeads, size: int) -> AttributeNetwork:
+        """ImageNet features under heads fitted on them frozen (`fit_heads`): the starting point of
+        fine-tuning, which then predicts what the frozen-feature classifier does."""
+        reduced, hidden = heads.reduce[0].out_channels, heads.binary.in_features
+        network = cls(size, reduced=reduced, hidden=hidden)
+        network.features.load_state_dict(load_mobilenet_v2().features.state_dict())
+        network.heads.load_state_dict(heads.state_dict())
         return network
 
     def forward(self, x: torch.Tensor):
