@@ -157,7 +157,13 @@ def run_evaluate(config: EvaluateConfig, progress: Progress | None = None) -> di
         feats = features(images, f"features: {name}")
         fd = realism.frechet_distance(feats, held_features)
         fd_interval = bootstrap(
-            realism.frechet_distance, feats, held_features, rounds=config.bootstrap, seed=config.seed
+            realism.frechet_distance,
+            feats,
+            held_features,
+            rounds=config.bootstrap,
+            seed=config.seed,
+            method="basic",
+            floor=0.0,  # resampling biases FD upward (uncertainty.py)
         )
         kid, kid_std = realism.kernel_inception_distance(feats, held_features, seed=config.seed)
         inside_real, inside_fake = diversity.manifold_membership(held_features, feats, k=config.knn)

@@ -2,8 +2,19 @@
 
 Owns `wilson` (the Wilson score interval of a binomial share, Wilson 1927; better than the normal
 approximation at the n = 10-50 a faithfulness cell rests on) and `bootstrap` (the percentile interval of a
-statistic over resamples with replacement, Efron & Tibshirani 1993, ch. 13). Every interval is 95 % and
-seeded, so a rerun reports the same bounds.
+statistic over resamples with replacement, Efron & Tibshirani 1993, ch. 13; or that spread centred on the
+statistic itself, for a statistic the resampling biases). Every interval is 95 % and seeded, so a rerun
+reports the same bounds.
+
+Why two kinds: a resample with replacement repeats about a third of its points, and the Fréchet distance
+of a set with repeats is larger than that of the set (its covariance loses rank, and FD is biased upward
+as the effective sample shrinks). The percentile interval of FD then lies wholly above the FD it is
+meant to bound (measured on the default model's report: 118.8 with [124.9, 143.3]). `method="centered"`
+keeps the resamples' spread and moves it onto the FD of the samples (theta + q - mean of the resamples):
+how far another draw of the same N images would put FD, which is what comparing two models at one N
+needs. It bounds FD at this N, not the population FD, which every finite-N FD overstates (Chong &
+Forsyth 2020, "Effectively unbiased FID"); the "basic" interval (2 theta - q) would correct for that
+too, but then leaves the reported FD outside its own interval.
 """
 
 from __future__ import annotations
@@ -31,10 +42,21 @@ def bootstrap(
     *samples: np.ndarray,
     rounds: int = 200,
     seed: int = 0,
+    method: str = "percentile",
+    floor: float | None = None,
 ) -> tuple[float, float]:
-    """2.5th and 97.5th percentiles of `statistic(*resampled)`, each sample resampled with replacement
-    along its first axis, independently, `rounds` times."""
+    """The 95 % interval of `statistic` from `rounds` resamples, each sample resampled with replacement
+    along its first axis, independently: the 2.5th and 97.5th percentiles of the resampled values
+    (`method="percentile"`), or those moved by the resamples' bias onto the statistic of the samples
+    themselves (`method="centered"`), clipped below at `floor` if given (a distance is never negative)."""
+    if method not in ("percentile", "centered"):
+        raise ValueError(f"unknown bootstrap method {method!r}")
     rng = np.random.default_rng(seed)
     values = [statistic(*(s[rng.integers(0, len(s), len(s))] for s in samples)) for _ in range(rounds)]
-    low, high = np.percentile(values, [2.5, 97.5])
-    return float(low), float(high)
+    low, high = (float(v) for v in np.percentile(values, [2.5, 97.5]))
+    if method == "centered":
+        shift = float(statistic(*samples)) - float(np.mean(values))
+        low, high = low + shift, high + shift
+    if floor is not None:
+        low, high = max(floor, low), max(floor, high)
+    return low, high
