@@ -149,7 +149,7 @@ def paired(before: np.ndarray, after: np.ndarray, rounds: int = 10_000, seed: in
 
 
 def write_grid(columns: dict[str, list[Image.Image]], path: Path, per_row: int = 8, side: int = 64) -> None:
-    """Blocks side by side (before | best | last), each `per_row` faces wide, a gap between blocks."""
+    """Blocks side by side (before | best | --also-steps | last), each `per_row` faces wide, a gap between blocks."""
     count = len(next(iter(columns.values())))
     rows = -(-count // per_row)
     gap = side // 4
@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--grid", default=None, help="write the before | best | last grid here")
+    parser.add_argument("--also-steps", default="", help="more exported steps to score, e.g. 200,300")
     parser.add_argument("--only", choices=("data", "before", "train"), default=None, help="stop after it")
     args = parser.parse_args()
     import torch
@@ -212,6 +213,9 @@ def main() -> None:
     best = last if best_step >= args.steps else run / f"run-step{best_step:08d}.safetensors"
     started = time.time()
     after = {"best": generate(best, args.seeds, args.gen_steps, work / f"after-step{best_step}")}
+    for step in [int(s) for s in args.also_steps.split(",") if s]:  # in step order, for the grid
+        lora = run / f"run-step{step:08d}.safetensors"
+        after[f"step {step}"] = generate(lora, args.seeds, args.gen_steps, work / f"after-step{step}")
     after["last"] = (
         after["best"] if best == last else generate(last, args.seeds, args.gen_steps, work / "after-last")
     )
@@ -224,7 +228,7 @@ def main() -> None:
     blond0, face0 = rates(before, classifier)
     summary = {
         "faces": args.faces, "val_rows": len(read_manifest(dataset, split="val")),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("work", "shared", "grid", "only")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("work", "shared", "grid", "only", "also_steps")},
         "best_step": best_step, "val_loss": validation.get("losses"), "seconds": timings,
     }  # fmt: skip
     for name, images in after.items():
