@@ -5,7 +5,7 @@ Stages, each written under `--work` (in /tmp, never in the repository) and skipp
    by `facesmith prepare --aligned --size 128` (the default model's crop, `data.align.aligned_box`) with
    its 5 % val split. With `--caption neutral` (default) every caption is the neutral prompt itself, so
    the LoRA learns "blond" under the words it is asked with; `--caption attributes` keeps the
-   attribute captions (which say "blond hair"), as the earlier 5 % -> 7.5 % run did.
+   attribute captions (which say "blond hair"), as `prepare` writes them.
 2. before: the neutral prompt at the seeds 0..`--seeds`-1 from the default model.
 3. train: a LoRA of the default model (`run_train`) with the validation loss every `--validate-every`
    steps (and a LoRA export at each), prior preservation from `--class-images` images the base model
@@ -15,7 +15,8 @@ Stages, each written under `--work` (in /tmp, never in the repository) and skipp
 5. score: blond rate (the shipped attribute classifier's Blond_Hair) and face rate (exactly one MTCNN
    face with five points, as `facesmith evaluate` counts it), each with a Wilson 95 % interval, and the
    paired difference after - before with a 95 % paired bootstrap over seeds (the same seeds resampled
-   on both sides); then a before | best | last grid of the generated faces (`--grid`).
+   on both sides); the near-copies of training faces among them (the memorization audit of
+   `facesmith evaluate`); then a before | best | last grid of the generated faces (`--grid`).
 
 Run (about 25 minutes on 1-2 threads; see benchmarks/NOTES.md):
 `OMP_NUM_THREADS=2 nice -n 5 python benchmarks/blond_lora.py --threads 2 --grid docs/blond-lora-grid.png`
@@ -126,6 +127,25 @@ def rates(images, classifier) -> tuple[np.ndarray, np.ndarray]:
     return np.array(blond, dtype=float), np.array(faces, dtype=float)
 
 
+def near_copies(dataset: Path, sets: dict[str, list[Image.Image]]) -> dict[str, list[int]]:
+    """The seeds of each set whose images are near-copies of a training face (`facesmith evaluate`'s
+    memorization audit, its thresholds calibrated on these faces); the grid greys them out, so that it
+    shows no real person."""
+    from facesmith.data.manifest import read_manifest
+    from facesmith.evaluate.features import extract_features
+    from facesmith.evaluate.memorization import audit, calibrate, pixel_vectors
+
+    train = [Image.open(dataset / row.file_name).convert("RGB") for row in read_manifest(dataset)]
+    train_features, train_pixels = extract_features(train), pixel_vectors(train)
+    thresholds = calibrate(train, train_features, extract_features, train_pixels=train_pixels)
+    return {
+        name: np.flatnonzero(
+            audit(images, extract_features(images), train_pixels, train_features, thresholds).copies
+        ).tolist()
+        for name, images in sets.items()
+    }
+
+
 def paired(before: np.ndarray, after: np.ndarray, rounds: int = 10_000, seed: int = 0) -> dict:
     """after - before, with the 95 % percentile interval of the mean difference over seeds resampled
     together (a paired bootstrap, Efron & Tibshirani 1993 ch. 13), and Wilson intervals of each rate."""
@@ -231,13 +251,21 @@ def main() -> None:
         "settings": {k: v for k, v in vars(args).items() if k not in ("work", "shared", "grid", "only", "also_steps")},
         "best_step": best_step, "val_loss": validation.get("losses"), "seconds": timings,
     }  # fmt: skip
+    copies = near_copies(dataset, {"before": before, **after})
+    summary["before_near_copies"] = copies["before"]
     for name, images in after.items():
         blond1, face1 = rates(images, classifier)
         summary[name] = {"blond": paired(blond0, blond1), "face": paired(face0, face1)}
+        summary[name]["near_copies"] = copies[name]
     print(json.dumps(summary, indent=1))
     (work / "summary.json").write_text(json.dumps(summary, indent=1))
     if args.grid:
-        write_grid({"before": before, **after}, Path(args.grid))
+        sets = {"before": before, **after}
+        for name, seeds in copies.items():
+            sets[name] = [
+                Image.new("RGB", im.size, "gray") if i in seeds else im for i, im in enumerate(sets[name])
+            ]
+        write_grid(sets, Path(args.grid))
 
 
 if __name__ == "__main__":
