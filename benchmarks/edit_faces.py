@@ -10,7 +10,8 @@ age=senior) at each strength, the photo is edited with `edit.edit_face` and scor
   (`evaluate.features`, MobileNetV2-ImageNet pool-1280; there is no face-recognition network offline),
   beside the same distance between two different people (each face and the next one).
 The balance is the strength with the largest done - identity / different-people distance.
-`--grid PATH` also writes a before/after grid of faces made by the default model itself (seeds 0-3),
+`--grid PATH` also writes a before/after grid of faces made by the default model itself (the first
+seeds from 0 whose face MTCNN finds),
 so the README shows no real person. Run: `nice python benchmarks/edit_faces.py --count 50`.
 """
 
