@@ -18,8 +18,9 @@ Stages, each written under `--work` (in /tmp, never in the repository) and skipp
    on both sides); the near-copies of training faces among them (the memorization audit of
    `facesmith evaluate`); then a before | best | last grid of the generated faces (`--grid`).
 
-Run (about 25 minutes on 1-2 threads; see benchmarks/NOTES.md):
-`OMP_NUM_THREADS=2 nice -n 5 python benchmarks/blond_lora.py --threads 2 --grid docs/blond-lora-grid.png`
+Run as measured (about 25 minutes of wall time on one thread of the shared 2-core machine; benchmarks/NOTES.md):
+`OMP_NUM_THREADS=1 nice -n 5 python benchmarks/blond_lora.py --threads 1 --steps 600 --validate-every 100
+--class-images 16 --prior-weight 0.25 --lr 2e-3 --rank 32 --batch 4 --also-steps 200,300 --grid docs/blond-lora-grid.png`
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def paired(before: np.ndarray, after: np.ndarray, rounds: int = 10_000, seed: in
     }
 
 
-def write_grid(columns: dict[str, list[Image.Image]], path: Path, per_row: int = 8, side: int = 64) -> None:
+def write_grid(columns: dict[str, list[Image.Image]], path: Path, per_row: int = 8, side: int = 48) -> None:
     """Blocks side by side (before | best | --also-steps | last), each `per_row` faces wide, a gap between blocks."""
     count = len(next(iter(columns.values())))
     rows = -(-count // per_row)
