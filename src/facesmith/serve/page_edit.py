@@ -128,7 +128,7 @@ def edit_tab(context: PageContext) -> None:
                 gender = gr.Dropdown([KEEP, *SETTINGS["gender"]], value=KEEP, label="Gender")
                 hair = gr.Dropdown([KEEP, *SETTINGS["hair"]], value=KEEP, label="Hair")
             with gr.Row():
-                strength = gr.Slider(0, 1, value=0, step=0.05, label="Strength (0: each edit's own, 0.5-0.7)")
+                strength = gr.Slider(0, 1, value=0, step=0.05, label="Strength (0: each edit's own, 0.5-0.8)")
                 steps = gr.Slider(1, context.max_steps, value=min(EditConfig.steps, context.max_steps), step=1,
                                   label="Steps", elem_id="edit-steps")  # fmt: skip
                 seed = gr.Number(EditConfig.seed, label="Seed", precision=0)
