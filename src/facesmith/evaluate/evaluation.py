@@ -162,7 +162,7 @@ def run_evaluate(config: EvaluateConfig, progress: Progress | None = None) -> di
             held_features,
             rounds=config.bootstrap,
             seed=config.seed,
-            method="basic",
+            method="centered",
             floor=0.0,  # resampling biases FD upward (uncertainty.py)
         )
         kid, kid_std = realism.kernel_inception_distance(feats, held_features, seed=config.seed)
