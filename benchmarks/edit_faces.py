@@ -64,6 +64,8 @@ def main() -> None:
     classifier = AttributeClassifier.load()
     if args.grid:
         write_grid(generator, classifier, Path(args.grid), args.grid_strength, args.steps)
+    if args.count <= 0:  # --grid alone (`[-0:]` below would take every face)
+        return
     files = sorted((Path(args.shared) / "celeba" / "images").glob("*.jpg"))[-args.count :]
     photos = [Image.open(f).convert("RGB") for f in files]
     started = time.time()
