@@ -24,13 +24,15 @@ import dataclasses
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
-from PIL import Image, ImageFilter
+from typing import TYPE_CHECKING
 
 from facesmith.config import StageConfig
 from facesmith.errors import FacesmithError
 from facesmith.progress import Progress
+
+if TYPE_CHECKING:  # numpy and Pillow load when an edit runs, not with every `facesmith` command
+    import numpy as np
+    from PIL import Image
 
 # --add/--remove NAME: the CelebA attributes it sets, the face part repainted (None: the whole crop) and
 # the strength the edit runs at unless --strength says otherwise. Glasses and smiles at 0.8: on 50 CelebA
@@ -135,6 +137,9 @@ def edit_face(
     generator, photo: Image.Image, config: EditConfig, classifier=None, name: str = "PHOTO"
 ) -> Edit:
     """`photo` with its main face edited as `config` asks (see the module docstring)."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
     from facesmith.attributes.classifier import AttributeClassifier, caption_attributes
     from facesmith.config import GenerateConfig, in_memory
     from facesmith.data.align import align_face, face_quad
@@ -177,6 +182,9 @@ def paste_back(
 ) -> Image.Image:
     """`edited` (the aligned crop of `quad`) warped back into `photo` through a feathered mask: `mask`
     where a part was repainted, else the crop's inscribed circle, feathered over an eighth of its side."""
+    import numpy as np
+    from PIL import Image
+
     side = edited.width
     if mask is None:
         yy, xx = np.mgrid[0:side, 0:side] + 0.5
@@ -196,6 +204,8 @@ def paste_back(
 def run_edit(config: EditConfig, progress: Progress | None = None, generator=None) -> list[Path]:
     """`facesmith edit`: the edited photo as a PNG (caption and strength in its metadata), the aligned
     face before and after side by side, and edit.toml, in out_dir."""
+    from PIL import Image
+
     from facesmith.generate import FaceGenerator
     from facesmith.img2img import flatten, read_image
     from facesmith.runtime import prepare_out_dir
