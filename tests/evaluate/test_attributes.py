@@ -115,3 +115,25 @@ def test_predict_cli_prints_one_json_line_per_image_with_a_caption(tiny_classifi
     rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
     assert [Path(r["file"]).name for r in rows] == ["0.png", "1.png"]
     assert all(r["attributes"]["Eyeglasses"] == 1 and r["caption"] for r in rows)
+
+
+def test_fine_tune_trains_the_backbone_after_the_heads_and_ships_a_loadable_network(face_dataset, tmp_path):
+    from facesmith.attributes.classifier import AttributeClassifier
+
+    out = tmp_path / "fine"
+    config = AttributeTrainConfig(
+        datasets=[str(face_dataset)], out_dir=str(out), size=64, epochs=2, batch=16, fine_tune_minutes=0.05,
+        fine_tune_epochs=1, fine_tune_batch=16, frozen_modules=14,
+    )  # fmt: skip
+    info = train_attribute_classifier(config)
+    assert info["fine_tuned"] and info["training"]["steps"] >= 1
+    assert set(info["held_out"]) == set(info["held_out_frozen_heads"])  # both stages scored on the same faces
+    assert not (out / "fine-tune-checkpoint.pt").exists()  # a finished run leaves no checkpoint behind
+    written = json.loads((out / "attributes.json").read_text())
+    assert written["held_out"] == info["held_out"] and "modules 14-18" in written["backbone"]
+    classifier = AttributeClassifier.load(out)  # the whole network, not heads on the frozen backbone
+    face = factory.synthetic_face({"Eyeglasses": 1}, seed=1)
+    assert set(classifier.predict([face])[0]) >= {"Eyeglasses", "age_group", "ethnicity"}
+    assert AttributeTrainConfig.load(out / "attributes-train.toml").fine_tune_minutes == 0.05
+    with pytest.raises(FacesmithError, match="--fine-tune -1"):
+        train_attribute_classifier(AttributeTrainConfig(datasets=[str(face_dataset)], fine_tune_minutes=-1))

@@ -224,6 +224,8 @@ def fine_tune(
     weights = balanced_weights([attributes[i] for i in rows])
     torch.manual_seed(seed)
     network = network or AttributeNetwork.from_imagenet(pixels.shape[1])
+    # channels_last: oneDNN's depthwise and pointwise convolutions run ~1.5x faster on a CPU in NHWC.
+    network = network.to(memory_format=torch.channels_last)
     for parameter in network.features[:frozen].parameters():
         parameter.requires_grad_(False)
     optimizer = torch.optim.AdamW(
@@ -266,6 +268,7 @@ def fine_tune(
         for group, rate in zip(optimizer.param_groups, base, strict=True):
             group["lr"] = rate * learning_rate_share(share)
         x = augment(pixels[chosen], np.random.default_rng((seed, step, 1)))
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             x = network.features[:frozen](x)
         loss = balanced_loss(

@@ -93,8 +93,16 @@ def attributes_train(
         int | None, typer.Option(help="Seed of the heads and the batch order [default: 0].")
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+    fine_tune: Annotated[
+        float | None,
+        typer.Option(
+            "--fine-tune",
+            metavar="MINUTES",
+            help="Then train backbone and heads together for this long (the shipped recipe) [default: 0].",
+        ),
+    ] = None,
 ) -> None:
-    """Train the attribute heads; print held-out accuracy per attribute (majority rate beside it)."""
+    """Train the attribute heads (and, with --fine-tune, the backbone); print held-out rates per attribute."""
 
     def work():
         from rich.table import Table
@@ -103,7 +111,7 @@ def attributes_train(
 
         given = {
             "datasets": datasets, "out_dir": out_dir, "epochs": epochs, "limit": limit, "cache": cache,
-            "seed": seed, "device": device,
+            "seed": seed, "device": device, "fine_tune_minutes": fine_tune,
         }  # fmt: skip
         config = stage_config(AttributeTrainConfig, None, given)
         with Bars() as bars:

@@ -40,7 +40,9 @@ from facesmith.progress import Progress
 
 @dataclass
 class AttributeTrainConfig(StageConfig):
-    """`facesmith attributes train`: where faces come from and how the heads are fitted."""
+    """`facesmith attributes train`: where faces come from, how the heads are fitted and, with
+    `fine_tune_minutes`, how long backbone and heads then train together (the shipped classifier's
+    recipe, `scripts/train_attribute_classifier.py`)."""
 
     datasets: list[str] = field(default_factory=list)  # dataset dirs or packed .npz files
     out_dir: str = "attribute-classifier"
@@ -53,6 +55,12 @@ class AttributeTrainConfig(StageConfig):
     limit: int | None = None  # at most this many faces per dataset (quick runs, tests)
     cache: str | None = None  # .npy path: the frozen feature maps, reused when the face list matches
     device: str | None = None
+    fine_tune_minutes: float = 0.0  # 0: heads on the frozen backbone only
+    fine_tune_epochs: int = 30  # the fine-tune ends at this many passes if the minutes last longer
+    fine_tune_batch: int = 64
+    fine_tune_lr: float = 3e-4  # the heads' rate while fine-tuning
+    backbone_lr: float = 1e-4
+    frozen_modules: int = 4  # leading MobileNetV2 modules kept at their ImageNet weights
 
 
 @dataclass
@@ -104,6 +112,10 @@ def train_attribute_classifier(config: AttributeTrainConfig, progress: Progress 
         raise FacesmithError("no DATASET given: name prepared dataset folders or packed .npz files")
     if config.size % 32 or config.size < 32:
         raise FacesmithError(f"--size {config.size} must be a positive multiple of 32")
+    if config.fine_tune_minutes < 0:
+        raise FacesmithError(f"--fine-tune {config.fine_tune_minutes} must be 0 (heads only) or minutes > 0")
+    if not 0 <= config.frozen_modules <= 18:
+        raise FacesmithError(f"frozen_modules = {config.frozen_modules} must be 0-18 (MobileNetV2's modules)")
     device = choose_device(config.device)
     faces: list[RealFace] = []
     for source in config.datasets:
@@ -133,11 +145,9 @@ def train_attribute_classifier(config: AttributeTrainConfig, progress: Progress 
         progress=progress,
     )
 
+    held_attrs = [f.attributes for f, h in zip(labelled, held, strict=True) if h]
     classifier = AttributeClassifier(heads, {"size": config.size}, device)
-    scores = score(
-        classifier.probabilities_from_maps(maps[held]),
-        [f.attributes for f, h in zip(labelled, held, strict=True) if h],
-    )
+    scores = score(classifier.probabilities_from_maps(maps[held]), held_attrs)
     info = {
         "size": config.size,
         "heads": {"reduced": heads.reduce[0].out_channels, "hidden": heads.binary.in_features},
@@ -149,11 +159,47 @@ def train_attribute_classifier(config: AttributeTrainConfig, progress: Progress 
     }
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
-    save_file(state, str(out / "attributes.safetensors"))
-    (out / "attributes.json").write_text(json.dumps(info, indent=1) + "\n")
+    if config.fine_tune_minutes > 0:
+        info = _fine_tune(config, heads, labelled, train, held_attrs, info, out, progress)
+        info["seconds"] = round(time.time() - started, 1)
+    else:
+        state = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
+        save_file(state, str(out / "attributes.safetensors"))
+        (out / "attributes.json").write_text(json.dumps(info, indent=1) + "\n")
     config.save(out / "attributes-train.toml")
     return info
+
+
+def _fine_tune(config, heads, labelled, train, held_attrs, info, out: Path, progress) -> dict:
+    """Stage 2 of the recipe: backbone and heads together from the fitted heads (`attributes.finetune`, on
+    the CPU, for `fine_tune_minutes` of wall time), checkpointed in `out` so an interrupted run resumes
+    with the same command; writes the network in place of the heads."""
+    from facesmith.attributes.classifier import AttributeNetwork
+    from facesmith.attributes.finetune import face_arrays, fine_tune, network_probabilities, save_network
+
+    pixels = face_arrays([f.image() for f in labelled], config.size)
+    network, run = fine_tune(
+        pixels, [f.attributes for f in labelled], np.flatnonzero(train),
+        minutes=config.fine_tune_minutes, epochs=config.fine_tune_epochs, batch=config.fine_tune_batch,
+        lr=config.fine_tune_lr, backbone_lr=config.backbone_lr, seed=config.seed,
+        frozen=config.frozen_modules, checkpoint=out / "fine-tune-checkpoint.pt",
+        network=AttributeNetwork.from_heads(heads, config.size), progress=progress,
+    )  # fmt: skip
+    fine = {
+        **info,
+        "fine_tuned": True,
+        "backbone": (
+            f"MobileNetV2 from ImageNet (facesmith/weights/mobilenet_v2); modules {config.frozen_modules}-18 "
+            "trained with the heads, BatchNorm statistics frozen"
+        ),
+        "training": run,
+        "held_out": score(network_probabilities(network, pixels[~train]), held_attrs),
+        "held_out_frozen_heads": info["held_out"],
+    }
+    del fine["heads"]  # save_network writes the network's own shape
+    save_network(network, fine, out)
+    (out / "fine-tune-checkpoint.pt").unlink(missing_ok=True)
+    return fine
 
 
 # ----------------------------------------------------------------------------------------------------------
