@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from facesmith.cli import app
 from facesmith.errors import FacesmithError
+from facesmith.evaluate import identity
 from facesmith.evaluate.evaluation import EvaluateConfig, folder_images, run_evaluate
 
 # Small everything: 64 px features, few real faces, few calibration copies.
@@ -63,10 +64,20 @@ def test_report_end_to_end_on_a_tiny_model(sd15_folder, face_dataset, tiny_class
     assert all(r["nearest_training_face"] and float(r["nearest_feature_distance"]) >= 0 for r in rows)
     assert metrics["images"][0]["nearest_training_face"] == rows[0]["nearest_training_face"]
     assert "| Smiling | asked |" in report and "TPR" in report
+    # The identity space (issue 13 item 4), when dlib is installed: nearest face and distance per image.
+    if identity.available():
+        assert (
+            memo["identity_space"] == identity.SPACE and "dlib's own same-person threshold is 0.6" in report
+        )
+        assert all(r["nearest_identity_face"] and float(r["nearest_identity_distance"]) >= 0 for r in rows)
+        assert set(metrics["memorization_thresholds"]["spaces"]) == {"feature", "pixel", "identity"}
 
 
-def test_a_lora_changes_what_is_evaluated(sd15_folder, kohya_file, face_dataset, tiny_classifier, tmp_path):
+def test_a_lora_changes_what_is_evaluated(
+    sd15_folder, kohya_file, face_dataset, tiny_classifier, tmp_path, monkeypatch
+):
     # Issue 15.32: evaluate had no --lora.
+    monkeypatch.setattr(identity, "available", lambda: False)  # memorization is not what this tests (11 s)
     settings = dict(model=str(sd15_folder), real=str(face_dataset), auto=4, classifier=str(tiny_classifier),
                     **{**QUICK, "calibration_copies": 4}, bootstrap=10)  # fmt: skip
     plain = run_evaluate(EvaluateConfig(**settings, out_dir=str(tmp_path / "plain")))
@@ -107,6 +118,30 @@ def test_audit_all_uses_every_training_face_and_caches_their_features(
     assert again["sets"]["model"]["nearest_feature_distance_median"] == pytest.approx(
         first["sets"]["model"]["nearest_feature_distance_median"], abs=1e-4
     )
+
+
+def test_without_dlib_the_audit_runs_on_two_spaces_and_says_how_to_add_the_third(
+    face_dataset, tiny_classifier, tmp_path, monkeypatch
+):
+    import csv
+
+    import factory
+
+    monkeypatch.setattr(identity, "available", lambda: False)
+    folder = tmp_path / "made"
+    folder.mkdir()
+    for i in range(4):
+        factory.synthetic_face({"Smiling": 1}, seed=960 + i).save(folder / f"{i}.png")
+    config = EvaluateConfig(model=str(folder), real=str(face_dataset), classifier=str(tiny_classifier),
+                            out_dir=str(tmp_path / "r"), **QUICK, bootstrap=10)  # fmt: skip
+    metrics = run_evaluate(config)
+    assert metrics["memorization"]["identity_space"] == identity.NOT_INSTALLED
+    thresholds = metrics["memorization_thresholds"]
+    assert thresholds["identity"] is None and set(thresholds["spaces"]) == {"feature", "pixel"}
+    assert metrics["sets"]["model"]["nearest_identity_distance_median"] is None
+    assert identity.NOT_INSTALLED in (tmp_path / "r" / "report.md").read_text()
+    rows = list(csv.DictReader((tmp_path / "r" / "images.csv").open()))
+    assert all(r["nearest_identity_face"] == "" and r["nearest_training_face"] for r in rows)
 
 
 def test_image_folder_through_the_cli_reads_prompts_from_png_metadata(

@@ -3,8 +3,8 @@
 Generated faces (`generate_faces`: the prompt file or the built-in prompts, image i at seed + i), an image
 folder's faces with the prompts and seeds of their PNG metadata (`folder_images`), the uniform-noise
 baseline, what a real face "asks for" when prompted with its own labels (`real_expectations`, the
-faithfulness ceiling), and the training faces' feature and pixel vectors (`reference_vectors`, cached for
-`audit = "all"`). The metrics over them are `evaluation.py`'s.
+faithfulness ceiling), and the training faces' feature, pixel and identity vectors (`reference_vectors`,
+cached for `audit = "all"`). The metrics over them are `evaluation.py`'s.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from facesmith.attributes import classifier as attr
 from facesmith.config import GenerateConfig
 from facesmith.data.manifest import IMAGE_SUFFIXES
 from facesmith.errors import FacesmithError
-from facesmith.evaluate import memorization
+from facesmith.evaluate import identity, memorization
 from facesmith.evaluate.config import DEFAULT_AUTO, EvaluateConfig
 from facesmith.evaluate.faithfulness import AUTO_PROMPTS, RULES
 from facesmith.evaluate.features import feature_space
@@ -124,18 +124,21 @@ def real_expectations(attributes: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The memorization reference: training faces, their features and thumbnails (cached for `audit = "all"`).
+# The memorization reference: training faces, their features, thumbnails and identity descriptors.
 
 
 def reference_vectors(config: EvaluateConfig, faces: list, features, progress: Progress | None):
-    """(features (N, 1280), pixel thumbnails (N, 3072) float32) of the reference faces, batch by batch;
-    with `audit = "all"` read from / written to the feature cache, keyed by the face names and space."""
+    """(features (N, 1280), pixel thumbnails (N, 3072) float32, identity descriptors (N, 128) float32 or
+    None when `identity.py` is not installed) of the reference faces, batch by batch; with
+    `audit = "all"` read from / written to the feature cache, keyed by the face names and feature space.
+    A cache written without the identity space gets its descriptors added, the rest read back."""
     key = hashlib.sha1(
         "\n".join(
             [str(Path(config.real).resolve()), feature_space(config.feature_size), *[f.name for f in faces]]
         ).encode()
     ).hexdigest()[:16]
-    cache = None
+    with_identity = identity.available()
+    cache, stored = None, {}
     if config.audit == "all":
         root = (
             Path(config.feature_cache).expanduser()
@@ -144,19 +147,41 @@ def reference_vectors(config: EvaluateConfig, faces: list, features, progress: P
         )
         cache = root / f"reference-{key}.npz"
         if cache.is_file():
-            with np.load(cache) as stored:
-                return stored["features"].astype(np.float64), stored["pixels"].astype(np.float32) / 255
-    feats, pixels = [], []
+            with np.load(cache) as npz:
+                stored = {name: npz[name] for name in npz.files}
+            if str(stored.get("identity_space", "")) != identity.SPACE:
+                stored.pop("identity", None)
+            if "identity" in stored or not with_identity:
+                return _from_cache(stored, with_identity)
+    feats, pixels, ids = [], [], []
     for start in range(0, len(faces), 256):
         images = [f.image() for f in faces[start : start + 256]]
-        feats.append(features(images, "features: training"))
-        pixels.append(memorization.pixel_vectors(images))
+        if not stored:
+            feats.append(features(images, "features: training"))
+            pixels.append(memorization.pixel_vectors(images))
+        if with_identity:
+            ids.append(identity.identity_vectors(images)[0])
         if progress:
             progress("memorization reference", min(start + 256, len(faces)), len(faces))
-    feats_, pixels_ = np.concatenate(feats), np.concatenate(pixels)
+    ids_ = np.concatenate(ids) if with_identity else None
+    if stored:  # features and thumbnails from the cache, identity descriptors new
+        found = _from_cache(stored, False)[:2]
+    else:
+        found = np.concatenate(feats), np.concatenate(pixels)
+        stored = {
+            "features": found[0].astype(np.float32),
+            "pixels": np.round(found[1] * 255).astype(np.uint8),
+        }
     if cache is not None:
+        if with_identity:
+            stored |= {"identity": ids_, "identity_space": np.array(identity.SPACE)}
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, features=feats_.astype(np.float32), pixels=np.round(pixels_ * 255).astype(np.uint8))
+        np.savez(tmp, **stored)
         tmp.replace(cache)
-    return feats_, pixels_
+    return *found, ids_
+
+
+def _from_cache(stored: dict, with_identity: bool):
+    ids = stored["identity"].astype(np.float32) if with_identity else None
+    return stored["features"].astype(np.float64), stored["pixels"].astype(np.float32) / 255, ids

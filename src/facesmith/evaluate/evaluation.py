@@ -11,7 +11,8 @@ Candidate sets, all of the same size N so the sample-size bias of FD/KID is equa
 - `noise`: N seeded uniform-noise images (lower bound), judged against the model's prompts.
 Realism, precision/recall and diversity compare against up to `real_count` held-out real faces;
 memorization against up to `real_count` other training faces, or all of them with `audit = "all"`
-(their features cached under `feature_cache`). The faithfulness ceiling is the same prompt rule scored on
+(their features cached under `feature_cache`), in feature, pixel and (with dlib installed, `identity.py`)
+identity space. The faithfulness ceiling is the same prompt rule scored on
 the held-out faces, prompted with their own labels: faces the shipped classifier never trained on when
 `--real` is the shared CelebA/UTKFace split by the same file-name hash. Features: `features.py`.
 """
@@ -28,7 +29,7 @@ import numpy as np
 
 from facesmith.attributes import classifier as attr
 from facesmith.errors import FacesmithError
-from facesmith.evaluate import diversity, memorization, realism
+from facesmith.evaluate import diversity, identity, memorization, realism
 from facesmith.evaluate.candidates import (
     folder_images,
     generate_faces,
@@ -78,7 +79,7 @@ def per_prompt(prompts, faces_found, expected, predicted) -> list[dict]:
 def run_evaluate(config: EvaluateConfig, progress: Progress | None = None) -> dict:
     """Evaluate, write report.md, metrics.json, images.csv, PNGs and evaluate.toml to out_dir; return the
     metrics."""
-    from facesmith.data.faces import detect_faces
+    from facesmith.data.faces import detect_faces, main_face
     from facesmith.evaluate.report import write_report
 
     config.validate()
@@ -146,10 +147,12 @@ def run_evaluate(config: EvaluateConfig, progress: Progress | None = None) -> di
         )
 
     held_features = features(held_images, "features: held-out")
-    train_features, train_pixels = reference_vectors(config, train_ref, features, progress)
+    train_features, train_pixels, train_identity = reference_vectors(config, train_ref, features, progress)
+    with_identity = train_identity is not None  # dlib installed (identity.py); else two spaces
     thresholds = memorization.calibrate(
         lambda i: train_ref[i].image(), train_features, features, count=config.calibration_copies,
-        seed=config.seed, train_pixels=train_pixels,
+        seed=config.seed, train_pixels=train_pixels, train_identity=train_identity,
+        identity=(lambda images: identity.identity_vectors(images)[0]) if with_identity else None,
     )  # fmt: skip
     results: dict[str, dict] = {}
     audits, found, predictions = {}, {}, {}
@@ -167,14 +170,17 @@ def run_evaluate(config: EvaluateConfig, progress: Progress | None = None) -> di
         )
         kid, kid_std = realism.kernel_inception_distance(feats, held_features, seed=config.seed)
         inside_real, inside_fake = diversity.manifold_membership(held_features, feats, k=config.knn)
-        faces_found = []
+        faces_found, main_faces = [], []
         for i, image in enumerate(images):
             detected = detect_faces(image)
             faces_found.append(len(detected) == 1 and len(detected[0].landmarks) == 5)
+            main_faces.append(main_face(detected, image.size))
             if progress:
                 progress(f"faces: {name}", i + 1, len(images))
         predicted = classifier.predict(images)
-        audits[name] = memorization.audit(images, feats, train_pixels, train_features, thresholds)
+        ids = identity.identity_vectors(images, main_faces)[0] if with_identity else None
+        audits[name] = memorization.audit(images, feats, train_pixels, train_features, thresholds,
+                                          image_identity=ids, train_identity=train_identity)  # fmt: skip
         found[name], predictions[name] = faces_found, predicted
         results[name] = {
             "images": len(images),
@@ -197,6 +203,10 @@ def run_evaluate(config: EvaluateConfig, progress: Progress | None = None) -> di
             "near_copy_share": round(audits[name].copy_share, 4),
             "nearest_feature_distance_median": round(float(np.median(audits[name].feature_distance)), 4),
             "nearest_pixel_distance_median": round(float(np.median(audits[name].pixel_distance)), 4),
+            "nearest_identity_distance_median": (
+                round(float(np.median(audits[name].identity_distance)), 4) if with_identity else None
+            ),
+            "near_copies_by_space": {s: int(hit.sum()) for s, hit in audits[name].flagged.items()},
         }
 
     held_probabilities = classifier.probabilities(held_images)
@@ -214,7 +224,12 @@ def run_evaluate(config: EvaluateConfig, progress: Progress | None = None) -> di
             "nearest_feature_distance": round(float(model_audit.feature_distance[i]), 5),
             "nearest_pixel_face": train_ref[int(model_audit.pixel_index[i])].name,
             "nearest_pixel_distance": round(float(model_audit.pixel_distance[i]), 5),
+            "nearest_identity_face": train_ref[int(model_audit.identity_index[i])].name if with_identity else "",
+            "nearest_identity_distance": (
+                round(float(model_audit.identity_distance[i]), 5) if with_identity else None
+            ),
             "near_copy": bool(model_audit.copies[i]),
+            "near_copy_spaces": "+".join(model_audit.spaces_flagging(i)),
         })  # fmt: skip
     metrics = {
         "feature_space": feature_space(config.feature_size),
@@ -228,6 +243,8 @@ def run_evaluate(config: EvaluateConfig, progress: Progress | None = None) -> di
             "reference_faces": len(train_ref),
             "training_faces": len(train),
             "audited_share": round(len(train_ref) / len(train), 4),
+            "identity_space": identity.SPACE if with_identity else identity.NOT_INSTALLED,
+            "same_person_threshold": identity.SAME_PERSON,  # dlib's own, beside our calibrated one
         },
         "sets": results,
         "ceiling": {"faces": len(held), "faithfulness": ceiling},

@@ -112,6 +112,24 @@ def _classifier_rate(entry: dict | None, side: str) -> str:
     return f"bal. acc. {entry['balanced_accuracy']:.2f}" if "balanced_accuracy" in entry else "-"
 
 
+def _identity_line(memo: dict, t: dict) -> str:
+    """The identity space's threshold and every space's calibration catch / false-flag rates, or that
+    it is not installed."""
+    per = "; ".join(
+        f"{name} alone catches {v['copies_caught']:.0%} and flags {v['distinct_flagged']:.1%}"
+        for name, v in t.get("spaces", {}).items()
+    )
+    joint = f" Jointly: {t['copies_caught']:.0%} caught, {t['distinct_flagged']:.1%} flagged."
+    if t.get("identity") is None:
+        return f"{memo.get('identity_space', '')}. Calibration per space: {per}.{joint}"
+    return (
+        f"Identity space ({memo['identity_space']}, Euclidean distance of face descriptors): threshold "
+        f"{t['identity']:.4f}, calibrated with the other two; dlib's own same-person threshold is "
+        f"{memo['same_person_threshold']} ({t['same_person']:.1%} of the distinct faces' nearest other face is "
+        f"within it: other photos of one person, or look-alikes). Calibration per space: {per}.{joint}"
+    )
+
+
 def write_report(
     out: Path,
     metrics: dict,
@@ -219,20 +237,29 @@ def write_report(
         f"({memo['audited_share']:.1%} of the training set). Near-copy thresholds are calibrated together on "
         f"{t['copies']} edited training faces (JPEG, crop, zoom out, downscale, rotation, brightness, blur; "
         f"the copies) and {t['distinct']} training faces' nearest other face (distinct faces), flagging at most "
-        f"{t['budget']:.0%} of the distinct ones in either space: cosine {t['feature']:.4f}, pixel RMS "
+        f"{t['budget']:.0%} of the distinct ones in any space: cosine {t['feature']:.4f}, pixel RMS "
         f"{t['pixel']:.4f}. On that calibration set they catch {t['copies_caught']:.0%} of the edited copies and "
-        f"flag {t['distinct_flagged']:.1%} of the distinct faces. A face is a near-copy when either distance is "
+        f"flag {t['distinct_flagged']:.1%} of the distinct faces. A face is a near-copy when any distance is "
         "at or below its threshold. Every image's nearest training face and distances are in `images.csv`.",
         "",
-        "| set | near-copy share | median nearest cosine distance | median nearest pixel RMS |",
-        "| --- | --- | --- | --- |",
+        _identity_line(memo, t),
+        "",
+        "| set | near-copy share | median nearest cosine distance | median nearest pixel RMS "
+        "| median nearest identity distance |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for key, label in SETS:
         s = sets[key]
+        ident = s.get("nearest_identity_distance_median")
         lines.append(
             f"| {label} | {s['near_copy_share']:.3f} | {s['nearest_feature_distance_median']:.4f} "
-            f"| {s['nearest_pixel_distance_median']:.4f} |"
+            f"| {s['nearest_pixel_distance_median']:.4f} | {'-' if ident is None else f'{ident:.4f}'} |"
         )
+    copies = [row for row in metrics["images"] if row["near_copy"]]
+    lines += ["", f"{len(copies)} of the model's images are near-copies" + (":" if copies else ".")]
+    if copies:
+        lines += ["", "| image | nearest training face (feature space) | flagged in |", "| --- | --- | --- |"]
+        lines += [f"| {r['file']} | {r['nearest_training_face']} | {r['near_copy_spaces']} |" for r in copies]
     lines += [
         "",
         "The real baseline's near-copy share is the false-positive rate on distinct real faces.",
