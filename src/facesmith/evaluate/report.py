@@ -256,7 +256,11 @@ def write_report(
             f"| {s['nearest_pixel_distance_median']:.4f} | {'-' if ident is None else f'{ident:.4f}'} |"
         )
     copies = [row for row in metrics["images"] if row["near_copy"]]
-    lines += ["", f"{len(copies)} of the model's images are near-copies" + (":" if copies else ".")]
+    lines += [
+        "",
+        f"Near-copies among the model's {len(metrics['images'])} images: {len(copies)}"
+        + ("." if not copies else ":"),
+    ]
     if copies:
         lines += ["", "| image | nearest training face (feature space) | flagged in |", "| --- | --- | --- |"]
         lines += [f"| {r['file']} | {r['nearest_training_face']} | {r['near_copy_spaces']} |" for r in copies]
