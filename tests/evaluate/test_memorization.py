@@ -8,6 +8,7 @@ import factory
 from facesmith.evaluate import identity
 from facesmith.evaluate.features import extract_features
 from facesmith.evaluate.memorization import (
+    Thresholds,
     audit,
     calibrate,
     closest_pairs,
@@ -192,3 +193,17 @@ def test_planted_copies_of_real_faces_are_all_flagged_in_three_spaces():
     # New real faces: 3 of these 100 are flagged, all in identity space (other photos of a training
     # face's person, or look-alikes); a 1 % point estimated from 150 faces is loose (500 gave 2.4 %).
     assert result.copies[len(planted) :].mean() <= 0.03
+
+
+def test_identity_space_flags_only_images_where_a_face_was_found():
+    # A descriptor of a face-less image (the noise baseline's) describes no person: it must not flag.
+    train = smooth_images(6, seed=20)
+    generated = [train[0], train[1]]
+    thresholds = Thresholds(feature=-1.0, pixel=-1.0, copies=0, copies_caught=0, distinct_flagged=0,
+                            identity=0.3)  # fmt: skip
+    train_ids = np.eye(6, 128, dtype=np.float32)
+    near = train_ids[:2] + 0.01  # both within the identity threshold of train faces 0 and 1
+    found = audit(generated, features(generated), pixel_vectors(train), features(train), thresholds,
+                  image_identity=near, train_identity=train_ids, face_found=np.array([True, False]))  # fmt: skip
+    assert found.copies.tolist() == [True, False]
+    assert found.identity_index.tolist() == [0, 1]  # the nearest face is still listed for both

@@ -129,7 +129,7 @@ def real_expectations(attributes: dict) -> dict:
 
 def reference_vectors(config: EvaluateConfig, faces: list, features, progress: Progress | None):
     """(features (N, 1280), pixel thumbnails (N, 3072) float32, identity descriptors (N, 128) float32 or
-    None when `identity.py` is not installed) of the reference faces, batch by batch; with
+    None when `identity.py` is not installed or `config.identity` is off) of the reference faces, batch by batch; with
     `audit = "all"` read from / written to the feature cache, keyed by the face names and feature space.
     A cache written without the identity space gets its descriptors added, the rest read back."""
     key = hashlib.sha1(
@@ -137,7 +137,7 @@ def reference_vectors(config: EvaluateConfig, faces: list, features, progress: P
             [str(Path(config.real).resolve()), feature_space(config.feature_size), *[f.name for f in faces]]
         ).encode()
     ).hexdigest()[:16]
-    with_identity = identity.available()
+    with_identity = config.identity and identity.available()
     cache, stored = None, {}
     if config.audit == "all":
         root = (

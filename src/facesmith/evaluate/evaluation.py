@@ -178,9 +178,10 @@ def run_evaluate(config: EvaluateConfig, progress: Progress | None = None) -> di
             if progress:
                 progress(f"faces: {name}", i + 1, len(images))
         predicted = classifier.predict(images)
-        ids = identity.identity_vectors(images, main_faces)[0] if with_identity else None
+        ids, with_face = identity.identity_vectors(images, main_faces) if with_identity else (None, None)
         audits[name] = memorization.audit(images, feats, train_pixels, train_features, thresholds,
-                                          image_identity=ids, train_identity=train_identity)  # fmt: skip
+                                          image_identity=ids, train_identity=train_identity,
+                                          face_found=with_face)  # fmt: skip
         found[name], predictions[name] = faces_found, predicted
         results[name] = {
             "images": len(images),
@@ -243,7 +244,9 @@ def run_evaluate(config: EvaluateConfig, progress: Progress | None = None) -> di
             "reference_faces": len(train_ref),
             "training_faces": len(train),
             "audited_share": round(len(train_ref) / len(train), 4),
-            "identity_space": identity.SPACE if with_identity else identity.NOT_INSTALLED,
+            "identity_space": identity.SPACE
+            if with_identity
+            else (identity.NOT_INSTALLED if config.identity else "identity space: off (identity = false)"),
             "same_person_threshold": identity.SAME_PERSON,  # dlib's own, beside our calibrated one
         },
         "sets": results,

@@ -286,9 +286,12 @@ def audit(
     chunk: int = 256,
     image_identity: np.ndarray | None = None,
     train_identity: np.ndarray | None = None,
+    face_found: np.ndarray | None = None,
 ) -> Audit:
     """Nearest training face of every image in each space, and which are near-copies (identity space
-    when both descriptor sets and its threshold are given)."""
+    when both descriptor sets and its threshold are given). `face_found`: which images hold a detected
+    face; identity space flags only those (a descriptor of a face-less image, such as the noise
+    baseline's, describes no person)."""
     pixels = pixel_vectors(images) if len(images) else np.zeros((0, train_pixels.shape[1]), np.float32)
     spaces = [("feature", cosine_distances, image_features, train_features),
               ("pixel", rms_distances, pixels, train_pixels)]  # fmt: skip
@@ -305,6 +308,8 @@ def audit(
             (np.concatenate(index), np.concatenate(distance)) if index else (np.zeros(0, int),) * 2
         )
     flagged = {name: nearest[name][1] <= getattr(thresholds, name) for name, *_ in spaces}
+    if "identity" in flagged and face_found is not None:
+        flagged["identity"] &= np.asarray(face_found, bool)
     copies = np.any(list(flagged.values()), axis=0)
     ident = nearest.get("identity", (None, None))
     return Audit(*nearest["feature"], *nearest["pixel"], copies, *ident, flagged)
