@@ -73,18 +73,17 @@ def test_report_end_to_end_on_a_tiny_model(sd15_folder, face_dataset, tiny_class
         assert set(metrics["memorization_thresholds"]["spaces"]) == {"feature", "pixel", "identity"}
 
 
-def test_a_lora_changes_what_is_evaluated(
-    sd15_folder, kohya_file, face_dataset, tiny_classifier, tmp_path, monkeypatch
-):
-    # Issue 15.32: evaluate had no --lora.
-    monkeypatch.setattr(identity, "available", lambda: False)  # memorization is not what this tests (11 s)
+def test_a_lora_changes_what_is_evaluated(sd15_folder, kohya_file, face_dataset, tiny_classifier, tmp_path):
+    # Issue 15.32: evaluate had no --lora. identity = false: memorization is not what this tests (11 s).
     settings = dict(model=str(sd15_folder), real=str(face_dataset), auto=4, classifier=str(tiny_classifier),
-                    **{**QUICK, "calibration_copies": 4}, bootstrap=10)  # fmt: skip
+                    **{**QUICK, "calibration_copies": 4}, bootstrap=10, identity=False)  # fmt: skip
     plain = run_evaluate(EvaluateConfig(**settings, out_dir=str(tmp_path / "plain")))
     with_lora = run_evaluate(
         EvaluateConfig(**settings, loras=[f"{kohya_file}:1"], out_dir=str(tmp_path / "l"))
     )
     assert with_lora["model"]["loras"] and not plain["model"]["loras"]
+    assert plain["memorization"]["identity_space"] == "identity space: off (identity = false)"
+    assert set(plain["memorization_thresholds"]["spaces"]) == {"feature", "pixel"}
     a = Image.open(tmp_path / "plain" / "images" / "00000.png")
     b = Image.open(tmp_path / "l" / "images" / "00000.png")
     assert np.abs(np.asarray(a, float) - np.asarray(b, float)).mean() > 0.5
