@@ -14,8 +14,8 @@ chips whole) with a Lanczos resize to `--size`. Held out: the 10 % of file names
 faces are cached in `--work` (scratch outside the repository, never committed: they are non-commercial
 research data), with the checkpoint, so an interrupted run resumes with the same command.
 
-    OMP_NUM_THREADS=1 nice -n 5 python scripts/train_attribute_classifier.py --shared /work/shared \
-        --work /tmp/attr-ft128 --minutes 70 --out src/facesmith/weights/attributes
+    OMP_NUM_THREADS=2 python scripts/train_attribute_classifier.py --shared /work/shared \
+        --work /tmp/attr-ft128b --init /tmp/attr-frozen-heads --minutes 95 --threads 2 --out /tmp/attr-ft128b/out
 """
 
 from __future__ import annotations
@@ -114,12 +114,12 @@ def main() -> None:
         "--init", type=Path, default=None, help="frozen-feature heads from `attributes train`"
     )
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--minutes", type=float, default=70.0)
+    parser.add_argument("--minutes", type=float, default=95.0)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-4, help="heads")
     parser.add_argument("--backbone-lr", type=float, default=1e-4)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--frozen", type=int, default=4, help="leading MobileNetV2 modules kept frozen")
     args = parser.parse_args()
