@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--classifier", default=None, help="attribute classifier folder [default: shipped]")
     parser.add_argument(
-        "--no-identity", action="store_true", help="audit memorization without the identity space (faster)"
+        "--identity", action="store_true", help="audit memorization with the identity space as well"
     )
     parser.add_argument("-o", "--out", default="outputs/eval-default")
     args = parser.parse_args()
@@ -62,7 +62,7 @@ def main() -> None:
         config = EvaluateConfig(
             model=args.model, real=args.real, auto=args.auto, steps=steps, sampler=sampler, cfg=cfg,
             real_count=args.real_count, seed=args.seed, out_dir=str(Path(args.out) / name),
-            classifier=args.classifier, identity=not args.no_identity,
+            classifier=args.classifier, identity=args.identity,
         )  # fmt: skip
         started = time.time()
         rows.append(row(run_evaluate(config)))

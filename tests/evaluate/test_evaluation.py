@@ -17,7 +17,7 @@ QUICK = {"real_count": 12, "feature_size": 64, "calibration_copies": 8, "steps":
 def test_report_end_to_end_on_a_tiny_model(sd15_folder, face_dataset, tiny_classifier, tmp_path):
     config = EvaluateConfig(
         model=str(sd15_folder), real=str(face_dataset), auto=4, classifier=str(tiny_classifier),
-        out_dir=str(tmp_path / "report"), **QUICK,
+        out_dir=str(tmp_path / "report"), identity=True, **QUICK,
     )  # fmt: skip
     metrics = run_evaluate(config)
     out = tmp_path / "report"
@@ -74,15 +74,15 @@ def test_report_end_to_end_on_a_tiny_model(sd15_folder, face_dataset, tiny_class
 
 
 def test_a_lora_changes_what_is_evaluated(sd15_folder, kohya_file, face_dataset, tiny_classifier, tmp_path):
-    # Issue 15.32: evaluate had no --lora. identity = false: memorization is not what this tests (11 s).
+    # Issue 15.32: evaluate had no --lora. The identity space is off by default (and not what this tests).
     settings = dict(model=str(sd15_folder), real=str(face_dataset), auto=4, classifier=str(tiny_classifier),
-                    **{**QUICK, "calibration_copies": 4}, bootstrap=10, identity=False)  # fmt: skip
+                    **{**QUICK, "calibration_copies": 4}, bootstrap=10)  # fmt: skip
     plain = run_evaluate(EvaluateConfig(**settings, out_dir=str(tmp_path / "plain")))
     with_lora = run_evaluate(
         EvaluateConfig(**settings, loras=[f"{kohya_file}:1"], out_dir=str(tmp_path / "l"))
     )
     assert with_lora["model"]["loras"] and not plain["model"]["loras"]
-    assert plain["memorization"]["identity_space"] == "identity space: off (identity = false)"
+    assert plain["memorization"]["identity_space"] == "identity space: off (--identity true adds it)"
     assert set(plain["memorization_thresholds"]["spaces"]) == {"feature", "pixel"}
     a = Image.open(tmp_path / "plain" / "images" / "00000.png")
     b = Image.open(tmp_path / "l" / "images" / "00000.png")
@@ -105,7 +105,8 @@ def test_audit_all_uses_every_training_face_and_caches_their_features(
     for i in range(5):
         factory.synthetic_face({"Smiling": 1}, seed=950 + i).save(folder / f"{i}.png")
     settings = dict(model=str(folder), real=str(face_dataset), classifier=str(tiny_classifier), **QUICK,
-                    audit="all", feature_cache=str(tmp_path / "cache"), bootstrap=10)  # fmt: skip
+                    audit="all", feature_cache=str(tmp_path / "cache"), bootstrap=10,
+                    identity=True)  # fmt: skip
     first = run_evaluate(EvaluateConfig(**settings, out_dir=str(tmp_path / "a")))
     memo = first["memorization"]
     assert memo["reference_faces"] == memo["training_faces"] - 5 and memo["audited_share"] > 0.8
@@ -132,7 +133,7 @@ def test_without_dlib_the_audit_runs_on_two_spaces_and_says_how_to_add_the_third
     for i in range(4):
         factory.synthetic_face({"Smiling": 1}, seed=960 + i).save(folder / f"{i}.png")
     config = EvaluateConfig(model=str(folder), real=str(face_dataset), classifier=str(tiny_classifier),
-                            out_dir=str(tmp_path / "r"), **QUICK, bootstrap=10)  # fmt: skip
+                            out_dir=str(tmp_path / "r"), **QUICK, bootstrap=10, identity=True)  # fmt: skip
     metrics = run_evaluate(config)
     assert metrics["memorization"]["identity_space"] == identity.NOT_INSTALLED
     thresholds = metrics["memorization_thresholds"]
