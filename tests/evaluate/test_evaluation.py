@@ -82,7 +82,7 @@ def test_a_lora_changes_what_is_evaluated(sd15_folder, kohya_file, face_dataset,
         EvaluateConfig(**settings, loras=[f"{kohya_file}:1"], out_dir=str(tmp_path / "l"))
     )
     assert with_lora["model"]["loras"] and not plain["model"]["loras"]
-    assert plain["memorization"]["identity_space"] == "identity space: off (--identity true adds it)"
+    assert plain["memorization"]["identity_space"] == "identity space: off (--identity adds it)"
     assert set(plain["memorization_thresholds"]["spaces"]) == {"feature", "pixel"}
     a = Image.open(tmp_path / "plain" / "images" / "00000.png")
     b = Image.open(tmp_path / "l" / "images" / "00000.png")
@@ -158,10 +158,14 @@ def test_image_folder_through_the_cli_reads_prompts_from_png_metadata(
     settings = EvaluateConfig(real=str(face_dataset), classifier=str(tiny_classifier), **QUICK)
     settings.save(tmp_path / "evaluate.toml")
     result = CliRunner().invoke(
-        app, ["evaluate", str(folder), "--config", str(tmp_path / "evaluate.toml"), "-o", str(tmp_path / "r")]
-    )
+        app,
+        ["evaluate", str(folder), "--config", str(tmp_path / "evaluate.toml"), "-o", str(tmp_path / "r"),
+         "--identity"],
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    space = identity.SPACE if identity.available() else identity.NOT_INSTALLED  # --identity reached the stage
+    assert metrics["memorization"]["identity_space"] == space
     assert metrics["sets"]["model"]["faithfulness"]["Eyeglasses"]["asked"]["images"] == 5
     assert metrics["model"]["hash"] is None and metrics["prompts"][0].startswith(
         "a photo of a person wearing"

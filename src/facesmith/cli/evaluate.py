@@ -44,6 +44,13 @@ def evaluate(
         str | None,
         typer.Option(help="Memorization reference: sample or all training faces [default: sample]."),
     ] = None,
+    identity: Annotated[
+        bool | None,
+        typer.Option(
+            "--identity/--no-identity",
+            help="Also audit memorization in face-identity space (needs facesmith[identity]) [default: off].",
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
     config: Annotated[Path | None, typer.Option(help="Start from an evaluate.toml.")] = None,
 ) -> None:
@@ -55,7 +62,7 @@ def evaluate(
         given = {
             "model": model, "real": real, "prompts": prompts, "auto": auto, "seed": seed, "out_dir": out_dir,
             "real_count": real_count, "steps": steps, "sampler": sampler, "classifier": classifier,
-            "loras": lora or None, "audit": audit, "device": device,
+            "loras": lora or None, "audit": audit, "identity": identity, "device": device,
         }  # fmt: skip
         settings = stage_config(EvaluateConfig, config, given)
         with Bars() as bars:

@@ -246,9 +246,7 @@ def run_evaluate(config: EvaluateConfig, progress: Progress | None = None) -> di
             "audited_share": round(len(train_ref) / len(train), 4),
             "identity_space": identity.SPACE
             if with_identity
-            else (
-                identity.NOT_INSTALLED if config.identity else "identity space: off (--identity true adds it)"
-            ),
+            else (identity.NOT_INSTALLED if config.identity else "identity space: off (--identity adds it)"),
             "same_person_threshold": identity.SAME_PERSON,  # dlib's own, beside our calibrated one
         },
         "sets": results,
