@@ -147,6 +147,16 @@ def test_the_identity_space_is_calibrated_and_audited_with_the_other_two():
     assert result.spaces_flagging(0) == ["feature", "pixel", "identity"] and result.copies[0]
 
 
+def _three_space_audit(train, generated, embed):
+    """Calibrate on `train` in all three spaces (40 edited copies), then audit `generated` against it."""
+    train_features, train_ids = embed(train), ids(train)
+    thresholds = calibrate(train, train_features, embed, count=40, seed=0, identity=ids,
+                           train_identity=train_ids)  # fmt: skip
+    result = audit(generated, embed(generated), pixel_vectors(train), train_features, thresholds,
+                   image_identity=ids(generated), train_identity=train_ids)  # fmt: skip
+    return thresholds, result
+
+
 @pytest.mark.slow
 @needs_identity
 def test_planted_copies_in_a_generated_folder_are_all_flagged_in_three_spaces_and_distinct_images_pass():
@@ -154,12 +164,7 @@ def test_planted_copies_in_a_generated_folder_are_all_flagged_in_three_spaces_an
     train, distinct = smooth_images(150, seed=10), smooth_images(100, seed=11)
     rng = random.Random(1)
     planted = [light_edit(train[i], rng) for i in range(0, 150, 15)]
-    generated = planted + distinct
-    train_features, train_ids = features(train), ids(train)
-    thresholds = calibrate(train, train_features, features, count=40, seed=0, identity=ids,
-                           train_identity=train_ids)  # fmt: skip
-    result = audit(generated, features(generated), pixel_vectors(train), train_features, thresholds,
-                   image_identity=ids(generated), train_identity=train_ids)  # fmt: skip
+    thresholds, result = _three_space_audit(train, planted + distinct, features)
     assert result.copies[: len(planted)].all()
     assert thresholds.distinct_flagged <= 0.01 and set(thresholds.spaces) == {"feature", "pixel", "identity"}
     # Not <= 1 % as with two spaces: a space that adds no catch still sits at the edge of its allowance
@@ -178,16 +183,11 @@ def test_planted_copies_of_real_faces_are_all_flagged_in_three_spaces():
     rng = random.Random(1)
     kinds = [("zoom", True), ("zoom", False), ("crop", True), (None, None)]
     planted = [light_edit(train[i], rng, *kinds[k % 4]) for k, i in enumerate(range(0, 150, 10))]
-    generated = planted + distinct
 
     def features224(images):  # evaluate's size: at 64 px feature space alone flags 4 of these new faces
         return extract_features(images, size=224)
 
-    train_features, train_ids = features224(train), ids(train)
-    thresholds = calibrate(train, train_features, features224, count=40, seed=0, identity=ids,
-                           train_identity=train_ids)  # fmt: skip
-    result = audit(generated, features224(generated), pixel_vectors(train), train_features, thresholds,
-                   image_identity=ids(generated), train_identity=train_ids)  # fmt: skip
+    thresholds, result = _three_space_audit(train, planted + distinct, features224)
     assert result.copies[: len(planted)].all()
     assert thresholds.distinct_flagged <= 0.01
     # New real faces: 3 of these 100 are flagged, all in identity space (other photos of a training
