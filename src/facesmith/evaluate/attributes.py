@@ -25,6 +25,7 @@ from facesmith.attributes.backbone import feature_maps
 from facesmith.attributes.classifier import (
     SHIPPED,
     AttributeClassifier,
+    AttributeNetwork,
     attribute_dicts,
     caption_attributes,
     fit_heads,
@@ -174,7 +175,6 @@ def _fine_tune(config, heads, labelled, train, held_attrs, info, out: Path, prog
     """Stage 2 of the recipe: backbone and heads together from the fitted heads (`attributes.finetune`, on
     the CPU, for `fine_tune_minutes` of wall time), checkpointed in `out` so an interrupted run resumes
     with the same command; writes the network in place of the heads."""
-    from facesmith.attributes.classifier import AttributeNetwork
     from facesmith.attributes.finetune import face_arrays, fine_tune, network_probabilities, save_network
 
     pixels = face_arrays([f.image() for f in labelled], config.size)
