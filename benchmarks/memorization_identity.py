@@ -1,12 +1,12 @@
 """What the identity space adds to the memorization audit, on the shared CelebA faces.
 
     OMP_NUM_THREADS=1 python benchmarks/memorization_identity.py [SHARED_DATA_DIR] [--reference 500]
-        [--copies 100] [--new 500] [--calibration 64] [--feature-size 224]
+        [--copies 100] [--new 500] [--outside 600] [--calibration 64] [--feature-size 224]
 
 A seeded sample of `--reference` CelebA faces is the training reference, as in `facesmith evaluate`.
 Thresholds are calibrated the way evaluate calibrates them (`memorization.calibrate`: `--calibration`
-light-edit copies, every reference face's nearest other face as the distinct faces, 1 % budget), with
-and without the identity space; each space alone gets its own 1 % threshold (`separating_threshold`).
+light-edit copies, `--outside` further CelebA faces at their nearest reference face as the distinct
+faces, split conformal at a 1 % budget), with and without the identity space; each space alone gets its own 1 % threshold (`separating_threshold`).
 They are then tested on fresh copies of other reference faces, `--copies` per edit (crop only, zoom
 out, downscale after a crop, zoom out and downscale; each with the rotation, colour, blur and JPEG of
 `light_edit`), and on `--new` CelebA faces outside the reference (distinct new faces: their flagged
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--reference", type=int, default=500)
     parser.add_argument("--copies", type=int, default=100, help="test copies per edit")
     parser.add_argument("--new", type=int, default=500, help="CelebA faces outside the reference")
+    parser.add_argument("--outside", type=int, default=600, help="distinct faces for the calibration")
     parser.add_argument("--calibration", type=int, default=64, help="calibration copies (evaluate's 64)")
     parser.add_argument("--feature-size", type=int, default=224)
     args = parser.parse_args()
@@ -53,9 +54,10 @@ def main() -> None:
     if not identity.available():
         raise SystemExit(identity.NOT_INSTALLED)
     files = sorted(folder.iterdir())
-    pick = random.Random(0).sample(range(len(files)), args.reference + args.new)
+    pick = random.Random(0).sample(range(len(files)), args.reference + args.new + args.outside)
     faces = [Image.open(files[i]).convert("RGB") for i in pick]
-    train, new = faces[: args.reference], faces[args.reference :]
+    train, new = faces[: args.reference], faces[args.reference : args.reference + args.new]
+    beyond = faces[args.reference + args.new :]
 
     def features(images):
         return extract_features(images, size=args.feature_size)
@@ -70,10 +72,13 @@ def main() -> None:
     print(f"descriptor: {1000 * describe / len(train):.0f} ms a face (+ MTCNN {1000 * detect / len(train):.0f} ms), "
           f"MTCNN found the face in {found.mean():.3f} of {len(train)}; 1 thread")  # fmt: skip
     train_f, train_p = features(train), memorization.pixel_vectors(train)
-    two = memorization.calibrate(train, train_f, features, count=args.calibration, train_pixels=train_p)
+    outside = {"feature": features(beyond), "pixel": memorization.pixel_vectors(beyond),
+               "identity": identity.identity_vectors(beyond)[0]}  # fmt: skip
+    two = memorization.calibrate(train, train_f, features, count=args.calibration, train_pixels=train_p,
+                                 outside=outside)  # fmt: skip
     three = memorization.calibrate(train, train_f, features, count=args.calibration, train_pixels=train_p,
                                    identity=lambda ims: identity.identity_vectors(ims)[0],
-                                   train_identity=train_id)  # fmt: skip
+                                   train_identity=train_id, outside=outside)  # fmt: skip
 
     # Each space alone at 1 %: thresholds from the same distinct faces calibrate uses.
     everyone = np.arange(len(train))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from facesmith.attributes.backbone import feature_maps
 from facesmith.attributes.classifier import (
@@ -78,7 +79,16 @@ class AttributePredictConfig(StageConfig):
 # attributes train
 
 
-def _load_maps(config: AttributeTrainConfig, faces: list[RealFace], device, progress: Progress | None):
+def _load_maps(
+    config: AttributeTrainConfig,
+    faces: list[RealFace],
+    device,
+    progress: Progress | None,
+    pixels: np.ndarray | None = None,
+):
+    """The frozen feature maps of `faces`, from `config.cache` when it holds these faces at this size.
+    `pixels`: the faces already decoded at `config.size` (`finetune.face_arrays`), read instead of the
+    files, so a fine-tuning run decodes each face once."""
     names = [f.name for f in faces]
     cache = Path(config.cache) if config.cache else None
     if cache is not None and cache.is_file() and cache.with_suffix(".json").is_file():
@@ -86,7 +96,7 @@ def _load_maps(config: AttributeTrainConfig, faces: list[RealFace], device, prog
         if stored == {"names": names, "size": config.size}:
             return np.load(cache)
     maps = feature_maps(
-        lambda i: faces[i].image(),
+        (lambda i: Image.fromarray(pixels[i])) if pixels is not None else (lambda i: faces[i].image()),
         len(faces),
         size=config.size,
         device=device,
@@ -126,7 +136,12 @@ def train_attribute_classifier(config: AttributeTrainConfig, progress: Progress 
     if not labelled:
         raise FacesmithError(f"{', '.join(config.datasets)}: no face carries attributes to learn from")
     started = time.time()
-    maps = _load_maps(config, labelled, device, progress)
+    pixels = None
+    if config.fine_tune_minutes > 0:
+        from facesmith.attributes.finetune import face_arrays
+
+        pixels = face_arrays([f.image() for f in labelled], config.size)
+    maps = _load_maps(config, labelled, device, progress, pixels)
     train = np.array([f.split != "val" for f in labelled])
     held = ~train
     if not held.any() or not train.any():
@@ -161,7 +176,7 @@ def train_attribute_classifier(config: AttributeTrainConfig, progress: Progress 
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if config.fine_tune_minutes > 0:
-        info = _fine_tune(config, heads, labelled, train, held_attrs, info, out, progress)
+        info = _fine_tune(config, heads, labelled, pixels, train, held_attrs, info, out, progress)
         info["seconds"] = round(time.time() - started, 1)
     else:
         state = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
@@ -171,13 +186,12 @@ def train_attribute_classifier(config: AttributeTrainConfig, progress: Progress 
     return info
 
 
-def _fine_tune(config, heads, labelled, train, held_attrs, info, out: Path, progress) -> dict:
+def _fine_tune(config, heads, labelled, pixels, train, held_attrs, info, out: Path, progress) -> dict:
     """Stage 2 of the recipe: backbone and heads together from the fitted heads (`attributes.finetune`, on
     the CPU, for `fine_tune_minutes` of wall time), checkpointed in `out` so an interrupted run resumes
     with the same command; writes the network in place of the heads."""
-    from facesmith.attributes.finetune import face_arrays, fine_tune, network_probabilities, save_network
+    from facesmith.attributes.finetune import fine_tune, network_probabilities, save_network
 
-    pixels = face_arrays([f.image() for f in labelled], config.size)
     network, run = fine_tune(
         pixels, [f.attributes for f in labelled], np.flatnonzero(train),
         minutes=config.fine_tune_minutes, epochs=config.fine_tune_epochs, batch=config.fine_tune_batch,

@@ -32,6 +32,10 @@ class EvaluateConfig(StageConfig):
     feature_size: int = 224
     knn: int = 3  # k of the precision/recall manifolds (Kynkäänniemi et al. 2019)
     calibration_copies: int = 64
+    # Training faces outside the memorization reference whose nearest reference face calibrates the
+    # false-flag budget (`memorization.split_thresholds`); fewer than 100 outside (audit = "all"):
+    # reference faces at their nearest other one instead.
+    calibration_distinct: int = 1000
     classifier: str | None = None  # folder with attributes.safetensors/.json; None = the shipped one
     loras: list[str] = field(default_factory=list)  # LoRA FILE[:WEIGHT] applied to the model, stacked
     audit: str = "sample"  # memorization reference: "sample" (real_count training faces) or "all"

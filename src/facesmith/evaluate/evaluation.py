@@ -12,7 +12,10 @@ Candidate sets, all of the same size N so the sample-size bias of FD/KID is equa
 Realism, precision/recall and diversity compare against up to `real_count` held-out real faces;
 memorization against up to `real_count` other training faces, or all of them with `audit = "all"`
 (their features cached under `feature_cache`), in feature, pixel and (with dlib installed, `identity.py`)
-identity space. The faithfulness ceiling is the same prompt rule scored on
+identity space. Its near-copy thresholds are calibrated on up to `calibration_distinct` further training
+faces, outside both the reference and the `real` baseline (new faces to the reference, which is what the
+false-flag budget is about; at least `MIN_OUTSIDE`, else the reference's own nearest-other distances),
+so the `real` baseline's near-copy share stays an independent check of that budget. The faithfulness ceiling is the same prompt rule scored on
 the held-out faces, prompted with their own labels: faces the shipped classifier never trained on when
 `--real` is the shared CelebA/UTKFace split by the same file-name hash. Features: `features.py`.
 """
@@ -45,6 +48,8 @@ from facesmith.evaluate.features import extract_features, feature_space
 from facesmith.evaluate.uncertainty import bootstrap, wilson
 from facesmith.progress import Progress
 from facesmith.runtime import choose_device, prepare_out_dir
+
+MIN_OUTSIDE = 100  # fewer outside faces: the reference's own (half of 100 already bounds at 2 %, not 1 %)
 
 # ----------------------------------------------------------------------------------------------------------
 # The stage.
@@ -149,10 +154,16 @@ def run_evaluate(config: EvaluateConfig, progress: Progress | None = None) -> di
     held_features = features(held_images, "features: held-out")
     train_features, train_pixels, train_identity = reference_vectors(config, train_ref, features, progress)
     with_identity = train_identity is not None  # dlib installed (identity.py); else two spaces
+    outside = rest[len(train_ref) : len(train_ref) + config.calibration_distinct]
+    distinct = None
+    if len(outside) >= MIN_OUTSIDE:  # new faces to the reference: the false-flag budget's own measure
+        vectors = reference_vectors(dataclasses.replace(config, audit="sample"), outside, features, progress)
+        distinct = dict(zip(("feature", "pixel", "identity"), vectors, strict=True))
     thresholds = memorization.calibrate(
         lambda i: train_ref[i].image(), train_features, features, count=config.calibration_copies,
         seed=config.seed, train_pixels=train_pixels, train_identity=train_identity,
         identity=(lambda images: identity.identity_vectors(images)[0]) if with_identity else None,
+        outside=distinct,
     )  # fmt: skip
     results: dict[str, dict] = {}
     audits, found, predictions = {}, {}, {}
