@@ -69,16 +69,13 @@ def trial(data: dict, seed: int, size: int, spaces: list[str], rules) -> dict:
     ref, new, outside = order[:size], order[size : size + 500], order[size + 500 :]
     found = data["found"].astype(bool)
 
-    def nearest(space: str, rows: np.ndarray, exclude_self: bool = False) -> np.ndarray:
-        d = DISTANCES[space](data[space][rows], data[space][ref])
-        if exclude_self:
-            d[np.arange(len(rows)), np.arange(len(rows))] = np.inf
-        return d.min(1)
+    def nearest(space: str, rows: np.ndarray) -> np.ndarray:
+        return memorization.nearest(DISTANCES[space], data[space][rows], data[space][ref])
 
     in_ref = np.isin(np.arange(POOL), ref)
     calibration = [POOL + i for i, s in enumerate(data["source calibration"]) if in_ref[s]][:64]
     copies = [nearest(s, np.array(calibration)) for s in spaces]
-    reference = [nearest(s, ref, exclude_self=True) for s in spaces]
+    reference = [memorization.nearest_other(DISTANCES[s], data[s][ref], np.arange(size)) for s in spaces]
     beyond = [nearest(s, outside) for s in spaces]
     new_d = [nearest(s, new) for s in spaces]
     out = {}

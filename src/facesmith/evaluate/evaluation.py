@@ -15,9 +15,10 @@ memorization against up to `real_count` other training faces, or all of them wit
 identity space. Its near-copy thresholds are calibrated on up to `calibration_distinct` further training
 faces, outside both the reference and the `real` baseline (new faces to the reference, which is what the
 false-flag budget is about; at least `MIN_OUTSIDE`, else the reference's own nearest-other distances),
-so the `real` baseline's near-copy share stays an independent check of that budget. The faithfulness ceiling is the same prompt rule scored on
-the held-out faces, prompted with their own labels: faces the shipped classifier never trained on when
-`--real` is the shared CelebA/UTKFace split by the same file-name hash. Features: `features.py`.
+so the `real` baseline's near-copy share stays an independent check of that budget. The faithfulness
+ceiling is the same prompt rule scored on the held-out faces, prompted with their own labels: faces the
+shipped classifier never trained on when `--real` is the shared CelebA/UTKFace split by the same
+file-name hash. Features: `features.py`.
 """
 
 from __future__ import annotations
